@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:  `make demo`  and  `make test`.
+# TORCH_SPEC picks the torch build: the default is the CPU wheel these machines carry;
+# GPU users override it, e.g.  make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+DEMO_DIR    ?= demo
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+# Debian packages the tests use: a real one-node SLURM (+ accounting) and a DICOM validator.
+DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl
+
+.PHONY: venv demo test test-fast bench clean debs
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+debs:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "not root: SLURM/dciodvfy tests will be skipped (missing:$$missing)"; fi; \
+	fi
+
+demo: venv
+	$(PY) -m anatplane_dist.demo --out $(DEMO_DIR)
+
+test: venv debs
+	$(PY) -m pytest tests
+
+test-fast: venv
+	$(PY) -m pytest tests -m "not slurm and not slow"
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(DEMO_DIR) runs .pytest_cache

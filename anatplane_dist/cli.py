@@ -1,0 +1,44 @@
+"""The ``anatplane`` command: one sub-command per stage, each owned by its module.
+
+A sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is
+imported only when used, so ``anatplane phantom`` does not pay for importing DeepSpeed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("anatplane_dist.sources.phantom.cli", "write a built-in phantom data set (DICOM/NIfTI)"),
+    "inspect": ("anatplane_dist.inspect", "print the line where plane B cuts image A"),
+    "shard": ("anatplane_dist.shards.cli", "write WebDataset shards of plane pairs with their targets"),
+    "pretrain": ("anatplane_dist.train.cli", "multitask pretraining (same as launch/pretrain.py)"),
+    "publish": ("anatplane_dist.publish", "publish a run's pretrained weights to a shared directory"),
+    "finetune": ("anatplane_dist.finetune.cli", "fine-tune a pretrained encoder on a target task"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anatplane", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"anatplane {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
