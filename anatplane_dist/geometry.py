@@ -279,6 +279,7 @@ def clip_lines(lines: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, np.nda
             hi = np.minimum(hi, np.where(inside, tmax, -np.inf))
     ok = np.isfinite(lo) & np.isfinite(hi) & (hi > lo) & np.isfinite(a)
     length = np.where(ok, hi - lo, 0.0)
+    lo, hi = np.where(ok, lo, 0.0), np.where(ok, hi, 0.0)
     p0 = np.stack([px + lo * dx, py + lo * dy], axis=-1)
     p1 = np.stack([px + hi * dx, py + hi * dy], axis=-1)
     p0 = np.where(ok[..., None], p0, np.nan)
