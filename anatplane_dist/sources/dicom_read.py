@@ -1,0 +1,338 @@
+"""Reading DICOM files for the readers: lazy headers, geometry, pixels, series grouping.
+
+Readers of whole data sets (``dsbcc``, ``knee``) only ever read *headers* while they scan a
+study (``dcmread(stop_before_pixels=True)``: a few kB per file); pixels are read when a
+``Slice`` is loaded.  Every problem with one file becomes a ``ReaderError`` with the file and
+the reason, which the reader turns into a recorded ``Skip`` -- one bad file never stops a scan.
+
+Grouping rules shared by the readers live here too, so the DSBCC and knee readers apply the
+same definition of "the same slice":
+
+* files are grouped into slices by exact plane (series, position, orientation, spacing, size);
+* frames of a slice are ordered by TriggerTime, then InstanceNumber, then file name;
+* coincident planes (same orientation and position along the normal) are duplicates: the
+  caller orders candidates by preference and the first one is kept, the others recorded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from ..geometry import GeometryError, Plane, plane_from_dicom
+from .base import Frame, ReaderError, Slice, Study
+
+__all__ = [
+    "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
+    "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
+    "angle_between_normals_deg", "drop_coincident", "majority", "relpath",
+]
+
+#: file suffixes read as DICOM (files without a suffix are common in PACS exports)
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
+
+_POS_TOL_MM = 0.01      # two origins closer than this are the same position (DS rounding)
+_DIR_TOL = 1e-4         # direction cosines equal within this
+_SPACING_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the readers need from one image file, read without its pixels."""
+
+    path: Path
+    plane: Plane
+    frame_of_reference: str
+    series_uid: str
+    sop_uid: str
+    series_number: int | None
+    instance_number: int | None
+    trigger_time: float | None
+
+    @property
+    def frame_sort_key(self) -> tuple:
+        """Cine order: TriggerTime, then InstanceNumber, then file name (never name alone)."""
+        return (self.trigger_time is None, self.trigger_time or 0.0,
+                self.instance_number is None, self.instance_number or 0, self.path.name)
+
+
+def read_dataset(path: str | os.PathLike, *, pixels: bool = False) -> pydicom.Dataset:
+    """Parse one DICOM file (headers only unless ``pixels``).
+
+    A header-only read also checks, from the element header of Pixel Data and the file size,
+    that the pixels are all there -- pydicom silently returns a partial dataset for a file
+    cut short, which would otherwise surface much later as "missing tag" or a decode error.
+
+    Raises:
+        ReaderError: the file is missing, not DICOM, truncated, or too damaged to parse.
+    """
+    path = Path(path)
+    try:
+        if pixels:
+            return pydicom.dcmread(path)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            _check_pixel_data_complete(fp, ds, path)
+            return ds
+    except ReaderError:
+        raise
+    except InvalidDicomError as exc:
+        raise ReaderError(f"{path}: not a DICOM file ({exc})") from exc
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot read file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 -- pydicom raises many types on damaged files
+        raise ReaderError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
+
+
+def _check_pixel_data_complete(fp: BinaryIO, ds: pydicom.Dataset, path: Path) -> None:
+    """After a ``stop_before_pixels`` read, ``fp`` sits on the Pixel Data element (pydicom
+    rewinds to the stopping tag) or at the end of a file that has none."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and (syntax == DeflatedExplicitVRLittleEndian or not syntax.is_little_endian):
+        return                      # positions are not byte offsets there; decoding will tell
+    pos = fp.tell()
+    size = os.fstat(fp.fileno()).st_size
+    head = fp.read(12)
+    if len(head) < 8:
+        raise ReaderError(f"{path}: no pixel data element: truncated file (ends at byte {size}), "
+                          "or not an image")
+    tag = (int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little"))
+    if tag not in _PIXEL_TAGS:
+        return
+    if head[4:6] in _LONG_VRS:          # explicit VR: tag, VR, 2 reserved bytes, 4-byte length
+        if len(head) < 12:
+            raise ReaderError(f"{path}: truncated pixel data element header")
+        length, start = int.from_bytes(head[8:12], "little"), pos + 12
+    else:                               # implicit VR: tag, 4-byte length
+        length, start = int.from_bytes(head[4:8], "little"), pos + 8
+    if length != 0xFFFFFFFF and start + length > size:
+        raise ReaderError(f"{path}: truncated pixel data ({max(0, size - start)} of {length} bytes present)")
+
+
+def _optional_float(ds: pydicom.Dataset, keyword: str, path: Path) -> float | None:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ReaderError(f"{path}: {keyword} is not a number ({value!r})") from exc
+    if not np.isfinite(out):
+        raise ReaderError(f"{path}: {keyword} is not finite ({value!r})")
+    return out
+
+
+def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None     # a malformed InstanceNumber only loses a tie-breaker
+
+
+def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> DicomHeader:
+    """The ``DicomHeader`` of a parsed dataset.
+
+    Raises:
+        ReaderError: geometry missing or invalid (the ``GeometryError`` text names the tag),
+            or a multi-frame object (the readers handle single-frame MR images only).
+    """
+    path = Path(path)
+    try:
+        plane = plane_from_dicom(ds, what=str(path))
+    except GeometryError as exc:
+        raise ReaderError(str(exc)) from exc
+    except (TypeError, ValueError) as exc:       # e.g. Rows holding garbage
+        raise ReaderError(f"{path}: malformed geometry tag ({exc})") from exc
+    frames = _optional_int(ds, "NumberOfFrames")
+    if frames is not None and frames > 1:
+        raise ReaderError(f"{path}: multi-frame object ({frames} frames) is not supported; "
+                          "export single-frame images")
+    return DicomHeader(
+        path=path, plane=plane,
+        frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        series_number=_optional_int(ds, "SeriesNumber"),
+        instance_number=_optional_int(ds, "InstanceNumber"),
+        trigger_time=_optional_float(ds, "TriggerTime", path),
+    )
+
+
+def read_header(path: str | os.PathLike) -> DicomHeader:
+    """Header and geometry of one file, without reading its pixels."""
+    return header_from_dataset(read_dataset(path), path)
+
+
+def load_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Pixels of one single-frame image as float32 (rows, cols) in stored-value units
+    mapped through RescaleSlope/RescaleIntercept.
+
+    Raises:
+        ReaderError: unreadable or truncated pixel data, a shape that disagrees with
+            Rows/Columns, a non-finite rescale, or NaN/inf pixel values (float pixel data).
+    """
+    path = Path(path)
+    ds = read_dataset(path, pixels=True)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 -- truncated data, missing tags, unknown syntax
+        raise ReaderError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if arr.ndim != 2 or (rows is not None and cols is not None and arr.shape != (int(rows), int(cols))):
+        raise ReaderError(f"{path}: pixel array shape {arr.shape} is not Rows x Columns ({rows}, {cols})")
+    slope = _optional_float(ds, "RescaleSlope", path)
+    intercept = _optional_float(ds, "RescaleIntercept", path)
+    out = arr.astype(np.float32)
+    if slope is not None and slope != 1.0:
+        out *= np.float32(slope)
+    if intercept is not None and intercept != 0.0:
+        out += np.float32(intercept)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise ReaderError(f"{path}: {int(bad.sum())} non-finite (NaN/inf) pixel value(s)")
+    return out
+
+
+def load_frames(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Frames of one slice as float32 (n_frames, rows, cols), in the order given."""
+    frames = [load_pixels(p) for p in paths]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise ReaderError(f"frames of one slice have different shapes {sorted(shapes)}: {paths[0]}")
+    return np.stack(frames)
+
+
+def list_dicom_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """Candidate DICOM files of a folder, sorted by path (hidden files and files with a
+    known non-DICOM suffix such as ``.json``/``.txt`` are not candidates)."""
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in DICOM_SUFFIXES)
+
+
+def scan_headers(files: Iterable[Path], study: Study) -> list[DicomHeader]:
+    """Headers of ``files``; unreadable ones and repeated SOPInstanceUIDs become skips on ``study``."""
+    out: list[DicomHeader] = []
+    seen: dict[str, Path] = {}
+    for f in files:
+        try:
+            h = read_header(f)
+        except ReaderError as exc:
+            study.skip(_relative_reason(str(exc), study.root), relpath(f, study.root), "file")
+            continue
+        if h.sop_uid and h.sop_uid in seen:
+            study.skip(f"duplicate SOPInstanceUID {h.sop_uid} (same image as "
+                       f"{relpath(seen[h.sop_uid], study.root)})", relpath(f, study.root), "file")
+            continue
+        seen[h.sop_uid] = f
+        out.append(h)
+    return out
+
+
+def _same_plane(a: Plane, b: Plane) -> bool:
+    return (bool(np.all(a.shape == b.shape))
+            and np.allclose(a.origin, b.origin, atol=_POS_TOL_MM, rtol=0)
+            and np.allclose(a.row_dir, b.row_dir, atol=_DIR_TOL, rtol=0)
+            and np.allclose(a.col_dir, b.col_dir, atol=_DIR_TOL, rtol=0)
+            and np.allclose(a.spacing, b.spacing, atol=_SPACING_TOL, rtol=0))
+
+
+def group_by_plane(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
+    """Split headers into slices: one group per (series UID, exact plane), frames in cine order.
+
+    Files of one folder that differ in size, spacing, orientation or position end up in
+    different groups (a folder holding several positions gives several slices; a stray frame
+    with another matrix gives its own group, which the duplicate rule then resolves).
+    Groups come in the order of their first file by (InstanceNumber, name).
+    """
+    ordered = sorted(headers, key=lambda h: (h.instance_number is None, h.instance_number or 0, str(h.path)))
+    groups: list[list[DicomHeader]] = []
+    for h in ordered:
+        for g in groups:
+            if g[0].series_uid == h.series_uid and _same_plane(g[0].plane, h.plane):
+                g.append(h)
+                break
+        else:
+            groups.append([h])
+    return [sorted(g, key=lambda h: h.frame_sort_key) for g in groups]
+
+
+def slice_from_group(view: str, series: str, group: Sequence[DicomHeader], root: Path) -> Slice:
+    """A lazily loaded ``Slice`` from one group made by :func:`group_by_plane`."""
+    first = group[0]
+    frames = [Frame(path=relpath(h.path, root), index=i, sop_uid=h.sop_uid, trigger_time=h.trigger_time)
+              for i, h in enumerate(group)]
+    return Slice(view=view, series=series, plane=first.plane, frames=frames,
+                 frame_of_reference=first.frame_of_reference, series_uid=first.series_uid,
+                 loader=partial(load_frames, tuple(h.path for h in group)))
+
+
+def angle_between_normals_deg(n1: np.ndarray, n2: np.ndarray) -> float:
+    """Unsigned angle between two plane normals in [0, 90] degrees (planes, not vectors)."""
+    c = abs(float(np.dot(n1, n2)) / (np.linalg.norm(n1) * np.linalg.norm(n2)))
+    return float(np.degrees(np.arccos(min(1.0, c))))
+
+
+def drop_coincident(slices: Sequence[Slice], study: Study, *, tol_mm: float = 0.5,
+                    max_angle_deg: float = 1.0) -> list[Slice]:
+    """Keep the first of every set of coincident planes (same orientation within
+    ``max_angle_deg``, same position along the normal within ``tol_mm``); record the others.
+
+    The caller orders ``slices`` by preference, so which one survives is deterministic.
+    """
+    kept: list[Slice] = []
+    for s in slices:
+        n = s.plane.normal
+        twin = next((k for k in kept if angle_between_normals_deg(n, k.plane.normal) <= max_angle_deg
+                     and abs(float(n @ (s.plane.origin - k.plane.origin))) <= tol_mm), None)
+        if twin is None:
+            kept.append(s)
+            continue
+        same_series = twin.series == s.series and twin.series_uid == s.series_uid
+        what = ("inconsistent frames in one series (same position, different size/spacing/"
+                "orientation)" if same_series else "duplicated slice position")
+        study.skip(f"{what}: {s.series} ({len(s.frames)} frame(s), {_shape(s)}) dropped, "
+                   f"{twin.series} ({len(twin.frames)} frame(s), {_shape(twin)}) kept",
+                   s.frames[0].path if s.frames else "", "slice")
+    return kept
+
+
+def majority(values: Sequence[str]) -> str | None:
+    """Most frequent value; ties go to the one seen first (deterministic)."""
+    if not values:
+        return None
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    best = max(counts.values())
+    return next(v for v in values if counts[v] == best)
+
+
+def _shape(s: Slice) -> str:
+    return f"{int(s.plane.shape[0])}x{int(s.plane.shape[1])}"
+
+
+def relpath(path: Path, root: Path) -> str:
+    """``path`` relative to the data-set root (POSIX), or as given when outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _relative_reason(reason: str, root: Path) -> str:
+    """Error text with the data-set root stripped, so skip records are portable."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return reason.replace(prefix, "")
