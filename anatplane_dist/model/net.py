@@ -1,0 +1,116 @@
+"""The multitask network: one encoder, a heatmap decoder and a location head.
+
+The three parts are separate attributes so each can be exported, published and re-used on its
+own (fine-tuning builds a segmentation network from ``encoder`` (+ ``decoder`` with a new
+``decoder.head``)).  ``forward`` is straight-line tensor code - no Python loop over data, no
+host sync, no data-dependent shape - so it runs under ``torch.compile(fullgraph=True)``,
+``channels_last`` and bf16 autocast unchanged.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .heads import LocationHead
+from .layers import init_weights
+from .registry import get_builder
+
+__all__ = ["MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model", "PARTS"]
+
+#: Exportable parts, in a fixed order (also the fp32 file names: ``<part>.pt``).
+PARTS = ("encoder", "decoder", "location_head")
+
+
+class MultitaskNet(nn.Module):
+    """``forward(x) -> {"heatmaps": (B, K, H, W), "location": (B,)}``.
+
+    A head that is switched off in the config is ``None`` and its key is absent from the
+    output (single-task pretraining; the loss then needs that term's weight at 0).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | None,
+                 location_head: nn.Module | None, config: ModelConfig, num_channels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.location_head = location_head
+        self.config = config
+        self.num_channels = num_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        feats = self.encoder(x)
+        out: dict[str, Tensor] = {}
+        if self.decoder is not None:
+            out["heatmaps"] = self.decoder(feats)
+        if self.location_head is not None:
+            out["location"] = self.location_head(feats[-1])
+        return out
+
+
+def build_model(cfg: ModelConfig, num_channels: int) -> MultitaskNet:
+    """Build the registered architecture ``cfg.name`` with ``num_channels`` (K) heatmaps.
+
+    Raises:
+        ValueError: unknown architecture name or an invalid config value.
+    """
+    cfg.validate()
+    if num_channels < 1:
+        raise ValueError(f"num_channels (K reference views) must be >= 1, got {num_channels}")
+    encoder, decoder = get_builder(cfg.name)(cfg, num_channels)
+    loc = (LocationHead(encoder.out_channels[-1], cfg.loc_hidden, pool=cfg.loc_pool,
+                        dropout=cfg.loc_dropout) if cfg.location_head else None)
+    net = MultitaskNet(encoder, decoder if cfg.orientation_head else None, loc, cfg, num_channels)
+    init_weights(net)
+    return net
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare network inside DDP / DeepSpeed engine (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, in any nesting."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def export_parts(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """fp32 CPU copies of the state dict of each present part (``encoder``, ``decoder``,
+    ``location_head``), with part-local names, independent of wrappers and of the training
+    precision; ready for ``torch.save`` and ``torch.load(weights_only=True)``."""
+    net = unwrap_model(model)
+    parts: dict[str, dict[str, Tensor]] = {}
+    for name in PARTS:
+        part = getattr(net, name, None)
+        if part is None:
+            continue
+        parts[name] = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point()
+                           else v.detach().to("cpu")).clone()
+                       for k, v in part.state_dict().items()}
+    return parts
+
+
+def load_parts(model: nn.Module, parts: Mapping[str, Mapping[str, Tensor]], *,
+               strict: bool = True) -> list[str]:
+    """Load exported parts into ``model``; returns the names loaded.
+
+    Raises:
+        ValueError: an unknown part name, or a part the model does not have.
+        RuntimeError: (``strict``) missing or unexpected tensors, from ``load_state_dict``.
+    """
+    net = unwrap_model(model)
+    loaded = []
+    for name, sd in parts.items():
+        if name not in PARTS:
+            raise ValueError(f"unknown part {name!r}; parts are {PARTS}")
+        part = getattr(net, name, None)
+        if part is None:
+            raise ValueError(f"model has no {name} (disabled in its config) to load weights into")
+        part.load_state_dict(dict(sd), strict=strict)
+        loaded.append(name)
+    return loaded

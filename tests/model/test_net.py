@@ -1,0 +1,136 @@
+"""MultitaskNet for every registered architecture: outputs, heads, export, device-friendliness."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import yaml
+
+from anatplane_dist.model import (ModelConfig, available_models, build_model, export_parts, load_parts,
+                                  unwrap_model)
+
+ARCHS = ["unet", "resnet"]
+
+
+def tiny(name: str, **kw) -> ModelConfig:
+    return ModelConfig(name=name, width=8, depth=3, **kw)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_outputs_and_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    net = build_model(tiny(name), num_channels=3).train()
+    out = net(torch.randn(4, 1, 64, 64))
+    assert out["heatmaps"].shape == (4, 3, 64, 64) and out["location"].shape == (4,)
+    (out["heatmaps"].square().mean() + out["location"].square().mean()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_disabled_heads_have_no_parameters_and_no_output(name):
+    ori = build_model(tiny(name, location_head=False), 2)
+    loc = build_model(tiny(name, orientation_head=False), 2)
+    assert ori.location_head is None and set(ori(torch.randn(1, 1, 32, 32))) == {"heatmaps"}
+    assert loc.decoder is None and set(loc(torch.randn(1, 1, 32, 32))) == {"location"}
+    assert set(export_parts(loc)) == {"encoder", "location_head"}
+    with pytest.raises(ValueError, match="at least one"):
+        tiny(name, orientation_head=False, location_head=False)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_channels_last_gives_the_same_result(name):
+    torch.manual_seed(0)
+    net = build_model(tiny(name), 2).eval()
+    x = torch.randn(2, 1, 64, 64)
+    ref = net(x)
+    net_cl = net.to(memory_format=torch.channels_last)
+    out = net_cl(x.contiguous(memory_format=torch.channels_last))
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_bf16_autocast_forward_backward(name):
+    torch.manual_seed(0)
+    net = build_model(tiny(name), 2).train()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out["heatmaps"].dtype == torch.bfloat16
+    loss = out["heatmaps"].float().square().mean() + out["location"].float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in net.parameters())
+    with torch.no_grad():
+        ref = net.eval()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x)
+    err = (low["heatmaps"].float() - ref["heatmaps"]).abs().max() / ref["heatmaps"].abs().max()
+    assert err < 0.05
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_single_graph_without_breaks(name):
+    """fullgraph=True fails on any graph break (host sync, data-dependent shape, Python on data).
+
+    The eager backend traces with dynamo exactly as inductor would, without its minutes of C++
+    codegen on 2 CPU cores (the benchmark times real inductor compilation)."""
+    torch.manual_seed(0)
+    net = build_model(tiny(name), 2).eval()
+    x = torch.randn(2, 1, 64, 64).contiguous(memory_format=torch.channels_last)
+    explanation = torch._dynamo.explain(net)(x)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    ref, out = net(x), compiled(x)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+    assert unwrap_model(compiled) is net
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_export_parts_roundtrip_through_weights_only_file(name):
+    torch.manual_seed(0)
+    src = build_model(tiny(name), 2)
+    src.train()(torch.randn(4, 1, 32, 32))          # move BN running stats off their init
+    src = src.to(torch.bfloat16).eval()
+    parts = export_parts(torch.nn.DataParallel(torch.compile(src, backend="eager")))   # wrappers
+    assert set(parts) == {"encoder", "decoder", "location_head"}
+    assert all(v.dtype == torch.float32 for sd in parts.values() for v in sd.values() if v.is_floating_point())
+    buf = io.BytesIO()
+    torch.save({"format": "anatplane-weights/1", "parts": parts, "model_config": src.config.to_yaml()}, buf)
+    buf.seek(0)
+    blob = torch.load(buf, weights_only=True)
+    dst = build_model(ModelConfig.from_yaml(blob["model_config"]), 2).eval()
+    assert load_parts(dst, blob["parts"]) == ["encoder", "decoder", "location_head"]
+    x = torch.randn(2, 1, 32, 32)
+    ref = src.float()(x)
+    out = dst(x)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+
+
+def test_load_parts_errors():
+    net = build_model(tiny("unet", location_head=False), 2)
+    with pytest.raises(ValueError, match="unknown part"):
+        load_parts(net, {"backbone": {}})
+    with pytest.raises(ValueError, match="no location_head"):
+        load_parts(net, {"location_head": {}})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_parts(net, {"encoder": {}})
+
+
+def test_config_yaml_roundtrip_and_validation():
+    cfg = ModelConfig(name="resnet", width=16, depth=3, norm="group", loc_hidden=[64, 32])
+    text = cfg.to_yaml()
+    assert yaml.safe_load(text)["loc_hidden"] == [64, 32]
+    assert ModelConfig.from_yaml(text) == cfg
+    assert ModelConfig(**cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config key"):
+        ModelConfig.from_dict({"widht": 8})
+    with pytest.raises(ValueError, match="model.norm"):
+        ModelConfig(norm="layer")
+    with pytest.raises(ValueError, match="model.depth"):
+        ModelConfig(depth=0)
+    assert set(ARCHS) <= set(available_models())
