@@ -69,12 +69,12 @@ def write_series(folder: Path, planes: list[Plane], info: SeriesInfo, *, frames:
     out = []
     n = len(planes) * frames
     k = 0
-    for p_i, plane in enumerate(planes):
+    for plane in planes:
         for f in range(frames):
             inst = first_instance + (n - 1 - k if reverse_instances else k)
             out.append(write_mr_image(folder / f"IM-{inst:04d}.dcm", image_of(plane, f), plane, info,
                                       instance_number=inst, trigger_time_ms=40.0 * f,
-                                      sop_uid=deterministic_uid(info.series_uid, p_i, f)))
+                                      sop_uid=deterministic_uid(info.series_uid, inst)))
             k += 1
     return out
 
