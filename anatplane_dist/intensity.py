@@ -16,12 +16,14 @@ HIGH_PCT = 99.5
 
 
 def robust_rescale(x: np.ndarray, low_pct: float = LOW_PCT, high_pct: float = HIGH_PCT,
-                   clip: bool = True) -> np.ndarray:
+                   clip: bool = False) -> np.ndarray:
     """Map the ``low_pct``/``high_pct`` percentiles of ``x`` (all of it: a slice, or all
     frames of a slice) to 0 and 1, as float32.
 
     Percentiles instead of min/max so that a few hot pixels (flow artefacts, fat) do not
-    squash the anatomy into a narrow band.  A constant image maps to zeros.
+    squash the anatomy into a narrow band.  Values beyond the percentiles are kept (not
+    clipped) by default, as the sharder stores them ("about [0, 1]").  A constant image maps
+    to zeros.
     """
     arr = np.asarray(x, dtype=np.float32)
     finite = arr[np.isfinite(arr)]

@@ -98,15 +98,18 @@ class KneeStack:
 
 def slice_to_grid(pixels: np.ndarray, plane: Plane, grid: GridSpec,
                   label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, Plane]:
-    """One native 2D slice -> normalised image (and nearest-neighbour label) on the model grid.
+    """One native slice ((rows, cols), or (frames, rows, cols) of which the first is kept)
+    -> normalised image (and nearest-neighbour label) on the model grid.
 
-    Order matters and mirrors the shards: robust rescale on the native pixels (the zero
-    padding outside the field of view must not shift the percentiles), resample, then z-score
-    the image the model sees.
+    Order matters and mirrors the shards and the stream: robust rescale on the native pixels
+    of all frames (the zero padding outside the field of view must not shift the
+    percentiles), resample (linear), then z-score the image the model sees.
     """
     g = target_grid(plane, grid.size, grid.spacing)
-    img = resample_to_grid(robust_rescale(pixels), plane, g, order=1, cval=0.0)
-    img = zscore(img)
+    scaled = robust_rescale(pixels)
+    if scaled.ndim == 3:
+        scaled = scaled[0]
+    img = zscore(resample_to_grid(scaled, plane, g, order=1, cval=0.0))
     lab = None
     if label is not None:
         lab = resample_to_grid(label.astype(np.float32), plane, g, order=0, cval=0.0)
@@ -284,8 +287,9 @@ def read_labels_csv(path: str | Path) -> tuple[dict[str, dict[str, int]], list[s
 def stack_from_study(study: Study, view: str, grid: GridSpec) -> np.ndarray:
     """The ``view`` stack of a study as (S, size, size) normalised slices on the model grid.
 
-    The first frame of each slice is used (knee series are not cine).  Slices come in the
-    order the reader gives (sorted by position along the stack normal).
+    The first frame of each slice is used (knee series are not cine), rescaled with the
+    percentiles of all its frames as the sharder does.  Slices come in the order the reader
+    gives (sorted by position along the stack normal).
 
     Raises:
         ReaderError: the study has no such view.
@@ -295,8 +299,7 @@ def stack_from_study(study: Study, view: str, grid: GridSpec) -> np.ndarray:
         raise ReaderError(f"{study.subject}: no '{view}' stack (views: {sorted(study.views)})")
     out = []
     for sl in slices:
-        pixels = sl.load()[0]
-        img, _, _ = slice_to_grid(pixels, sl.plane, grid)
+        img, _, _ = slice_to_grid(sl.load(), sl.plane, grid)
         out.append(img)
     return np.stack(out).astype(np.float32)
 
