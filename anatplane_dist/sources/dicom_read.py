@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -32,7 +32,7 @@ from .base import Frame, ReaderError, Slice, Study
 __all__ = [
     "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
     "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
-    "angle_between_normals_deg", "drop_coincident", "majority", "relpath",
+    "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "iter_subjects",
 ]
 
 #: file suffixes read as DICOM (files without a suffix are common in PACS exports)
@@ -307,6 +307,34 @@ def drop_coincident(slices: Sequence[Slice], study: Study, *, tol_mm: float = 0.
                    f"{twin.series} ({len(twin.frames)} frame(s), {_shape(twin)}) kept",
                    s.frames[0].path if s.frames else "", "slice")
     return kept
+
+
+def iter_subjects(root: str | os.PathLike, subjects: Iterable[str] | None,
+                  read_study: Callable[[Path, Path], Study]) -> Iterator[Study]:
+    """Yield ``read_study(subject_dir, root)`` for each subject folder, sorted by name, lazily.
+
+    The data-set loop of every DICOM reader: a requested subject without a folder, or a
+    study whose reading raises, is yielded empty with a study-level skip -- one broken study
+    never ends a scan of thousands, and nothing disappears without a record.
+    """
+    root = Path(root)
+    if subjects is None:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    else:
+        names = list(subjects)
+    for name in names:
+        subject_dir = root / name
+        if not subject_dir.is_dir():
+            study = Study(subject=name, root=root, views={})
+            study.skip("subject folder not found", name, "study")
+            yield study
+            continue
+        try:
+            study = read_study(subject_dir, root)
+        except Exception as exc:  # noqa: BLE001 -- see docstring
+            study = Study(subject=name, root=root, views={})
+            study.skip(f"study could not be read ({type(exc).__name__}: {exc})", name, "study")
+        yield study
 
 
 def majority(values: Sequence[str]) -> str | None:

@@ -27,7 +27,8 @@ import numpy as np
 from ..geometry import Plane, heart_locations, stack_positions
 from .base import Slice, Study
 from .dicom_read import (angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
-                         majority, relpath, scan_headers, slice_from_group)
+                         iter_subjects, majority, relpath, scan_headers,
+                         slice_from_group)
 
 __all__ = ["VIEWS", "iter_studies", "read_study"]
 
@@ -46,24 +47,7 @@ def iter_studies(root: str | Path, subjects: Iterable[str] | None = None) -> Ite
     ``subjects`` restricts (and orders) the subjects; a requested subject without a folder is
     yielded as an empty study with a study-level skip, so nothing is lost silently.
     """
-    root = Path(root)
-    if subjects is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    else:
-        names = list(subjects)
-    for name in names:
-        subject_dir = root / name
-        if not subject_dir.is_dir():
-            study = Study(subject=name, root=root, views={})
-            study.skip("subject folder not found", name, "study")
-            yield study
-            continue
-        try:
-            yield read_study(subject_dir, root=root)
-        except Exception as exc:  # noqa: BLE001 -- one broken study must not end a data-set scan
-            study = Study(subject=name, root=root, views={})
-            study.skip(f"study could not be read ({type(exc).__name__}: {exc})", name, "study")
-            yield study
+    return iter_subjects(root, subjects, lambda d, r: read_study(d, root=r))
 
 
 def read_study(study_dir: str | Path, root: str | Path | None = None,
