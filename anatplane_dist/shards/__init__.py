@@ -1,0 +1,9 @@
+"""Offline sharder: studies -> WebDataset tar shards of plane pairs with precomputed targets.
+
+``profiles`` (what to shard), ``samples`` (one study -> encoded samples), ``writer`` (atomic,
+deterministic, resumable tars), ``manifest`` (part records, merge), ``pipeline`` (the run),
+``cli`` (``anatplane shard``).  The sample schema is in ``shards/FORMAT.md``.
+"""
+from .profiles import BUILTIN_PROFILES, Profile, ShardConfig, load_profile
+
+__all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile"]

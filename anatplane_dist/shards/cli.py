@@ -1,0 +1,97 @@
+"""``anatplane shard``: studies -> WebDataset tar shards of plane pairs with their targets.
+
+Examples::
+
+    anatplane shard --profile heart --input demo/dsbcc --out demo/shards --grid 64 --spacing 5
+    anatplane shard --profile knee --input data/knee --out shards/knee --workers 8
+    anatplane shard ... --part 3/16          # one of 16 machines; then:
+    anatplane shard --merge --out DIR        # combined sizes.json / manifest.json / skipped.jsonl
+
+Exit status: 0 when shards were written (masked or skipped inputs are normal and listed in
+``skipped.jsonl``), 1 when nothing could be sharded or the output could not be written
+(a re-run resumes), 2 for a usage error (bad profile, input, part, or another config's output).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .manifest import MergeError, merge_parts
+from .profiles import ShardConfig, load_profile
+from .splits import parse_part
+from .writer import ResumeMismatch
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="heart", help="heart | knee | a profile YAML file (default: heart)")
+    parser.add_argument("--input", help="data-set root (DSBCC or knee layout)")
+    parser.add_argument("--out", required=True, help="output folder for shards and metadata")
+    parser.add_argument("--grid", type=int, default=224, help="model grid size in pixels (default 224)")
+    parser.add_argument("--spacing", type=float, default=1.26, help="model grid spacing in mm (default 1.26)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of subjects in val (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="worker processes (default: min(8, CPUs)); 1 runs in this process")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--require-all-views", action="store_true",
+                        help="drop a study missing a reference view (default: mask that channel)")
+    parser.add_argument("--part", default="0/1", help="i/N: shard the i-th of N subject subsets (default 0/1)")
+    parser.add_argument("--slurm-array", type=int, default=0, metavar="N",
+                        help="submit N parts as a SLURM job array (submitit) and merge when all are done")
+    parser.add_argument("--slurm-partition", default="", help="SLURM partition for --slurm-array")
+    parser.add_argument("--merge", action="store_true", help="only merge the part records found in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards made with another config")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> ShardConfig:
+    return ShardConfig(profile=load_profile(args.profile), grid=args.grid, spacing=args.spacing,
+                       val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
+                       require_all_views=args.require_all_views)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .pipeline import shard_dataset
+
+    if args.merge:
+        try:
+            m = merge_parts(args.out)
+        except MergeError as exc:
+            print(f"anatplane shard --merge: {exc}", file=sys.stderr)
+            return 1
+        print(f"merged {m['parts']} part(s): {m['counts']['samples']} samples in {m['counts']['shards']} shards")
+        return 0
+    if not args.input:
+        print("anatplane shard: --input is required (unless --merge)", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_from_args(args)
+        part = parse_part(args.part)
+    except ValueError as exc:
+        print(f"anatplane shard: {exc}", file=sys.stderr)
+        return 2
+    if args.slurm_array:
+        from .slurm_array import submit_array
+        return submit_array(args, cfg)
+    try:
+        result = shard_dataset(args.input, args.out, cfg, workers=args.workers, part=part,
+                               overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, ResumeMismatch) as exc:
+        print(f"anatplane shard: {exc}", file=sys.stderr)
+        return 2
+    splits = {}
+    for r in result.shards:
+        splits[r.split] = splits.get(r.split, 0) + r.count
+    print(f"{result.samples} samples ({', '.join(f'{k} {v}' for k, v in splits.items()) or 'none'}) in "
+          f"{len(result.shards)} shards from {result.subjects_with_samples}/{result.subjects} subjects; "
+          f"{result.skipped} skip record(s) -> {os.path.join(args.out, 'skipped.jsonl') if part[1] == 1 else 'part record'}")
+    if result.error:
+        print(f"anatplane shard: stopped early: {result.error}; a re-run resumes", file=sys.stderr)
+        return 1
+    if result.samples == 0:
+        print("anatplane shard: nothing could be sharded (see skipped records)", file=sys.stderr)
+        return 1
+    return 0

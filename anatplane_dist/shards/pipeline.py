@@ -1,0 +1,239 @@
+"""Run the sharder over a data set: subjects -> worker processes -> ordered shard writing.
+
+Determinism regardless of worker count: workers only *compute* (read one study, build and
+encode its samples, return the bytes); the main process consumes results strictly in subject
+order and is the only writer.  So shard contents and order depend on the input and the
+config, never on scheduling.  Memory stays bounded: at most ``2 x workers`` studies are in
+flight, and each is dropped once written.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable, Iterator
+
+from tqdm import tqdm
+
+from ..sources.base import Skip
+from .manifest import merge_parts, write_part
+from .profiles import ShardConfig
+from .samples import StudySamples, study_samples
+from .splits import assign_splits, part_subjects
+from .writer import Journal, ShardRecord, SplitWriter
+
+__all__ = ["ShardRun", "shard_dataset", "resolve_reader", "list_subjects", "process_subject", "SubjectTask"]
+
+SPLITS = ("train", "val")
+
+
+def resolve_reader(name: str) -> ModuleType:
+    """``dsbcc`` -> ``anatplane_dist.sources.dsbcc``; a dotted name is imported as given."""
+    module = name if "." in name else f"anatplane_dist.sources.{name}"
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"reader {name!r}: cannot import {module} ({exc})") from exc
+
+
+def list_subjects(reader: ModuleType, root: Path) -> list[str]:
+    """Subject ids of ``root``: the reader's ``list_subjects`` if it has one, else the sorted
+    non-hidden sub-folders (both the DSBCC and the knee layouts are one folder per subject)."""
+    if hasattr(reader, "list_subjects"):
+        return sorted(reader.list_subjects(root))
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+@dataclass(frozen=True)
+class SubjectTask:
+    """What a worker needs to shard one subject (picklable, small)."""
+
+    reader: str
+    root: str
+    subject: str
+    cfg: ShardConfig
+
+
+def process_subject(task: SubjectTask) -> StudySamples:
+    """Read one study and build its samples; any failure becomes a recorded study skip."""
+    try:
+        reader = resolve_reader(task.reader)
+        study = reader.read_study(Path(task.root) / task.subject, root=Path(task.root))
+    except Exception as exc:  # a study that cannot be read is recorded, the data set goes on
+        return StudySamples(task.subject, skipped=[Skip(task.subject, f"study unreadable: {type(exc).__name__}: "
+                                                                      f"{exc}", task.subject, "study")])
+    try:
+        return study_samples(study, task.cfg)
+    except Exception as exc:  # defensive: study_samples already isolates slices
+        return StudySamples(task.subject, skipped=list(study.skipped) + [
+            Skip(task.subject, f"study left out: {type(exc).__name__}: {exc}", task.subject, "study")])
+
+
+def _ordered_results(tasks: list[SubjectTask], workers: int) -> Iterator[StudySamples]:
+    """Results in task order; at most ``2 * workers`` studies in flight (bounded memory)."""
+    if workers <= 1:
+        for t in tasks:
+            yield process_subject(t)
+        return
+    ctx = multiprocessing.get_context("spawn")       # fork-safety with threads, same on every OS
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        pending: deque[Future] = deque()
+        it = iter(tasks)
+        for t in it:
+            pending.append(ex.submit(process_subject, t))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(process_subject, nxt))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ShardRun:
+    """Outcome of one run (one part)."""
+
+    out_dir: Path
+    samples: int = 0
+    shards: list[ShardRecord] = field(default_factory=list)
+    subjects: int = 0
+    subjects_with_samples: int = 0
+    skipped: int = 0
+    complete: bool = False
+    error: str = ""
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Something usable was produced (the CLI's exit status)."""
+        return self.complete and self.samples > 0
+
+
+def _subjects_hash(per_split: dict[str, list[str]]) -> str:
+    blob = json.dumps(per_split, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg: ShardConfig, *,
+                  workers: int = 1, part: tuple[int, int] = (0, 1), overwrite: bool = False,
+                  progress: bool = True, subjects: Iterable[str] | None = None) -> ShardRun:
+    """Shard ``input_root`` (this part's subjects) into ``out_dir``; resumes a previous run.
+
+    Args:
+        workers: worker processes (1: in this process).
+        part: ``(i, N)``: shard the i-th of N interleaved subject subsets; shard names then
+            carry ``-p<i>``.  A one-part run also merges (sizes/manifest/skipped).
+        overwrite: replace shards of another config instead of refusing.
+        subjects: restrict to these subject ids (default: all of ``input_root``).
+
+    Raises:
+        ValueError: unknown reader, missing input; ``writer.ResumeMismatch`` (see ``overwrite``).
+    """
+    root = Path(input_root).resolve()
+    out = Path(out_dir)
+    if not root.is_dir():
+        raise ValueError(f"--input {root}: not a folder")
+    reader = resolve_reader(cfg.profile.reader)
+    all_subjects = list_subjects(reader, root)
+    if subjects is not None:
+        wanted = set(subjects)
+        all_subjects = [s for s in all_subjects if s in wanted]
+    split_of = assign_splits(all_subjects, cfg.val_fraction, cfg.seed)
+    i, n = part
+    mine = part_subjects(all_subjects, i, n)
+    order = {sp: [s for s in mine if split_of[s] == sp] for sp in SPLITS}
+    pos_of = {s: order[split_of[s]].index(s) for s in mine}
+    prefixes = {sp: (sp if n == 1 else f"{sp}-p{i:04d}") for sp in SPLITS}
+    out.mkdir(parents=True, exist_ok=True)
+
+    journal = Journal(out / "_state" / f"part-{i:04d}-of-{n:04d}.jsonl",
+                      {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(order), "part": [i, n]})
+    state = journal.load(out, prefixes, overwrite)
+    run = ShardRun(out)
+    shards: dict[str, list[ShardRecord]] = {sp: list(state.shards[sp]) for sp in SPLITS}
+
+    def done(rec: ShardRecord) -> None:
+        journal.shard_done(rec)
+        shards[rec.split].append(rec)
+
+    writers = {sp: SplitWriter(out, prefixes[sp], sp, cfg.shard_size, state.next_index(sp), done) for sp in SPLITS}
+    ends = {sp: state.end(sp) for sp in SPLITS}
+    todo = [s for s in mine if pos_of[s] >= ends[split_of[s]][0]]
+    tasks = [SubjectTask(cfg.profile.reader, str(root), s, cfg) for s in todo]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="subject", disable=not progress,
+               desc=f"shard {cfg.profile.name}" + (f" part {i}/{n}" if n > 1 else ""), dynamic_ncols=True)
+    t0, n_new = time.perf_counter(), 0
+    error = ""
+    results = _ordered_results(tasks, workers)
+    try:
+        for res in results:
+            sp, pos = split_of[res.subject], pos_of[res.subject]
+            start = ends[sp][1] if pos == ends[sp][0] else 0
+            for j in range(start, len(res.samples)):
+                writers[sp].add(res.samples[j], (pos, j))
+            n_new += len(res.samples) - start
+            journal.append({"type": "subject", "split": sp, "pos": pos, "subject": res.subject,
+                            "samples": len(res.samples), "skipped": [s.to_dict() for s in res.skipped]})
+            bar.update(1)
+            rate = n_new / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(samples=n_new, samples_s=f"{rate:.1f}", refresh=False)
+            del res
+        for sp in SPLITS:
+            writers[sp].finish((len(order[sp]), 0))
+    except OSError as exc:          # disk full, quota, permissions: stop cleanly, keep what is complete
+        error = f"output error: {type(exc).__name__}: {exc}"
+        for w in writers.values():
+            w.abort()
+    except BaseException:           # killed (Ctrl-C) or a bug: leave no partial shard behind
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        results.close()
+        bar.close()
+
+    subject_recs = {r["subject"]: r for r in journal._read() if r.get("type") == "subject"}
+    skipped: list[dict[str, str]] = []
+    for s in mine:
+        rec = subject_recs.get(s)
+        if rec is None:
+            skipped.append(Skip(s, f"not sharded: run stopped ({error or 'unknown'})", s, "study").to_dict())
+        else:
+            skipped.extend(rec["skipped"])
+    all_shards = shards["train"] + shards["val"]
+    run.shards = all_shards
+    run.samples = sum(r.count for r in all_shards)
+    run.subjects = len(mine)
+    run.subjects_with_samples = sum(1 for r in subject_recs.values() if r["samples"] > 0)
+    run.skipped = len(skipped)
+    run.complete = not error
+    run.error = error
+    record = {"part": [i, n], "complete": run.complete, "error": error, "config": cfg.to_dict(),
+              "config_hash": cfg.config_hash(), "subjects_hash": journal.header["subjects_hash"],
+              "input_root": str(root),
+              "shards": [{"name": r.name, "split": r.split, "count": r.count, "sha256": r.sha256, "bytes": r.bytes}
+                         for r in all_shards],
+              "subjects": {s: split_of[s] for s in mine},
+              "subject_samples": {s: subject_recs[s]["samples"] for s in mine if s in subject_recs},
+              "skipped": skipped}
+    try:
+        write_part(out, record)
+        if n == 1 and run.complete:
+            run.manifest = merge_parts(out)
+    except OSError as exc:
+        run.complete = False
+        run.error = run.error or f"output error writing metadata: {exc}"
+    return run
