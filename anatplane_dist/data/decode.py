@@ -1,0 +1,136 @@
+"""Shard sample bytes -> checked float32 arrays -> batches (the layout in docs/architecture.md).
+
+Everything here runs in the DataLoader workers. A sample that breaks the shard schema raises
+:class:`SampleError` with the reason; the stream counts and skips it instead of stopping.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import numpy.lib.format as npformat
+import torch
+
+#: tar members a sample must have (``meta.json`` is not needed for training and is not read).
+REQUIRED = ("image.npy", "lines.npy", "valid.npy", "loc.npy")
+_STD_FLOOR = 1e-6
+
+
+class SampleError(ValueError):
+    """A sample that does not follow the shard schema.
+
+    ``reason`` is a short category (``"npy"``, ``"missing"``, ``"shape"``, ...) so warnings can be
+    rate-limited per kind of problem; the message names the sample and the detail.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def wanted_member(fname: str) -> bool:
+    """Tar member filter: read only the members the batch needs (skips ``meta.json`` bytes)."""
+    return fname.endswith(REQUIRED)
+
+
+def load_npy(data: bytes, name: str = "array") -> np.ndarray:
+    """Parse ``.npy`` bytes without copying the payload (``np.load`` on a BytesIO copies it).
+
+    Raises:
+        SampleError: not an ``.npy``, an object dtype (pickles are never loaded) or truncated data.
+    """
+    fp = io.BytesIO(data)
+    try:
+        version = npformat.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fp)
+        else:  # format 3.0 (utf-8 field names) has no public header reader: take the slow path
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exn:
+        raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
+    if dtype.hasobject:
+        raise SampleError("npy", f"{name}: object arrays are not allowed")
+    count = int(np.prod(shape, dtype=np.int64))
+    offset = fp.tell()
+    if len(data) - offset < count * dtype.itemsize:
+        raise SampleError("truncated", f"{name}: truncated .npy ({len(data) - offset} of {count * dtype.itemsize} data bytes)")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """Per-image z-score in float32 (the sharder stores ~[0, 1]; the model wants mean 0, std 1)."""
+    x = image.astype(np.float32)
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
+    x -= np.float32(mean)
+    x *= np.float32(1.0 / max(std, _STD_FLOOR))
+    return x
+
+
+def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check one raw sample against the schema and return the per-sample batch fields.
+
+    Invalid lines become zero rows with ``valid = 0``; an absent location becomes ``loc = 0``
+    with ``loc_valid = 0``. A ``valid`` flag set on a non-finite line is a schema violation
+    (a sharder bug would otherwise turn into made-up targets), so the sample is rejected.
+
+    Raises:
+        SampleError: missing member, wrong dtype/shape, non-finite image, inconsistent flags.
+    """
+    key = raw.get("__key__", "?")
+    missing = [m for m in REQUIRED if m not in raw]
+    if missing:
+        raise SampleError("missing", f"{key}: missing member(s) {missing}")
+    image = load_npy(raw["image.npy"], f"{key}.image.npy")
+    lines = load_npy(raw["lines.npy"], f"{key}.lines.npy")
+    valid = load_npy(raw["valid.npy"], f"{key}.valid.npy")
+    loc = load_npy(raw["loc.npy"], f"{key}.loc.npy")
+    if image.ndim != 2 or image.dtype.kind != "f" or 0 in image.shape:
+        raise SampleError("shape", f"{key}: image must be a non-empty float (H, W) array, got {image.dtype} {image.shape}")
+    if lines.ndim != 2 or lines.shape[1] != 3 or lines.dtype.kind != "f":
+        raise SampleError("shape", f"{key}: lines must be float (K, 3), got {lines.dtype} {lines.shape}")
+    if valid.shape != (lines.shape[0],) or valid.dtype.kind not in "uib":
+        raise SampleError("shape", f"{key}: valid must be integer ({lines.shape[0]},), got {valid.dtype} {valid.shape}")
+    if loc.size != 1 or loc.dtype.kind != "f":
+        raise SampleError("shape", f"{key}: loc must be a float scalar, got {loc.dtype} {loc.shape}")
+    if not np.isfinite(image).all():
+        raise SampleError("nonfinite", f"{key}: image has non-finite values")
+    flags = valid.astype(bool)
+    finite = np.isfinite(lines).all(axis=1)
+    if (flags & ~finite).any():
+        raise SampleError("flags", f"{key}: valid flag set on a non-finite line (rows {np.flatnonzero(flags & ~finite).tolist()})")
+    loc_value = float(loc.reshape(()))
+    loc_ok = bool(np.isfinite(loc_value))
+    return {
+        "image": zscore(image)[None],
+        "lines": np.where(flags[:, None], lines, 0).astype(np.float32),
+        "valid": flags.astype(np.float32),
+        "loc": np.float32(loc_value if loc_ok else 0.0),
+        "loc_valid": np.float32(loc_ok),
+        "key": str(key),
+    }
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack decoded samples into the batch layout (float32 tensors + list of keys).
+
+    Raises:
+        ValueError: samples with different image sizes or line counts in one batch, i.e. shard
+            sources built for different grids were mixed (a configuration error).
+    """
+    shapes = {(s["image"].shape, s["lines"].shape) for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot batch samples with different image/lines shapes {sorted(shapes)}; "
+                         f"keys {[s['key'] for s in samples][:8]}: mix only shards built for the same grid")
+    return {
+        "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
+        "lines": torch.from_numpy(np.stack([s["lines"] for s in samples])),
+        "valid": torch.from_numpy(np.stack([s["valid"] for s in samples])),
+        "loc": torch.from_numpy(np.array([s["loc"] for s in samples], dtype=np.float32)),
+        "loc_valid": torch.from_numpy(np.array([s["loc_valid"] for s in samples], dtype=np.float32)),
+        "key": [s["key"] for s in samples],
+    }
