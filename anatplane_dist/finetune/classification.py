@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .data import KneeStack
 
 __all__ = ["ClsTrainConfig", "StackClassifier", "roc_auc", "train_classifier", "predict_stacks",
-           "evaluate_classifier", "summarise_classification"]
+           "evaluate_classifier", "summarise_classification", "fit_and_evaluate_classifier"]
 
 
 @dataclass
@@ -164,3 +164,16 @@ def summarise_classification(rows: Sequence[dict[str, Any]], names: Sequence[str
     out["acc_mean"] = float(np.mean(accs))
     out["stacks"] = len(rows)
     return out
+
+
+def fit_and_evaluate_classifier(encoder: nn.Module, train: Sequence[KneeStack], test: Sequence[KneeStack],
+                                names: Sequence[str], cfg: ClsTrainConfig, seed: int,
+                                desc: str = "cls") -> dict[str, Any]:
+    """One low-label run: new linear head on ``encoder``, fine-tune, score the test stacks.
+
+    Returns ``{"summary", "rows", "losses"}`` (see :func:`summarise_classification`)."""
+    torch.manual_seed(seed)
+    net = StackClassifier(encoder, len(names), cfg.dropout)
+    losses = train_classifier(net, train, names, cfg, seed, desc=desc)
+    rows = evaluate_classifier(net, test, names, cfg)
+    return {"summary": summarise_classification(rows, names, cfg.threshold), "rows": rows, "losses": losses}

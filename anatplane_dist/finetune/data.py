@@ -309,7 +309,8 @@ def load_knee(root: str | Path, grid: GridSpec, view: str = "sagittal",
     """Labelled knee stacks: ``<root>/<subject>/<series>/*.dcm`` read by the knee reader,
     labels from ``<root>/labels.csv`` (or ``labels_csv``).
 
-    Subjects without a label row, or without the view, are skipped and recorded.
+    Only subjects with a label row are read (others are not part of the task); a labelled
+    subject without a folder, or without the view, is skipped and recorded.
 
     Raises:
         FinetuneDataError: nothing usable.
@@ -321,21 +322,15 @@ def load_knee(root: str | Path, grid: GridSpec, view: str = "sagittal",
         raise FinetuneDataError(f"classification data root {root} is not a directory")
     table, names, skips = read_labels_csv(labels_csv or root / "labels.csv")
     stacks: list[KneeStack] = []
-    seen: set[str] = set()
-    for study in knee_reader.iter_studies(root):
-        seen.add(study.subject)
+    # only labelled subjects are read; a labelled one without a folder comes back as a skip
+    for study in knee_reader.iter_studies(root, subjects=sorted(table)):
         skips.extend(study.skipped)
-        if study.subject not in table:
-            skips.append(Skip(study.subject, "no row in the label table", study.subject, "study"))
-            continue
         try:
             image = stack_from_study(study, view, grid)
         except (ReaderError, GeometryError, OSError, ValueError) as exc:
             skips.append(Skip(study.subject, f"{type(exc).__name__}: {exc}", study.subject, "study"))
             continue
         stacks.append(KneeStack(study.subject, view, image, table[study.subject]))
-    for subject in sorted(set(table) - seen):
-        skips.append(Skip(subject, "labelled subject has no study folder", subject, "study"))
     if not stacks:
         raise FinetuneDataError(f"{root}: no usable labelled '{view}' stack; "
                                 f"{len(skips)} skip(s): {[s.reason for s in skips[:3]]}")

@@ -27,7 +27,8 @@ from ..geometry import resample_to_grid
 from .data import ACDC_CLASSES, SegSubject, SegVolume
 
 __all__ = ["SegTrainConfig", "SegNet", "dice_score", "hd95", "largest_component",
-           "train_segmentation", "probs_to_native", "predict_volume", "evaluate_segmentation", "summarise_segmentation"]
+           "train_segmentation", "probs_to_native", "predict_volume", "evaluate_segmentation",
+           "summarise_segmentation", "fit_and_evaluate_segmentation"]
 
 
 @dataclass
@@ -233,3 +234,16 @@ def summarise_segmentation(rows: Sequence[dict[str, Any]],
     out["hd95_mean"] = float(np.nanmean(hds)) if np.isfinite(hds).any() else float("nan")
     out["frames"] = len(rows)
     return out
+
+
+def fit_and_evaluate_segmentation(encoder: nn.Module, decoder: nn.Module, train: Sequence[SegSubject],
+                                  test: Sequence[SegSubject], cfg: SegTrainConfig, seed: int,
+                                  desc: str = "seg") -> dict[str, Any]:
+    """One low-label run: new head on ``encoder``/``decoder``, fine-tune, score the test frames.
+
+    Returns ``{"summary", "rows", "losses"}`` (see :func:`summarise_segmentation`)."""
+    torch.manual_seed(seed)
+    net = SegNet(encoder, decoder, cfg.num_classes)
+    losses = train_segmentation(net, train, cfg, seed, desc=desc)
+    rows = evaluate_segmentation(net, test, cfg)
+    return {"summary": summarise_segmentation(rows), "rows": rows, "losses": losses}

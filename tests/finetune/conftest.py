@@ -73,3 +73,49 @@ def write_acdc(root: Path, n: int, seed: int = 0, **kw) -> Path:
 def acdc_root(tmp_path: Path) -> Path:
     """Six labelled subjects in ACDC layout."""
     return write_acdc(tmp_path / "acdc", 6, seed=0)
+
+
+def write_knee_subject(root: Path, subject: str, rng: np.random.Generator, lesion: bool,
+                       n_slices: int = 6, size: int = 48) -> Path:
+    """A knee study as real MR DICOM: a sagittal stack (normal ~x) and a coronal stack (normal
+    ~y), one frame of reference; ``lesion`` puts a bright blob on one sagittal slice."""
+    from pydicom.uid import generate_uid
+
+    from anatplane_dist.geometry import Plane
+    from anatplane_dist.sources.dicom_write import SeriesInfo, write_mr_image
+
+    study_uid, for_uid = generate_uid(), generate_uid()
+    yy, xx = np.mgrid[:size, :size]
+    views = {"sagittal": ([0, 1, 0], [0, 0, -1], [1, 0, 0]), "coronal": ([1, 0, 0], [0, 0, -1], [0, 1, 0])}
+    for number, (view, (r, c, n)) in enumerate(views.items(), start=1):
+        info = SeriesInfo(subject, study_uid, generate_uid(), for_uid, number, f"{view} PD",
+                          slice_thickness=3.0, body_part="KNEE", laterality="R")
+        hit = int(rng.integers(0, n_slices))
+        for k in range(n_slices):
+            origin = -np.asarray(r) * size / 2 - np.asarray(c) * size / 2 + np.asarray(n) * 3.0 * (k - n_slices / 2)
+            plane = Plane(origin, r, c, [1.0, 1.0], [size, size])
+            img = 800 + 300 * (np.hypot(yy - size / 2, xx - size / 2) < size / 3) + rng.normal(0, 60, (size, size))
+            if lesion and view == "sagittal" and k == hit:
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                img += 2000 * (np.hypot(yy - cy, xx - cx) < 5)
+            write_mr_image(root / subject / f"{number:02d}_{view}" / f"{k + 1:03d}.dcm", np.clip(img, 0, 4095),
+                           plane, info, instance_number=k + 1)
+    return root / subject
+
+
+def write_knee(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` knee studies + ``labels.csv`` (abnormal = lesion, acl and meniscus by chance)."""
+    rng = np.random.default_rng(seed)
+    rows = ["subject,abnormal,acl,meniscus"]
+    for i in range(n):
+        lesion = bool(i % 2)
+        write_knee_subject(root, f"knee{i:03d}", rng, lesion)
+        rows.append(f"knee{i:03d},{int(lesion)},{int(rng.integers(0, 2))},{int(rng.integers(0, 2))}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture()
+def knee_root(tmp_path: Path) -> Path:
+    """Eight labelled knee studies (real DICOM) with labels.csv."""
+    return write_knee(tmp_path / "knee", 8, seed=0)

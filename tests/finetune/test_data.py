@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from anatplane_dist.finetune.data import (ACDC_CLASSES, FinetuneDataError, GridSpec, load_acdc,
+from anatplane_dist.finetune.data import (ACDC_CLASSES, FinetuneDataError, GridSpec, load_acdc, load_knee,
                                           read_labels_csv, stack_from_study)
 from anatplane_dist.geometry import Plane
 from anatplane_dist.sources.base import Frame, Slice, Study
@@ -130,3 +130,20 @@ def test_stack_from_study_resamples_each_slice(tmp_path: Path) -> None:
     assert centre > stack[:, :5, :5].mean() + 1.0
     with pytest.raises(Exception, match="no 'coronal' stack"):
         stack_from_study(study, "coronal", GRID)
+
+
+def test_knee_dicom_through_the_reader(knee_root: Path) -> None:
+    (knee_root / "labels.csv").write_text((knee_root / "labels.csv").read_text() + "ghost,1,0,0\n")
+    stacks, names, skips = load_knee(knee_root, GridSpec(32, 1.5))
+    assert names == ["abnormal", "acl", "meniscus"]
+    assert [s.subject for s in stacks] == [f"knee{i:03d}" for i in range(8)]
+    assert all(s.image.shape == (6, 32, 32) and s.view == "sagittal" for s in stacks)
+    assert [s.labels["abnormal"] for s in stacks] == [0, 1] * 4
+    assert any(s.subject == "ghost" for s in skips)
+    # the lesion is visible after normalisation: the brightest pixel of abnormal stacks stands out
+    peak = {s.labels["abnormal"]: [] for s in stacks}
+    for s in stacks:
+        peak[s.labels["abnormal"]].append(s.image.max())
+    assert min(peak[1]) > max(peak[0])
+    coronal, _, _ = load_knee(knee_root, GridSpec(32, 1.5), view="coronal")
+    assert len(coronal) == 8

@@ -1,0 +1,337 @@
+"""The low-label protocol: how much do pretrained weights help when few subjects are labelled?
+
+For one target task: a fixed test split, then for every labelled-subject count in
+``{1, 2, 4, 8, all}`` (those the data allow), every seed and every initialisation, fine-tune
+and score on the same test subjects.  Within one seed the labelled subsets are nested (the 2
+subjects include the 1), so a curve reflects more labels rather than a different draw; across
+seeds they differ.  Random and pretrained runs of one (count, seed) see the same subjects, the
+same batches and the same new-head initialisation: only the transferred weights differ.
+
+There is no validation split and no model selection: every run trains a fixed number of
+steps and the final model is scored once (selecting on the test split is a known flaw of the
+paper's code).  Each finished run is written to ``runs/`` and reused when the same run is
+asked for again, so an interrupted protocol resumes.
+
+Outputs (atomic): ``results.json`` (config, split, skips, every run with per-subject rows),
+``results.md`` (mean +- std over seeds), ``results.png`` (the curve, drawn with Pillow).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..checkpoint import atomic_write_bytes
+from ..sources.base import Skip
+from .backbone import INITS, Backbone
+from .classification import ClsTrainConfig, fit_and_evaluate_classifier
+from .data import KneeStack, SegSubject
+from .segmentation import SegTrainConfig, fit_and_evaluate_segmentation
+
+__all__ = ["ProtocolConfig", "Task", "SegTask", "ClsTask", "split_subjects", "label_counts",
+           "labelled_subset", "run_protocol", "aggregate", "results_markdown", "plot_results"]
+
+
+@dataclass
+class ProtocolConfig:
+    labels: list[str] = field(default_factory=lambda: ["1", "2", "4", "8", "all"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    inits: list[str] = field(default_factory=lambda: list(INITS))
+    transfer: str = "encoder+decoder"
+    test_fraction: float = 0.25
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.labels = [str(x).strip() for x in self.labels]
+        bad = [x for x in self.labels if x != "all" and not (x.isdigit() and int(x) >= 1)]
+        if bad or not self.labels:
+            raise ValueError(f"labels must be positive integers or 'all', got {self.labels}")
+        unknown = [i for i in self.inits if i not in INITS]
+        if unknown or not self.inits:
+            raise ValueError(f"inits must be among {INITS}, got {self.inits}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+# -- splits ---------------------------------------------------------------------------------
+
+def split_subjects(ids: Sequence[str], test_fraction: float, split_seed: int) -> tuple[list[str], list[str]]:
+    """(labelled pool, test) from sorted ids: a seeded draw of ``ceil(fraction * N)`` test
+    subjects (at least 1), leaving at least 1 for training.
+
+    Raises:
+        ValueError: fewer than two subjects (no train/test split possible).
+    """
+    ids = sorted(ids)
+    if len(ids) < 2:
+        raise ValueError(f"the low-label protocol needs at least 2 labelled subjects, got {len(ids)}")
+    n_test = min(max(1, math.ceil(test_fraction * len(ids))), len(ids) - 1)
+    order = np.random.default_rng(split_seed).permutation(len(ids))
+    test = sorted(ids[i] for i in order[:n_test])
+    return [i for i in ids if i not in set(test)], test
+
+
+def label_counts(requested: Sequence[str], pool_size: int) -> list[int]:
+    """Requested labelled-subject counts that the pool allows (``all`` = the whole pool), sorted."""
+    counts = {pool_size if r == "all" else int(r) for r in requested}
+    return sorted(c for c in counts if 1 <= c <= pool_size)
+
+
+def labelled_subset(pool: Sequence[str], n: int, seed: int) -> list[str]:
+    """The first ``n`` of a seeded permutation of the pool: nested in ``n`` for one seed."""
+    order = np.random.default_rng(10_000 + seed).permutation(len(pool))
+    return sorted(pool[i] for i in order[:n])
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+class Task:
+    """A target task the protocol can run: its subjects, its headline metric, one run."""
+
+    name: str
+    metric: str                 # headline key in a run summary (higher is better)
+    columns: list[tuple[str, str]]   # (summary key, column title) for the table
+    subjects: list[str]
+
+    def run(self, backbone: Backbone, train: Sequence[str], test: Sequence[str], seed: int,
+            desc: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SegTask(Task):
+    name = "seg"
+    metric = "dice_mean"
+
+    def __init__(self, data: Sequence[SegSubject], cfg: SegTrainConfig) -> None:
+        self.data = {s.subject: s for s in data}
+        self.subjects = sorted(self.data)
+        self.cfg = cfg
+        self.columns = [("dice_mean", "Dice (mean)"), ("dice_RV", "Dice RV"), ("dice_MYO", "Dice MYO"),
+                        ("dice_LV", "Dice LV"), ("hd95_mean", "HD95 mm (mean)")]
+
+    def run(self, backbone: Backbone, train: Sequence[str], test: Sequence[str], seed: int,
+            desc: str) -> dict[str, Any]:
+        if backbone.decoder is None:
+            raise ValueError("segmentation needs a decoder")
+        return fit_and_evaluate_segmentation(backbone.encoder, backbone.decoder,
+                                             [self.data[s] for s in train], [self.data[s] for s in test],
+                                             self.cfg, seed, desc=desc)
+
+    def config(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+
+class ClsTask(Task):
+    name = "cls"
+    metric = "auc_mean"
+
+    def __init__(self, data: Sequence[KneeStack], names: Sequence[str], cfg: ClsTrainConfig) -> None:
+        self.data = {s.subject: s for s in data}
+        self.subjects = sorted(self.data)
+        self.names = list(names)
+        self.cfg = cfg
+        self.columns = [("auc_mean", "AUC (mean)")] + [(f"auc_{n}", f"AUC {n}") for n in self.names] + \
+                       [("acc_mean", "accuracy (mean)")]
+
+    def run(self, backbone: Backbone, train: Sequence[str], test: Sequence[str], seed: int,
+            desc: str) -> dict[str, Any]:
+        return fit_and_evaluate_classifier(backbone.encoder, [self.data[s] for s in train],
+                                           [self.data[s] for s in test], self.names, self.cfg, seed, desc=desc)
+
+    def config(self) -> dict[str, Any]:
+        return {**self.cfg.to_dict(), "label_names": self.names}
+
+
+# -- the protocol ---------------------------------------------------------------------------
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=False, allow_nan=True).encode())
+
+
+def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, int], Backbone],
+                 out: str | Path, *, skipped: Sequence[Skip] = (), provenance: dict[str, Any] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (count, seed, init) of the protocol and write the results under ``out``.
+
+    ``make_backbone(init, seed)`` returns a fresh network for one run.  ``provenance`` (the
+    pretrained weights, grid, data root...) is stored with the results and is part of each
+    run's fingerprint, so a cached run is only reused for the same question.
+    """
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    pool, test = split_subjects(task.subjects, cfg.test_fraction, cfg.split_seed)
+    counts = label_counts(cfg.labels, len(pool))
+    if not counts:
+        raise ValueError(f"none of the requested label counts {cfg.labels} fit the {len(pool)} "
+                         f"labelled subjects left after the test split")
+    provenance = dict(provenance or {})
+    log(f"{task.name}: {len(task.subjects)} subjects -> {len(pool)} labelled pool, {len(test)} test; "
+        f"counts {counts}, seeds {cfg.seeds}, inits {cfg.inits}, transfer {cfg.transfer}")
+    runs: list[dict[str, Any]] = []
+    for n in counts:
+        for seed in cfg.seeds:
+            train = labelled_subset(pool, n, seed)
+            for init in cfg.inits:
+                key = {"task": task.name, "init": init, "transfer": cfg.transfer if init == "pretrained" else None,
+                       "n_labelled": n, "seed": seed, "train": train, "test": test,
+                       "train_config": task.config(), "provenance": provenance}
+                fp = _fingerprint(key)
+                path = out / "runs" / f"{init}-n{n:03d}-seed{seed}.json"
+                if path.is_file():
+                    try:
+                        cached = json.loads(path.read_text())
+                    except ValueError:
+                        cached = {}
+                    if cached.get("fingerprint") == fp:
+                        runs.append(cached)
+                        log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}="
+                            f"{cached['summary'][task.metric]:.3f} (cached)")
+                        continue
+                t0 = time.perf_counter()
+                backbone = make_backbone(init, seed)
+                result = task.run(backbone, train, test, seed, desc=f"{init} n={n} seed={seed}")
+                record = {**key, "fingerprint": fp, "transferred": backbone.transferred,
+                          "seconds": round(time.perf_counter() - t0, 2), "summary": result["summary"],
+                          "final_loss": float(np.mean(result["losses"][-10:])), "rows": result["rows"]}
+                _write_json(path, record)
+                runs.append(record)
+                log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}={result['summary'][task.metric]:.3f} "
+                    f"({record['seconds']:.1f} s)")
+    table = aggregate(runs, task)
+    results = {"task": task.name, "metric": task.metric, "protocol": asdict(cfg),
+               "train_config": task.config(), "provenance": provenance,
+               "split": {"pool": pool, "test": test}, "counts": counts,
+               "skipped": [s.to_dict() for s in skipped], "table": table, "runs": runs}
+    _write_json(out / "results.json", results)
+    atomic_write_bytes(out / "results.md", results_markdown(results, task).encode())
+    plot_results(results, out / "results.png")
+    return results
+
+
+def aggregate(runs: Sequence[dict[str, Any]], task: Task) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (init, count), for every table column."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["init"], r["n_labelled"]), []).append(r)
+    table = []
+    for (init, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], INITS.index(kv[0][0]))):
+        row: dict[str, Any] = {"init": init, "n_labelled": n, "runs": len(rs)}
+        for key, _ in task.columns:
+            vals = np.array([r["summary"].get(key, float("nan")) for r in rs], float)
+            ok = vals[np.isfinite(vals)]
+            row[key] = float(ok.mean()) if ok.size else float("nan")
+            row[f"{key}_std"] = float(ok.std()) if ok.size else float("nan")
+        table.append(row)
+    return table
+
+
+def _fmt(mean: float, std: float, runs: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if runs > 1 and np.isfinite(std) else f"{mean:.3f}"
+
+
+def results_markdown(results: dict[str, Any], task: Task) -> str:
+    """The results table (mean ± std over seeds) and the pretrained − random difference."""
+    prov = results.get("provenance", {})
+    proto = results["protocol"]
+    lines = [f"### Low-label fine-tuning: {task.name} ({task.metric})", "",
+             f"- test subjects: {len(results['split']['test'])} ({', '.join(results['split']['test'])}); "
+             f"labelled pool: {len(results['split']['pool'])}; seeds: {proto['seeds']}",
+             f"- pretrained weights: `{prov.get('pretrained', 'none')}` (step {prov.get('pretrained_step', '-')}); "
+             f"transfer: {proto['transfer']}; grid: {prov.get('grid', '-')}",
+             f"- schedule: {results['train_config'].get('steps')} steps per run; final model scored once "
+             f"(no model selection)", ""]
+    if results["skipped"]:
+        lines.insert(-1, f"- inputs skipped while loading: {len(results['skipped'])} (listed in results.json)")
+    cols = task.columns
+    lines.append("| init | labelled subjects | runs | " + " | ".join(t for _, t in cols) + " |")
+    lines.append("|---|---|---|" + "---|" * len(cols))
+    for row in results["table"]:
+        cells = [_fmt(row[k], row[f"{k}_std"], row["runs"]) for k, _ in cols]
+        lines.append(f"| {row['init']} | {row['n_labelled']} | {row['runs']} | " + " | ".join(cells) + " |")
+    by = {(r["init"], r["n_labelled"]): r for r in results["table"]}
+    diffs = [(n, by[("pretrained", n)][task.metric] - by[("random", n)][task.metric])
+             for n in results["counts"] if ("pretrained", n) in by and ("random", n) in by]
+    if diffs:
+        lines += ["", f"pretrained − random ({task.metric}): " +
+                  ", ".join(f"n={n}: {d:+.3f}" for n, d in diffs)]
+    return "\n".join(lines) + "\n"
+
+
+# -- plot -----------------------------------------------------------------------------------
+
+_COLOURS = {"random": (120, 120, 120), "pretrained": (200, 60, 40)}
+
+
+def plot_results(results: dict[str, Any], path: str | Path, size: tuple[int, int] = (640, 420)) -> Path:
+    """Headline metric vs labelled subjects (log2 axis), mean ± std over seeds, one line per
+    init; drawn with Pillow so no plotting library is needed."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h = size
+    left, right, top, bottom = 70, 150, 40, 50
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    metric = results["metric"]
+    counts = results["counts"]
+    xs = np.log2(np.asarray(counts, float))
+    x0, x1 = (xs.min() - 0.3, xs.max() + 0.3) if len(xs) else (0.0, 1.0)
+    vals = [r[metric] for r in results["table"] if np.isfinite(r[metric])]
+    y0 = min(0.0, min(vals, default=0.0))
+    y1 = max(1.0, max(vals, default=1.0))
+
+    def px(xv: float, yv: float) -> tuple[float, float]:
+        return (left + (xv - x0) / (x1 - x0) * (w - left - right),
+                h - bottom - (yv - y0) / (y1 - y0) * (h - top - bottom))
+
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for t in np.linspace(y0, y1, 6):
+        _, y = px(x0, t)
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((left - 40, y - 6), f"{t:.2f}", fill="black", font=font)
+    for n, xv in zip(counts, xs):
+        x, _ = px(xv, y0)
+        d.line([x, h - bottom, x, h - bottom + 4], fill="black")
+        d.text((x - 6, h - bottom + 8), str(n), fill="black", font=font)
+    d.text((left + 120, h - 20), "labelled subjects (log2 scale)", fill="black", font=font)
+    d.text((left, 12), f"{results['task']}: {metric} on the test subjects (mean ± std over seeds)",
+           fill="black", font=font)
+    for k, init in enumerate(i for i in INITS if any(r["init"] == i for r in results["table"])):
+        colour = _COLOURS.get(init, (40, 90, 200))
+        rows = sorted((r for r in results["table"] if r["init"] == init and np.isfinite(r[metric])),
+                      key=lambda r: r["n_labelled"])
+        pts = [px(math.log2(r["n_labelled"]), r[metric]) for r in rows]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for r, (x, y) in zip(rows, pts):
+            std = r.get(f"{metric}_std", 0.0)
+            if np.isfinite(std) and std > 0:
+                _, ya = px(0, r[metric] - std)
+                _, yb = px(0, r[metric] + std)
+                d.line([x, ya, x, yb], fill=colour, width=1)
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        ly = top + 10 + 18 * k
+        d.line([w - right + 12, ly + 6, w - right + 32, ly + 6], fill=colour, width=2)
+        d.text((w - right + 38, ly), init, fill="black", font=font)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
