@@ -1,0 +1,197 @@
+"""Atomic checkpoint directories, the newest-complete lookup, and fp32 weight exports.
+
+Layout under ``<run_dir>/checkpoints/``: ``step_00000123.tmp/`` while being written (by every
+rank for DeepSpeed), renamed by rank 0 to ``step_00000123/`` after a barrier, and then a
+``COMPLETE`` marker written last. Anything without the marker (a kill during the save, a
+full disk) is ignored by :func:`find_latest_complete`, which both the trainer (``resume:
+auto``) and the SLURM launcher use, so the two can never disagree about which checkpoint
+is "latest".
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+COMPLETE = "COMPLETE"
+META = "meta.json"
+WEIGHTS_FORMAT = "anatplane-weights/1"
+PARTS = ("encoder", "decoder", "location_head")
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def checkpoints_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(path: Path) -> int | None:
+    m = _STEP_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def is_complete(path: Path) -> bool:
+    return step_of(path) is not None and (path / COMPLETE).is_file()
+
+
+def list_complete(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint dirs, newest first (by step number, not mtime)."""
+    root = checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: step_of(p) or -1, reverse=True)
+
+
+def find_latest_complete(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint dir that has its ``COMPLETE`` marker, or None."""
+    done = list_complete(run_dir)
+    return done[0] if done else None
+
+
+def tmp_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return checkpoints_root(run_dir) / f"{step_name(step)}.tmp"
+
+
+def prepare_tmp(run_dir: str | os.PathLike, step: int) -> Path:
+    """Rank 0: an empty ``step_N.tmp/`` (a leftover from a killed save is removed first)."""
+    tmp = tmp_dir(run_dir, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def finalize(tmp: Path) -> Path:
+    """Rank 0, after every rank has written: rename ``.tmp`` away, then write the marker last."""
+    final = tmp.with_name(tmp.name[: -len(".tmp")])
+    if final.exists():  # a re-save of the same step (e.g. after resume) replaces the old one
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    atomic_write_bytes(final / COMPLETE, b"")
+    _fsync_dir(final)
+    return final
+
+
+def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; returns what was removed."""
+    removed = []
+    for old in list_complete(run_dir)[keep_last:]:
+        (old / COMPLETE).unlink(missing_ok=True)  # incomplete first, so a crash mid-delete is safe
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
+    """Rank 0 at start-up: ``*.tmp`` dirs are saves that a kill interrupted."""
+    root = checkpoints_root(run_dir)
+    stale = [p for p in root.glob("step_*.tmp") if p.is_dir()] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_meta(ckpt_dir: Path, meta: Mapping[str, Any]) -> Path:
+    """``meta.json``: step, epoch, samples_seen, data_seed, world_size, backend, metrics."""
+    return atomic_write_bytes(ckpt_dir / META, json.dumps(dict(meta), indent=1, sort_keys=True).encode())
+
+
+def read_meta(ckpt_dir: Path) -> dict[str, Any]:
+    return json.loads((ckpt_dir / META).read_text())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def split_parts(state_dict: Mapping[str, torch.Tensor], parts: tuple[str, ...] = PARTS) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a whole-model state dict by top-level submodule (``encoder.*`` → encoder)."""
+    out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in parts}
+    leftovers = []
+    for name, t in state_dict.items():
+        head, _, rest = name.partition(".")
+        if head in out and rest:
+            out[head][rest] = t
+        else:
+            leftovers.append(name)
+    if leftovers:
+        raise ValueError(f"model tensors outside {parts}: {leftovers[:5]} — they would be missing from the export")
+    return out
+
+
+def export_fp32(ckpt_dir: Path, state_dict: Mapping[str, torch.Tensor], *, model_config_yaml: str,
+                num_channels: int, step: int) -> dict[str, Path]:
+    """Write ``fp32/<part>.pt`` for each part: world-size independent, ``weights_only``-loadable."""
+    written = {}
+    for part, sd in split_parts(state_dict).items():
+        payload = {
+            "format": WEIGHTS_FORMAT,
+            "part": part,
+            "state_dict": {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
+                           for k, v in sd.items()},
+            "model_config": model_config_yaml,
+            "num_channels": int(num_channels),
+            "step": int(step),
+        }
+        written[part] = atomic_torch_save(payload, ckpt_dir / "fp32" / f"{part}.pt")
+    return written
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an fp32 export with ``weights_only=True`` and check its format tag."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not an {WEIGHTS_FORMAT} file")
+    return obj

@@ -1,0 +1,219 @@
+"""The three ways to run one optimiser step: DeepSpeed engine, plain DDP, single process.
+
+The loop only sees :class:`Backend`: ``forward``, ``backward(loss, boundary)``, ``save``/
+``load`` and ``fp32_state_dict``. Everything backend-specific (who saves what, how gradient
+accumulation and clipping happen, which dtype the inputs need) stays in here.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from anatplane_dist.config import PretrainConfig, ds_config
+from anatplane_dist.dist import DistEnv, disable_deepspeed_shm_build
+
+log = logging.getLogger(__name__)
+
+#: subdirectory (DeepSpeed tag / DDP file) holding the engine state inside a checkpoint dir
+ENGINE_TAG = "engine"
+DDP_STATE = "state.pt"
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint directory could not be restored (resume then tries an older one)."""
+
+
+def choose_backend(requested: str, denv: DistEnv) -> str:
+    """``auto``: deepspeed under the deepspeed launcher, ddp for several ranks, else single."""
+    if requested != "auto":
+        if requested == "single" and denv.world_size > 1:
+            raise ValueError(f"train.backend=single with WORLD_SIZE={denv.world_size}; use ddp or deepspeed")
+        return requested
+    if denv.source == "deepspeed":
+        return "deepspeed"
+    return "ddp" if denv.world_size > 1 else "single"
+
+
+class Backend:
+    """Common part: the raw module, the torch optimiser, dtype handling."""
+    name = "base"
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
+                 device: torch.device):
+        self.module = model
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.device = device
+        self.precision = cfg.train.precision
+
+    # the loop sets LR on the torch optimiser's groups (DeepSpeed's ZeRO wrappers share them)
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def input_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def eval_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward of the raw module, no collectives (safe with uneven validation batches)."""
+        with self.autocast():
+            out = self.module(x.to(self.input_dtype()))
+        return {k: v.float() for k, v in out.items()}
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        raise NotImplementedError
+
+    def save(self, ckpt_dir: Path, client_state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load(self, ckpt_dir: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fp32_state_dict(self, ckpt_dir: Path) -> dict[str, torch.Tensor]:
+        """Whole-model fp32 weights (rank 0 only; call after ``save``)."""
+        return {k: v.detach().float() if v.is_floating_point() else v.detach()
+                for k, v in self.module.state_dict().items()}
+
+
+class TorchBackend(Backend):
+    """DDP when the world has several ranks, the bare module otherwise."""
+
+    def __init__(self, model, optimizer, cfg, device, world_size: int):
+        super().__init__(model, optimizer, cfg, device)
+        self.name = "ddp" if world_size > 1 else "single"
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ValueError("train.precision=fp16 needs CUDA for the ddp/single backends; use bf16 on CPU")
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        else:
+            self.wrapped = model
+        self.accum = cfg.train.grad_accum
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def forward(self, x):
+        with self.autocast():
+            out = self.wrapped(x)
+        return {k: v.float() for k, v in out.items()}
+
+    def no_sync(self, boundary: bool):
+        """Skip DDP's all-reduce on accumulation micro-steps; it runs once per optimiser step."""
+        if boundary or self.wrapped is self.module:
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
+    def backward(self, loss, boundary):
+        self.scaler.scale(loss / self.accum).backward()
+        if not boundary:
+            return
+        if self.cfg.optim.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def save(self, ckpt_dir, client_state):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "client_state": client_state}
+            torch.save(state, ckpt_dir / DDP_STATE)
+
+    def load(self, ckpt_dir):
+        path = ckpt_dir / DDP_STATE
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except Exception as e:  # corrupt / truncated / wrong model: caller falls back
+            raise CheckpointLoadError(f"{path}: {type(e).__name__}: {e}") from e
+        return dict(state.get("client_state") or {})
+
+
+class DeepSpeedBackend(Backend):
+    """``deepspeed.initialize`` with a generated ds_config and our torch optimiser."""
+    name = "deepspeed"
+
+    def __init__(self, model, optimizer, cfg, device, world_size: int):
+        super().__init__(model, optimizer, cfg, device)
+        disable_deepspeed_shm_build()
+        import deepspeed
+        self.ds_config = ds_config(cfg, world_size)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.module = self.engine.module
+
+    def input_dtype(self):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def forward(self, x):
+        out = self.engine(x.to(self.input_dtype()))
+        return {k: v.float() for k, v in out.items()}
+
+    def no_sync(self, boundary: bool):
+        return contextlib.nullcontext()  # the engine reduces at the accumulation boundary itself
+
+    def backward(self, loss, boundary):
+        if boundary != self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("loop and DeepSpeed disagree about the gradient-accumulation boundary")
+        self.engine.backward(loss)   # scales by 1/accumulation itself
+        self.engine.step()           # optimiser step (with clipping) only at the boundary
+
+    def save(self, ckpt_dir, client_state):
+        # a collective: every rank writes its ZeRO partition; no 'latest' file, we use COMPLETE markers
+        self.engine.save_checkpoint(str(ckpt_dir), tag=ENGINE_TAG, client_state=client_state, save_latest=False)
+
+    def load(self, ckpt_dir):
+        try:
+            path, client = self.engine.load_checkpoint(str(ckpt_dir), tag=ENGINE_TAG,
+                                                       load_optimizer_states=True,
+                                                       load_lr_scheduler_states=False)
+        except Exception as e:
+            raise CheckpointLoadError(f"{ckpt_dir}: {type(e).__name__}: {e}") from e
+        if path is None:
+            raise CheckpointLoadError(f"{ckpt_dir}: DeepSpeed could not load the engine state")
+        return dict(client or {})
+
+    def fp32_state_dict(self, ckpt_dir):
+        """fp32 run: ``engine.module`` holds the full weights on every rank for ZeRO ≤ 2.
+
+        bf16/fp16 under ZeRO 1-2: the fp32 master weights are partitioned across ranks, so
+        they are gathered from the saved checkpoint (world-size independent). ZeRO-0 with
+        bf16/fp16 keeps no separate fp32 copy we can read back portably; the module
+        weights are up-cast.
+        """
+        if self.precision != "fp32" and self.cfg.train.zero_stage > 0:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=ENGINE_TAG)
+            # buffers (e.g. BatchNorm running stats) come from the module
+            for k, v in self.module.state_dict().items():
+                sd.setdefault(k, v)
+            return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in sd.items()}
+        return super().fp32_state_dict(ckpt_dir)
+
+
+def make_backend(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
+                 device: torch.device, world_size: int) -> Backend:
+    if name == "deepspeed":
+        return DeepSpeedBackend(model, optimizer, cfg, device, world_size)
+    if name in ("ddp", "single"):
+        return TorchBackend(model, optimizer, cfg, device, world_size)
+    raise ValueError(f"unknown backend {name!r}")

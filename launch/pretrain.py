@@ -1,0 +1,4 @@
+"""Pretraining launcher: python | torchrun --nproc_per_node G | deepspeed --num_gpus G launch/pretrain.py --config FILE."""
+from anatplane_dist.train.cli import main
+
+raise SystemExit(main())
