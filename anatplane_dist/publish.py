@@ -1,0 +1,501 @@
+"""Publishing pretrained weights to a shared filesystem, and loading them back.
+
+``publish(run_dir, to, name)`` takes the newest complete checkpoint of a run and makes it a
+*version* under ``<to>/<name>/``:
+
+1. everything is written into ``<to>/<name>/.staging-<uuid>/`` - on the destination
+   filesystem, so the final step is a same-filesystem rename: fp32 part files, the resolved
+   ``config.yaml``, ``model_card.json``, ``README.md`` and, last, ``SHA256SUMS``;
+2. the staging dir is renamed to ``<to>/<name>/<version>/`` with ``RENAME_NOREPLACE``, so an
+   existing version is never overwritten and readers never see a half-written one.  The
+   version is ``step<N>-<hash of the weights>``: publishing the same checkpoint twice (or two
+   publishers racing on it) yields the same version, which the loser finds already there and
+   verifies instead of writing a second copy;
+3. ``<to>/<name>/latest`` (a relative symlink) is replaced atomically (new link + rename),
+   under a lock, pointing at the version with the highest step.
+
+Files are 0644 and directories 0755 (``mkstemp``-style 0600 files would be unreadable for the
+group on a shared filesystem, pitfall P15).  ``load_pretrained`` verifies ``SHA256SUMS``, refuses
+partial or tampered versions, reads with ``weights_only=True`` and rebuilds the module from the
+stored ``ModelConfig``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import errno
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+import anatplane_dist
+from anatplane_dist import checkpoint as ckpt
+
+CARD_FORMAT = "anatplane-published/1"
+SUMS = "SHA256SUMS"
+CARD = "model_card.json"
+LATEST = "latest"
+STAGING_PREFIX = ".staging-"
+LOADABLE_PARTS = (*ckpt.PARTS, "full")
+FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+class PublishError(RuntimeError):
+    """A run cannot be published (no complete checkpoint, bad weights, bad name)."""
+
+
+class VerificationError(RuntimeError):
+    """A published version is partial or does not match its checksums: do not use it."""
+
+
+# --------------------------------------------------------------------------- hashing
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_sums(text: str) -> dict[str, str]:
+    """``sha256sum`` format (``<hex>  <name>``) -> {name: hex}; malformed lines are an error."""
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name:
+            raise VerificationError(f"{SUMS} line {n} is malformed: {line!r}")
+        out[name] = digest
+    return out
+
+
+def verify(version_dir: str | os.PathLike) -> dict[str, str]:
+    """Check that ``version_dir`` is a whole, untampered published version.
+
+    Every file listed in SHA256SUMS must exist with that hash, and no other regular file may be
+    present.  Returns {file: sha256}.  ``sha256sum -c SHA256SUMS`` does the same check by hand.
+    """
+    d = Path(version_dir)
+    sums_path = d / SUMS
+    if d.name.startswith(STAGING_PREFIX):
+        raise VerificationError(f"{d} is a staging directory (a publish in progress or killed)")
+    if not sums_path.is_file():
+        raise VerificationError(f"{d} has no {SUMS}: not a published version, or a partial one")
+    sums = parse_sums(sums_path.read_text())
+    if CARD not in sums:
+        raise VerificationError(f"{d}/{SUMS} does not cover {CARD}")
+    present = {p.name for p in d.iterdir() if p.name != SUMS}
+    missing = sorted(set(sums) - present)
+    extra = sorted(present - set(sums))
+    if missing:
+        raise VerificationError(f"{d} is partial: missing {missing}")
+    if extra:
+        raise VerificationError(f"{d} holds files not covered by {SUMS}: {extra}")
+    for name, digest in sums.items():
+        actual = sha256_file(d / name)
+        if actual != digest:
+            raise VerificationError(f"{d / name}: checksum mismatch (expected {digest[:12]}..., "
+                                    f"got {actual[:12]}...): the file was modified or corrupted")
+    return sums
+
+
+# --------------------------------------------------------------------------- filesystem
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, FILE_MODE)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(dst, FILE_MODE)
+
+
+_RENAME_NOREPLACE = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _renameat2 = _libc.renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+except (OSError, AttributeError):  # not glibc / too old: fall back to rename(2)
+    _renameat2 = None
+_AT_FDCWD = -100
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; ``FileExistsError`` if ``dst`` exists (never replaced).
+
+    Uses ``renameat2(RENAME_NOREPLACE)``; where the filesystem does not support it (some NFS),
+    ``rename(2)`` of a directory still refuses a non-empty target, and version dirs are never
+    empty, so the guarantee holds there too.
+    """
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "already exists", str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src))
+    if dst.exists() or dst.is_symlink():
+        raise FileExistsError(errno.EEXIST, "already exists", str(dst))
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(errno.EEXIST, "already exists", str(dst)) from e
+        raise
+
+
+class _Lock:
+    """``flock`` on ``<name dir>/.publish.lock``: serialises updates of the ``latest`` pointer."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "_Lock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------- model card
+def _git_commit() -> dict[str, Any]:
+    """Commit of the package source, when it is a git checkout (else nulls, not an error)."""
+    src = Path(anatplane_dist.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"git_commit": None, "git_dirty": None}
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"git_commit": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def _metric_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: skip, the rest is valid
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def last_validation(run_dir: Path, up_to_step: int | None = None) -> dict[str, Any]:
+    """The last metrics row with ``val/...`` keys (at or before ``up_to_step``): step + val keys."""
+    best: dict[str, Any] = {}
+    for row in _metric_rows(run_dir):
+        if not any(k.startswith("val/") for k in row):
+            continue
+        if up_to_step is not None and isinstance(row.get("step"), int) and row["step"] > up_to_step:
+            continue
+        best = {"step": row.get("step"), **{k: v for k, v in row.items() if k.startswith("val/")}}
+    return best
+
+
+def _training_time_s(run_dir: Path) -> float | None:
+    """Wall time covered by metrics.jsonl rows that carry ``time``/``wall_time`` (unix seconds);
+    None when the trainer logged neither (the card then says null rather than guess)."""
+    times = [row[k] for row in _metric_rows(run_dir) for k in ("time", "wall_time")
+             if isinstance(row.get(k), (int, float))]
+    if len(times) >= 2:
+        return float(max(times) - min(times))
+    return None
+
+
+def _manifests(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """sha256 of each shard set's ``manifest.json`` named by the config's data patterns."""
+    data = config.get("data") or {}
+    patterns: list[str] = []
+    for key in ("shards", "train_shards", "val_shards"):
+        value = data.get(key)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                item = item.get("path")
+            if isinstance(item, str) and item:
+                patterns += [p for p in item.split("::") if p]
+    found: dict[str, str] = {}
+    for pattern in patterns:
+        d = Path(pattern.split("{")[0]).parent
+        for cand in (d / "manifest.json", d.parent / "manifest.json"):
+            if cand.is_file() and str(cand) not in found:
+                found[str(cand)] = sha256_file(cand)
+                break
+    return [{"path": p, "sha256": h} for p, h in sorted(found.items())]
+
+
+def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The model card: what a user needs to trust and reuse the weights."""
+    meta = ckpt.read_meta(ck)
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    enc = parts["encoder"]
+    return {
+        "format": CARD_FORMAT,
+        "name": name,
+        "published_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "published_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": ck.name,
+                   "step": meta.get("step"), "epoch": meta.get("epoch"),
+                   "samples_seen": meta.get("samples_seen")},
+        "package": {"name": "anatplane_dist", "version": anatplane_dist.__version__, **_git_commit()},
+        "model_config": yaml.safe_load(enc["model_config"]),
+        "num_channels": enc["num_channels"],
+        "config": config,
+        "data_manifests": _manifests(config or {}),
+        "pretext_metrics": last_validation(run_dir, meta.get("step")),
+        "last_checkpoint_metrics": meta.get("metrics", {}),
+        "training": {"world_size": meta.get("world_size"), "backend": meta.get("backend"),
+                     "global_batch": meta.get("global_batch"), "steps": meta.get("step"),
+                     "samples_seen": meta.get("samples_seen"),
+                     "train_time_s": meta.get("train_time_s", _training_time_s(run_dir))},
+        "parts": {p: {"file": f"{p}.pt", "tensors": info["tensors"], "parameters": info["parameters"]}
+                  for p, info in parts.items()},
+    }
+
+
+def render_readme(card: dict[str, Any], version_dir: Path) -> str:
+    version = version_dir.name
+    name, tr, src = card["name"], card["training"], card["source"]
+    metrics = {k: v for k, v in card["pretext_metrics"].items() if k != "step"}
+    lines = [
+        f"# {name} / {version}",
+        "",
+        f"Pretrained with anatplane_dist {card['package']['version']}"
+        f" (commit {card['package'].get('git_commit') or 'unknown'}) on anatomy-oriented plane pretext tasks.",
+        "",
+        f"- model: `{card['model_config'].get('name')}` ({json.dumps(card['model_config'])}), "
+        f"{card['num_channels']} reference-view channels",
+        f"- training: {tr['steps']} optimiser steps, world size {tr['world_size']}, global batch "
+        f"{tr['global_batch']}, backend {tr['backend']}, {tr['samples_seen']} samples"
+        + (f", {tr['train_time_s']:.0f} s" if isinstance(tr.get("train_time_s"), (int, float)) else ""),
+        f"- source: `{src['run_dir']}` checkpoint `{src['checkpoint']}`",
+        f"- pretext metrics (validation at step {card['pretext_metrics'].get('step')}): "
+        + (", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in metrics.items())
+           or "none logged"),
+        "- data manifests: " + (", ".join(f"`{m['path']}` sha256 {m['sha256'][:16]}"
+                                          for m in card["data_manifests"]) or "not found"),
+        f"- parts: {', '.join(card['parts'])}",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from anatplane_dist.publish import load_pretrained",
+        f"encoder = load_pretrained({str(version_dir)!r}, part=\"encoder\")  # verifies SHA256SUMS",
+        f"# or the newest version: load_pretrained({str(version_dir.parent)!r})",
+        "```",
+        "",
+        "`model_card.json` holds the full resolved config; `sha256sum -c SHA256SUMS` checks the files.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- publish
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..", LATEST) or "/" in name or name.startswith("."):
+        raise PublishError(f"invalid publish name {name!r} (a single path component, not "
+                           f"hidden, not {LATEST!r})")
+    return name
+
+
+def _load_part(path: Path) -> dict[str, Any]:
+    try:
+        obj = ckpt.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
+        raise PublishError(f"{path}: not a loadable {ckpt.WEIGHTS_FORMAT} weights file ({e})") from e
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not sd:
+        raise PublishError(f"{path}: empty state_dict")
+    return obj
+
+
+def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None = None) -> Path:
+    """Publish the newest complete checkpoint of ``run_dir`` as ``<to>/<name>/<version>/``.
+
+    Returns the version directory.  Raises PublishError when the run has no complete
+    checkpoint or its fp32 exports are missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    ck = ckpt.find_latest_complete(run_dir)
+    if ck is None:
+        raise PublishError(f"{run_dir}: no complete checkpoint (checkpoints/step_*/COMPLETE) to publish")
+    name = _check_name(name or run_dir.resolve().name)
+    fp32 = ck / "fp32"
+    if not (fp32 / "encoder.pt").is_file():
+        raise PublishError(f"{ck}: no fp32/encoder.pt export")
+    parts: dict[str, dict[str, Any]] = {}
+    for part in ckpt.PARTS:
+        if (fp32 / f"{part}.pt").is_file():
+            obj = _load_part(fp32 / f"{part}.pt")
+            parts[part] = {"tensors": len(obj["state_dict"]),
+                           "parameters": int(sum(t.numel() for t in obj["state_dict"].values())),
+                           "model_config": obj["model_config"], "num_channels": obj["num_channels"]}
+    step = int(ckpt.read_meta(ck).get("step", ckpt.step_of(ck) or 0))
+
+    name_dir = Path(to) / name
+    name_dir.mkdir(parents=True, exist_ok=True)
+    for d in (Path(to), name_dir):
+        try:
+            os.chmod(d, os.stat(d).st_mode | 0o055)  # group/other may read and traverse
+        except PermissionError:  # a shared parent owned by someone else: leave it
+            pass
+    staging = name_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    staging.mkdir(mode=DIR_MODE)
+    try:
+        for part in parts:
+            _copy(fp32 / f"{part}.pt", staging / f"{part}.pt")
+        if (run_dir / "config.yaml").is_file():
+            _copy(run_dir / "config.yaml", staging / "config.yaml")
+        weights_hash = hashlib.sha256("".join(
+            f"{sha256_file(staging / f'{p}.pt')}{p}" for p in sorted(parts)).encode()).hexdigest()
+        version = f"step{step:08d}-{weights_hash[:10]}"
+        card = build_card(run_dir, ck, name, parts)
+        card["version"] = version
+        _write(staging / CARD, (json.dumps(card, indent=1, sort_keys=False, default=str) + "\n").encode())
+        _write(staging / "README.md", render_readme(card, name_dir / version).encode())
+        sums = "".join(f"{sha256_file(staging / f)}  {f}\n"
+                       for f in sorted(p.name for p in staging.iterdir()))
+        _write(staging / SUMS, sums.encode())  # last: its presence marks a whole version
+        os.chmod(staging, DIR_MODE)
+        _fsync(staging)
+        final = name_dir / version
+        try:
+            rename_noreplace(staging, final)
+        except FileExistsError:
+            # same weights already published (a re-run or a racing publisher): keep theirs
+            verify(final)
+            shutil.rmtree(staging, ignore_errors=True)
+        _fsync(name_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    update_latest(name_dir)
+    return final
+
+
+def list_versions(name_dir: Path) -> list[Path]:
+    """Published versions (``step<N>-<hash>`` dirs holding SHA256SUMS), oldest step first."""
+    found = [p for p in name_dir.iterdir()
+             if p.is_dir() and not p.is_symlink() and p.name.startswith("step") and (p / SUMS).is_file()]
+    return sorted(found, key=lambda p: (int(p.name[4:].split("-")[0]), (p / SUMS).stat().st_mtime))
+
+
+def update_latest(name_dir: Path) -> Path | None:
+    """Point ``latest`` at the highest-step version (atomic: new symlink, then rename over)."""
+    with _Lock(name_dir / ".publish.lock"):
+        versions = list_versions(name_dir)
+        if not versions:
+            return None
+        target = versions[-1].name
+        link = name_dir / LATEST
+        if link.is_symlink() and os.readlink(link) == target:
+            return versions[-1]
+        tmp = name_dir / f".latest-{uuid.uuid4().hex}"
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        _fsync(name_dir)
+        return versions[-1]
+
+
+# --------------------------------------------------------------------------- load
+def resolve_version(path_or_dir: str | os.PathLike) -> Path:
+    """A version dir from: the version dir itself, ``<name dir>`` (via ``latest``), or a file in
+    a version dir."""
+    p = Path(path_or_dir)
+    if p.is_file():
+        p = p.parent
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist")
+    if (p / LATEST).is_symlink() or (p / LATEST).exists():
+        p = (p / LATEST).resolve()
+    return p
+
+
+def load_pretrained(path_or_dir: str | os.PathLike, part: str = "encoder"):
+    """Verified published weights -> ``torch.nn.Module`` ready for fine-tuning.
+
+    ``part`` is ``encoder``, ``decoder``, ``location_head`` or ``full`` (the whole
+    multitask network, with every published part loaded).  The module is rebuilt with
+    :func:`anatplane_dist.model.build_model` from the stored ``ModelConfig``, in train mode.
+
+    Raises:
+        VerificationError: partial version, missing/extra files or a checksum mismatch.
+        ValueError: unknown part, or a part this version does not contain.
+    """
+    from anatplane_dist.model import ModelConfig, build_model, load_parts
+
+    if part not in LOADABLE_PARTS:
+        raise ValueError(f"part must be one of {LOADABLE_PARTS}, got {part!r}")
+    version = resolve_version(path_or_dir)
+    verify(version)
+    card = json.loads((version / CARD).read_text())
+    available = list(card.get("parts", {}))
+    wanted = available if part == "full" else [part]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ValueError(f"{version} has no {missing[0]} (published parts: {available})")
+    loaded = {p: ckpt.load_weights(version / f"{p}.pt") for p in wanted}
+    first = next(iter(loaded.values()))
+    model = build_model(ModelConfig.from_yaml(first["model_config"]), int(first["num_channels"]))
+    load_parts(model, {p: obj["state_dict"] for p, obj in loaded.items()})
+    model.train()
+    return model if part == "full" else getattr(model, part)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="training run directory (its newest complete checkpoint)")
+    parser.add_argument("--to", required=True, type=Path, help="destination root on the shared filesystem")
+    parser.add_argument("--name", default=None, help="model name (default: the run dir's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        version = publish(args.run_dir, args.to, args.name)
+    except (PublishError, VerificationError, FileNotFoundError) as e:
+        print(f"anatplane publish: {e}", flush=True)
+        return 1
+    print(f"published {version}\nlatest -> {os.readlink(version.parent / LATEST)}\n"
+          f"load: from anatplane_dist.publish import load_pretrained; "
+          f"load_pretrained({str(version.parent)!r}, part='encoder')")
+    return 0
