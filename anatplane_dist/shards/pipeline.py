@@ -9,7 +9,6 @@ flight, and each is dropped once written.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import multiprocessing
 import os
@@ -18,7 +17,6 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
@@ -26,55 +24,14 @@ from tqdm import tqdm
 from ..sources.base import Skip
 from .manifest import merge_parts, write_part
 from .profiles import ShardConfig
-from .samples import StudySamples, study_samples
+from .samples import StudySamples
 from .splits import assign_splits, part_subjects
+from .worker import SubjectTask, list_subjects, process_subject, resolve_reader
 from .writer import Journal, ShardRecord, SplitWriter
 
-__all__ = ["ShardRun", "shard_dataset", "resolve_reader", "list_subjects", "process_subject", "SubjectTask"]
+__all__ = ["ShardRun", "shard_dataset"]
 
 SPLITS = ("train", "val")
-
-
-def resolve_reader(name: str) -> ModuleType:
-    """``dsbcc`` -> ``anatplane_dist.sources.dsbcc``; a dotted name is imported as given."""
-    module = name if "." in name else f"anatplane_dist.sources.{name}"
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"reader {name!r}: cannot import {module} ({exc})") from exc
-
-
-def list_subjects(reader: ModuleType, root: Path) -> list[str]:
-    """Subject ids of ``root``: the reader's ``list_subjects`` if it has one, else the sorted
-    non-hidden sub-folders (both the DSBCC and the knee layouts are one folder per subject)."""
-    if hasattr(reader, "list_subjects"):
-        return sorted(reader.list_subjects(root))
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-
-
-@dataclass(frozen=True)
-class SubjectTask:
-    """What a worker needs to shard one subject (picklable, small)."""
-
-    reader: str
-    root: str
-    subject: str
-    cfg: ShardConfig
-
-
-def process_subject(task: SubjectTask) -> StudySamples:
-    """Read one study and build its samples; any failure becomes a recorded study skip."""
-    try:
-        reader = resolve_reader(task.reader)
-        study = reader.read_study(Path(task.root) / task.subject, root=Path(task.root))
-    except Exception as exc:  # a study that cannot be read is recorded, the data set goes on
-        return StudySamples(task.subject, skipped=[Skip(task.subject, f"study unreadable: {type(exc).__name__}: "
-                                                                      f"{exc}", task.subject, "study")])
-    try:
-        return study_samples(study, task.cfg)
-    except Exception as exc:  # defensive: study_samples already isolates slices
-        return StudySamples(task.subject, skipped=list(study.skipped) + [
-            Skip(task.subject, f"study left out: {type(exc).__name__}: {exc}", task.subject, "study")])
 
 
 def _ordered_results(tasks: list[SubjectTask], workers: int) -> Iterator[StudySamples]:
@@ -122,8 +79,9 @@ class ShardRun:
         return self.complete and self.samples > 0
 
 
-def _subjects_hash(per_split: dict[str, list[str]]) -> str:
-    blob = json.dumps(per_split, sort_keys=True).encode()
+def _subjects_hash(split_of: dict[str, str]) -> str:
+    """Identity of the whole data set's subject list and split (the same for every part)."""
+    blob = json.dumps(split_of, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -160,7 +118,7 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
     out.mkdir(parents=True, exist_ok=True)
 
     journal = Journal(out / "_state" / f"part-{i:04d}-of-{n:04d}.jsonl",
-                      {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(order), "part": [i, n]})
+                      {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(split_of), "part": [i, n]})
     state = journal.load(out, prefixes, overwrite)
     run = ShardRun(out)
     shards: dict[str, list[ShardRecord]] = {sp: list(state.shards[sp]) for sp in SPLITS}

@@ -69,3 +69,39 @@ def heart_study(subject="sub-01", n_sax=5, n_frames=3, gap_mm=8.0, with_2ch=True
 @pytest.fixture()
 def heart_cfg() -> ShardConfig:
     return ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=32, spacing=3.0, shard_size=7)
+
+
+# -- real DICOM trees in the DSBCC layout (written with the package's MR Image writer) ---------
+
+def write_dsbcc_study(root: Path, study: Study) -> None:
+    """Write every slice of ``study`` as MR Image DICOM under ``root/<subject>/study/<series>/``."""
+    from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
+
+    study_uid = deterministic_uid("study", study.subject)
+    for v, slices in study.views.items():
+        for sl in slices:
+            info = SeriesInfo(patient_id=study.subject, study_uid=study_uid,
+                              series_uid=deterministic_uid("series", study.subject, sl.series),
+                              frame_of_reference_uid=deterministic_uid("for", study.subject, sl.frame_of_reference),
+                              series_number=int(sl.series.split("_")[-1]), series_description=sl.series)
+            pixels = sl.load()
+            for f, fr in enumerate(sl.frames):
+                write_mr_image(root / study.subject / "study" / sl.series / f"IM-{f + 1:04d}.dcm", pixels[f],
+                               sl.plane, info, instance_number=f + 1, trigger_time_ms=fr.trigger_time)
+
+
+def write_dsbcc_tree(root: Path, n_subjects: int = 4, n_sax: int = 3, n_frames: int = 2) -> list[str]:
+    """A small clean DSBCC-layout data set; returns the subject ids."""
+    names = []
+    for i in range(n_subjects):
+        name = f"{i + 1:04d}"
+        write_dsbcc_study(root, heart_study(subject=name, n_sax=n_sax, n_frames=n_frames, seed=i + 1))
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def dsbcc_tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dsbcc")
+    write_dsbcc_tree(root)
+    return root
