@@ -176,6 +176,8 @@ def export_fp32(ckpt_dir: Path, state_dict: Mapping[str, torch.Tensor], *, model
     """Write ``fp32/<part>.pt`` for each part: world-size independent, ``weights_only``-loadable."""
     written = {}
     for part, sd in split_parts(state_dict).items():
+        if not sd:  # a head switched off in the config (single-task pretraining): no file
+            continue
         payload = {
             "format": WEIGHTS_FORMAT,
             "part": part,
