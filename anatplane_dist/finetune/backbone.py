@@ -10,17 +10,17 @@ over encoder-only baselines.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from ..model import ModelConfig, build_model
 
-__all__ = ["INITS", "TRANSFERS", "PretrainedInfo", "Backbone", "read_pretrained_info", "make_backbone",
+__all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "read_pretrained_info", "make_backbone",
            "grid_from_pretrained"]
 
 INITS = ("random", "pretrained")
@@ -36,12 +36,12 @@ class PretrainedError(ValueError):
 class PretrainedInfo:
     """What a published weights set says about itself."""
 
-    path: Path                     # the encoder weights file
+    path: Path                     # the encoder weights file in the published version
     model_config: ModelConfig
     num_channels: int
     step: int
     parts: list[str]               # parts present next to the encoder file
-    extra: dict[str, Any] = field(default_factory=dict)   # e.g. the data grid, when published
+    extra: dict[str, Any] = field(default_factory=dict)   # the model card, when published
 
 
 @dataclass
@@ -58,28 +58,28 @@ class Backbone:
                 "model_config": dataclasses.asdict(self.model_config), "num_channels": self.num_channels}
 
 
-def _encoder_file(path: Path) -> Path:
-    """The encoder file of a published weights set: the file itself, or ``encoder.pt`` in the
-    directory (or its ``fp32/``)."""
-    if path.is_file():
-        return path
-    for cand in (path / "encoder.pt", path / "fp32" / "encoder.pt"):
-        if cand.is_file():
-            return cand
-    raise PretrainedError(f"{path}: no encoder.pt (expected a published weights directory or file)")
-
-
 def read_pretrained_info(path: str | Path) -> PretrainedInfo:
-    """Header of published weights (architecture, K, step) without building anything.
+    """Header of published weights (architecture, K, step, parts, model card) without
+    building anything.  ``path`` is what :func:`anatplane_dist.publish.load_pretrained`
+    accepts: a version directory, a name directory (its ``latest``), or a file in a version.
 
     Raises:
-        PretrainedError: missing, or not an ``anatplane-weights/1`` encoder file.
+        PretrainedError: missing, or no ``anatplane-weights/1`` encoder in the version.
     """
-    p = Path(path)
-    if not p.exists():
-        raise PretrainedError(f"pretrained weights {p} do not exist")
-    f = _encoder_file(p)
-    obj = torch.load(f, map_location="cpu", weights_only=True)
+    from ..publish import CARD, resolve_version
+
+    try:
+        version = resolve_version(path)
+    except FileNotFoundError as exc:
+        raise PretrainedError(f"pretrained weights {path} do not exist") from exc
+    f = version / "encoder.pt"
+    if not f.is_file():
+        raise PretrainedError(f"{version}: no encoder.pt (expected a published version, see "
+                              f"'anatplane publish')")
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; name the file
+        raise PretrainedError(f"{f}: unreadable weights file ({exc})") from exc
     if not isinstance(obj, dict) or obj.get("format") != _WEIGHTS_FORMAT:
         raise PretrainedError(f"{f}: not an {_WEIGHTS_FORMAT} weights file")
     if obj.get("part") != "encoder":
@@ -89,25 +89,64 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
         k = int(obj["num_channels"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PretrainedError(f"{f}: unreadable model_config/num_channels ({exc})") from exc
-    parts = [q.stem for q in sorted(f.parent.glob("*.pt"))]
-    extra: dict[str, Any] = {}
-    for meta in (f.parent / "manifest.json", f.parent / "meta.json"):
-        if meta.is_file():
-            try:
-                extra = yaml.safe_load(meta.read_text()) or {}
-            except yaml.YAMLError:
-                extra = {}
-            break
-    return PretrainedInfo(f, cfg, k, int(obj.get("step", -1)), parts, extra)
+    card: dict[str, Any] = {}
+    if (version / CARD).is_file():
+        try:
+            card = json.loads((version / CARD).read_text())
+        except ValueError:
+            card = {}
+    parts = list(card.get("parts", {})) or [q.stem for q in sorted(version.glob("*.pt"))]
+    return PretrainedInfo(f, cfg, k, int(obj.get("step", -1)), parts, card)
+
+
+def _manifest_paths(card: dict[str, Any]) -> list[Path]:
+    """Shard-set manifests a model card points at: the ones it lists, then those next to the
+    ``data.shards`` of its resolved config (a shard directory, or a brace pattern inside one)."""
+    paths = [Path(str(m.get("path", ""))) for m in card.get("data_manifests", []) or [] if isinstance(m, dict)]
+    data = (card.get("config") or {}).get("data") or {}
+    for key in ("shards", "train_shards", "val_shards"):
+        value = data.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                item = item.get("path")
+            if not isinstance(item, str) or not item:
+                continue
+            for pattern in item.split("::"):
+                base = Path(pattern.split("{")[0])
+                paths += [base / "manifest.json", base.parent / "manifest.json",
+                          base.parent.parent / "manifest.json"]
+    return paths
 
 
 def grid_from_pretrained(info: PretrainedInfo) -> tuple[int, float] | None:
-    """The model grid (size, spacing mm) the weights were pretrained on, when published."""
-    for key in ("grid", "data_grid"):
-        g = info.extra.get(key)
-        if isinstance(g, dict) and "size" in g and "spacing" in g:
-            return int(g["size"]), float(g["spacing"])
+    """The model grid (size px, spacing mm) the weights were pretrained on, or None.
+
+    Read from the model card's ``data_grid`` when present, else from the ``config`` (grid,
+    spacing) of the shard set's ``manifest.json`` (when it is still reachable).
+    """
+    card = info.extra
+    g = card.get("data_grid")
+    if isinstance(g, dict) and "size" in g and "spacing" in g:
+        return int(g["size"]), float(g["spacing"])
+    for path in _manifest_paths(card):
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text()).get("config", {})
+            return int(cfg["grid"]), float(cfg["spacing"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
     return None
+
+
+def _published_state(info: PretrainedInfo, part: str) -> dict[str, torch.Tensor]:
+    """State dict of one published part via the one verified loader (checksums included)."""
+    from ..publish import VerificationError, load_pretrained
+
+    try:
+        return load_pretrained(info.path.parent, part=part).state_dict()
+    except (VerificationError, ValueError, OSError) as exc:
+        raise PretrainedError(f"{info.path.parent}: cannot load the {part}: {exc}") from exc
 
 
 def make_backbone(init: str, *, pretrained: str | Path | None = None, transfer: str = "encoder+decoder",
@@ -126,30 +165,27 @@ def make_backbone(init: str, *, pretrained: str | Path | None = None, transfer: 
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
+    if init == "pretrained" and pretrained is None:
+        raise ValueError("init 'pretrained' needs --pretrained weights")
     info = read_pretrained_info(pretrained) if pretrained is not None else None
     if info is not None:
         model_config, num_channels = info.model_config, info.num_channels
     if model_config is None or num_channels is None:
-        if init == "pretrained":
-            raise ValueError("init 'pretrained' needs --pretrained weights")
         raise ValueError("random init needs an architecture: pretrained weights or a model config")
     # the target network: always with a decoder, never with the location head
     cfg = dataclasses.replace(model_config, orientation_head=True, location_head=False)
     torch.manual_seed(seed)
     net = build_model(cfg, num_channels)
     transferred: list[str] = []
-    if init == "pretrained":
-        from ..publish import load_pretrained  # the one loader of published weights
-        assert info is not None
-        enc = load_pretrained(info.path.parent, part="encoder")
-        net.encoder.load_state_dict(enc.state_dict(), strict=True)
+    if info is not None and init == "pretrained":
+        enc_state = _published_state(info, "encoder")
+        net.encoder.load_state_dict(enc_state, strict=True)
         transferred.append("encoder")
         if transfer == "encoder+decoder":
             if "decoder" not in info.parts:
                 raise PretrainedError(f"{info.path.parent}: no decoder published (orientation head off "
                                       f"in pretraining); use --transfer encoder")
-            dec = load_pretrained(info.path.parent, part="decoder")
-            state = {k: v for k, v in dec.state_dict().items() if not k.startswith("head.")}
+            state = {k: v for k, v in _published_state(info, "decoder").items() if not k.startswith("head.")}
             missing, unexpected = net.decoder.load_state_dict(state, strict=False)
             if unexpected or any(not k.startswith("head.") for k in missing):
                 raise PretrainedError(f"decoder weights do not fit the architecture: missing {missing}, "

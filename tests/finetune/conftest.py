@@ -119,3 +119,37 @@ def write_knee(root: Path, n: int, seed: int = 0) -> Path:
 def knee_root(tmp_path: Path) -> Path:
     """Eight labelled knee studies (real DICOM) with labels.csv."""
     return write_knee(tmp_path / "knee", 8, seed=0)
+
+
+def publish_weights(tmp_path: Path, model_config, num_channels: int = 2, grid: int = 64, spacing: float = 1.5,
+                    seed: int = 0, name: str = "tiny", state: dict | None = None) -> Path:
+    """Publish weights the way a training run does (complete checkpoint with fp32 exports,
+    config.yaml naming a shard set whose manifest records the grid), via the real publisher.
+    Returns the name directory (``latest`` inside)."""
+    import json
+
+    import torch
+    import yaml
+
+    from anatplane_dist import checkpoint as ckpt
+    from anatplane_dist.model import build_model, export_parts
+    from anatplane_dist.publish import publish
+
+    shards = tmp_path / f"shards-{name}"
+    (shards / "train").mkdir(parents=True, exist_ok=True)
+    (shards / "manifest.json").write_text(json.dumps({"config": {"grid": grid, "spacing": spacing}}))
+    run_dir = tmp_path / f"run-{name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"shards": str(shards / "train")}, "model": model_config.to_dict()}))
+    if state is None:
+        torch.manual_seed(1000 + seed)
+        model = build_model(model_config, num_channels)
+        state = {f"{p}.{k}": v for p, sd in export_parts(model).items() for k, v in sd.items()}
+    tmp = ckpt.prepare_tmp(run_dir, 10)
+    ckpt.write_meta(tmp, dict(step=10, epoch=1, samples_seen=80, data_seed=seed, world_size=1, backend="single",
+                              metrics={}))
+    ckpt.export_fp32(tmp, state, model_config_yaml=model_config.to_yaml(), num_channels=num_channels, step=10)
+    ckpt.finalize(tmp)
+    publish(run_dir, tmp_path / "published", name)
+    return tmp_path / "published" / name

@@ -1,0 +1,143 @@
+"""``anatplane finetune seg|cls``: the low-label protocol on a target task, from published weights.
+
+    anatplane finetune seg --data ACDC_ROOT --pretrained PUBLISHED_DIR_OR_FILE --out DIR
+    anatplane finetune cls --data KNEE_ROOT --pretrained PUBLISHED_DIR_OR_FILE --out DIR
+
+Images are resampled to the grid the encoder was pretrained on (read from the published
+weights when recorded there, else ``--grid``/``--spacing``) and normalised as in pretraining.
+Results: ``DIR/results.{json,md,png}`` and one file per run in ``DIR/runs/`` (reused on re-runs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..model import ModelConfig
+from .backbone import INITS, TRANSFERS, PretrainedError, make_backbone, read_pretrained_info, grid_from_pretrained
+from .classification import ClsTrainConfig
+from .data import FinetuneDataError, GridSpec, load_acdc, load_knee
+from .protocol import ClsTask, ProtocolConfig, SegTask, run_protocol
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=("seg", "cls"),
+                        help="seg: ACDC-format segmentation (Dice/HD95); cls: knee stack labels (AUC/accuracy)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="seg: <root>/patientXXX/patientXXX_frameYY.nii.gz + _gt; "
+                             "cls: <root>/<subject>/<series>/*.dcm + <root>/labels.csv")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="published weights (directory with encoder.pt [+ decoder.pt], or an encoder file)")
+    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    parser.add_argument("--init", default=",".join(INITS),
+                        help="comma list of initialisations to compare (default: random,pretrained)")
+    parser.add_argument("--transfer", choices=TRANSFERS, default="encoder+decoder",
+                        help="seg: which pretrained parts to transfer (cls always transfers the encoder)")
+    parser.add_argument("--labels", default="1,2,4,8,all",
+                        help="labelled-subject counts; those larger than the labelled pool are left out")
+    parser.add_argument("--seeds", default="0,1", help="comma list of seeds (subset draw, batches, new head)")
+    parser.add_argument("--test-fraction", type=float, default=0.25, help="subjects held out for testing")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
+    parser.add_argument("--grid", type=int, default=None,
+                        help="model grid size in pixels (default: as recorded with the pretrained weights)")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help="model grid spacing in mm (default: as recorded with the pretrained weights)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimiser steps per run (default: seg 150, cls 150)")
+    parser.add_argument("--batch-size", type=int, default=8, help="seg: slices per step; cls: stacks per step / 4")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay to 0)")
+    parser.add_argument("--no-largest-component", action="store_true",
+                        help="seg: score the raw argmax (default keeps the largest component per structure)")
+    parser.add_argument("--view", default="sagittal", help="cls: which knee stack to classify")
+    parser.add_argument("--labels-csv", type=Path, default=None, help="cls: label table (default DATA/labels.csv)")
+    parser.add_argument("--model-config", type=Path, default=None,
+                        help="YAML ModelConfig for random-only runs without --pretrained")
+    parser.add_argument("--num-channels", type=int, default=2,
+                        help="heatmap channels K of that architecture (random-only runs)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
+
+
+def _resolve_grid(args: argparse.Namespace, recorded: tuple[int, float] | None) -> GridSpec:
+    size = args.grid if args.grid is not None else (recorded[0] if recorded else None)
+    spacing = args.spacing if args.spacing is not None else (recorded[1] if recorded else None)
+    if size is None or spacing is None:
+        raise ValueError("the model grid is unknown: the pretrained weights do not record it; "
+                         "pass --grid PIXELS --spacing MM as used for pretraining (the shard settings)")
+    if recorded and (size, spacing) != recorded:
+        print(f"warning: grid {size} px @ {spacing} mm differs from the pretraining grid "
+              f"{recorded[0]} px @ {recorded[1]} mm", file=sys.stderr)
+    return GridSpec(int(size), float(spacing))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (FinetuneDataError, PretrainedError, ValueError, OSError) as exc:
+        print(f"anatplane finetune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    inits = _csv(args.init)
+    seeds = [int(s) for s in _csv(args.seeds)]
+    transfer = args.transfer if args.task == "seg" else "encoder"
+    proto = ProtocolConfig(labels=_csv(args.labels), seeds=seeds, inits=inits, transfer=transfer,
+                           test_fraction=args.test_fraction, split_seed=args.split_seed)
+    provenance: dict[str, Any] = {"data": str(args.data.resolve())}
+    model_config = num_channels = None
+    recorded = None
+    if args.pretrained is not None:
+        info = read_pretrained_info(args.pretrained)
+        recorded = grid_from_pretrained(info)
+        provenance.update(pretrained=str(info.path.parent.resolve()), pretrained_step=info.step,
+                          pretrained_parts=info.parts)
+    elif "pretrained" in inits:
+        raise ValueError("--init includes 'pretrained' but no --pretrained weights were given")
+    elif args.model_config is not None:
+        model_config = ModelConfig.from_yaml(args.model_config.read_text())
+        num_channels = args.num_channels
+    else:
+        raise ValueError("random-only runs need --model-config (or --pretrained for its architecture)")
+    grid = _resolve_grid(args, recorded)
+    provenance["grid"] = {"size": grid.size, "spacing": grid.spacing}
+
+    if args.task == "seg":
+        from .segmentation import SegTrainConfig
+        cfg = SegTrainConfig(steps=args.steps or 150, batch_size=args.batch_size, lr=args.lr,
+                             largest_component=not args.no_largest_component, device=args.device)
+        subjects, skipped = load_acdc(args.data, grid, cfg.num_classes)
+        task: SegTask | ClsTask = SegTask(subjects, cfg)
+        print(f"loaded {len(subjects)} labelled subjects "
+              f"({sum(len(s.volumes) for s in subjects)} frames) from {args.data}; {len(skipped)} skip(s)")
+    else:
+        ccfg = ClsTrainConfig(steps=args.steps or 150, stacks_per_step=max(1, args.batch_size // 4),
+                              lr=args.lr, device=args.device)
+        stacks, names, skipped = load_knee(args.data, grid, view=args.view, labels_csv=args.labels_csv)
+        task = ClsTask(stacks, names, ccfg)
+        print(f"loaded {len(stacks)} labelled '{args.view}' stacks from {args.data} "
+              f"(labels {', '.join(names)}); {len(skipped)} skip(s)")
+    for s in skipped[:10]:
+        print(f"  skipped {s.subject} {s.path}: {s.reason}")
+
+    def backbone(init: str, seed: int):
+        return make_backbone(init, pretrained=args.pretrained, transfer=transfer, model_config=model_config,
+                             num_channels=num_channels, seed=seed)
+
+    results = run_protocol(task, proto, backbone, args.out, skipped=skipped, provenance=provenance)
+    print((args.out / "results.md").read_text())
+    print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'results.png'}")
+    return 0 if results["runs"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """What ``launch/finetune.py`` runs (same arguments as ``anatplane finetune``)."""
+    parser = argparse.ArgumentParser(prog="finetune", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

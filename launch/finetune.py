@@ -1,0 +1,5 @@
+"""Fine-tune published weights on a target task (same as ``anatplane finetune``)."""
+from anatplane_dist.finetune.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
