@@ -27,7 +27,7 @@ from .profiles import ShardConfig
 from .samples import StudySamples
 from .splits import assign_splits, part_subjects
 from .worker import SubjectTask, list_subjects, process_subject, resolve_reader
-from .writer import Journal, ShardRecord, SplitWriter
+from .writer import Journal, ShardRecord, SplitWriter, write_json_atomic
 
 __all__ = ["ShardRun", "shard_dataset"]
 
@@ -120,6 +120,8 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
     journal = Journal(out / "_state" / f"part-{i:04d}-of-{n:04d}.jsonl",
                       {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(split_of), "part": [i, n]})
     state = journal.load(out, prefixes, overwrite)
+    for stale in ("manifest.json", "sizes.json"):      # describe the shard set only once it is whole again
+        (out / stale).unlink(missing_ok=True)
     run = ShardRun(out)
     shards: dict[str, list[ShardRecord]] = {sp: list(state.shards[sp]) for sp in SPLITS}
 
@@ -163,14 +165,21 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
         results.close()
         bar.close()
 
-    subject_recs = {r["subject"]: r for r in journal._read() if r.get("type") == "subject"}
+    # a subject counts as sharded only once all its samples sit in complete shards
+    final_end = {sp: ((len(order[sp]), 0) if not error else (tuple(shards[sp][-1].end) if shards[sp] else (0, 0)))
+                 for sp in SPLITS}
+    subject_recs = {r["subject"]: r for r in journal.records() if r.get("type") == "subject"
+                    and r["pos"] < final_end[r["split"]][0]}
     skipped: list[dict[str, str]] = []
     for s in mine:
         rec = subject_recs.get(s)
-        if rec is None:
-            skipped.append(Skip(s, f"not sharded: run stopped ({error or 'unknown'})", s, "study").to_dict())
-        else:
+        if rec is not None:
             skipped.extend(rec["skipped"])
+        elif (pos_of[s], 0) < final_end[split_of[s]]:
+            skipped.append(Skip(s, f"partially sharded: samples from #{final_end[split_of[s]][1]} on not written, "
+                                   f"run stopped ({error})", s, "study").to_dict())
+        else:
+            skipped.append(Skip(s, f"not sharded: run stopped ({error})", s, "study").to_dict())
     all_shards = shards["train"] + shards["val"]
     run.shards = all_shards
     run.samples = sum(r.count for r in all_shards)
@@ -191,6 +200,8 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
         write_part(out, record)
         if n == 1 and run.complete:
             run.manifest = merge_parts(out)
+        elif n == 1:                 # no manifest for an incomplete set, but say what is missing
+            write_json_atomic(out / "skipped.jsonl", skipped, lines=True)
     except OSError as exc:
         run.complete = False
         run.error = run.error or f"output error writing metadata: {exc}"

@@ -226,6 +226,10 @@ class Journal:
     def shard_done(self, rec: ShardRecord) -> None:
         self.append(asdict(rec))
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete line of the journal (header first)."""
+        return self._read()
+
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
