@@ -1,0 +1,84 @@
+"""Atomic file writes and small shared helpers of the phantom writers.
+
+Every output appears complete or not at all (tmp file + ``os.replace``), so an interrupted
+generation never leaves a truncated file that a reader would then have to make sense of.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import numpy as np
+
+__all__ = ["atomic_write_text", "atomic_write_json", "save_nifti", "parse_range", "subject_rng", "map_subjects"]
+
+T = TypeVar("T")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def save_nifti(path: str | os.PathLike, data: np.ndarray, affine_ras: np.ndarray,
+               zooms: Sequence[float] | None = None) -> Path:
+    """Write a NIfTI-1 file atomically (the tmp keeps the ``.nii.gz`` suffix so it is compressed)."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data, affine_ras)
+    img.header.set_xyzt_units("mm", "msec")
+    if zooms is not None:
+        img.header.set_zooms(tuple(float(z) for z in zooms))
+    tmp = path.with_name(".tmp-" + path.name)
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def parse_range(text: str | int | Sequence[int]) -> tuple[int, int]:
+    """``"128"`` -> (128, 128); ``"160-256"`` -> (160, 256); already a pair -> itself."""
+    if isinstance(text, (int, np.integer)):
+        return int(text), int(text)
+    if not isinstance(text, str):
+        lo, hi = (int(x) for x in text)
+    else:
+        parts = text.replace(":", "-").split("-")
+        if len(parts) == 1:
+            lo = hi = int(parts[0])
+        elif len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError(f"expected N or MIN-MAX, got {text!r}")
+    if lo < 1 or hi < lo:
+        raise ValueError(f"invalid range {lo}-{hi}")
+    return lo, hi
+
+
+def subject_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """Independent generator per (seed, subject, purpose): a subject does not depend on which
+    other subjects are generated, or in which process, so cohorts can be made in parallel."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
+
+
+def map_subjects(fn: Callable[[int], T], indices: Iterable[int], workers: int, desc: str) -> list[T]:
+    """``[fn(i) for i in indices]`` with a tqdm bar, in ``workers`` processes when > 1."""
+    from tqdm import tqdm
+
+    indices = list(indices)
+    if workers <= 1:
+        return [fn(i) for i in tqdm(indices, desc=desc, unit="subject")]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(fn, indices), total=len(indices), desc=desc, unit="subject"))
