@@ -206,3 +206,82 @@ def test_nan_pixels_surface_as_reader_error_at_load(tmp_path: Path, kit):
     st = dsbcc.read_study(tmp_path / "S")
     with pytest.raises(ReaderError, match="RescaleIntercept is not finite"):
         next(s for s in st.views["sax"] if s.series == "sax_10").load()
+
+
+def _mutate_first(folder: Path, **changes) -> None:
+    import pydicom
+    f = sorted(folder.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(f)
+    for k, v in changes.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    ds.save_as(f, enforce_file_format=True)
+
+
+def _float_nan_first(folder: Path) -> None:
+    import pydicom
+    f = sorted(folder.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(f)
+    arr = ds.pixel_array.astype(np.float32)
+    arr[5, 5] = np.nan
+    del ds.PixelData
+    for k in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, k)
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = arr.tobytes()
+    ds.save_as(f, enforce_file_format=True)
+
+
+def test_every_bad_input_in_one_data_set(tmp_path: Path, kit):
+    """One subject per known problem: iterating the data set and loading every slice never
+    raises anything but a specific ReaderError, and every problem is named somewhere."""
+    from anatplane_dist.sources.base import ReaderError
+    root = tmp_path / "ds"
+    expected: dict[str, str] = {}
+
+    def subject(name: str, why: str, **kw) -> Path:
+        expected[name] = why
+        kit.write_heart_study(root, name, n_sax=kw.get("n_sax", 3), frames=2, views=kw.get("views", ("sax", "2ch", "4ch")))
+        return root / name / "study"
+
+    f = sorted((subject("truncated", "truncated pixel data") / "sax_11").glob("*.dcm"))[0]
+    f.write_bytes(f.read_bytes()[:-40])
+    _mutate_first(subject("no_geometry", "missing geometry tag(s) PixelSpacing") / "sax_11", PixelSpacing=None)
+    _mutate_first(subject("non_unit", "not unit vectors") / "sax_11",
+                  ImageOrientationPatient=["0.9", "0", "0", "0", "1", "0"])
+    _mutate_first(subject("non_orthogonal", "not orthogonal") / "sax_11",
+                  ImageOrientationPatient=["1", "0", "0", "0.3", "0.9539392", "0"])
+    _mutate_first(subject("zero_spacing", "PixelSpacing must be positive") / "sax_11", PixelSpacing=["0", "0"])
+    subject("missing_view", "", views=("sax", "2ch"))
+    dup = subject("duplicated", "duplicated slice position")
+    kit.write_series(dup / "sax_30", [kit.sax_planes(3)[1]], kit.series_info("duplicated", "sax_30", 30), frames=2)
+    multi = subject("two_positions", "", n_sax=0)
+    kit.write_series(multi / "sax_5", kit.sax_planes(3), kit.series_info("two_positions", "sax_5", 5), frames=2)
+    subject("one_slice", "single slice position", n_sax=1)
+    _float_nan_first(subject("nan_pixels", "non-finite (NaN/inf) pixel") / "sax_11")
+    (root / "garbage" / "study" / "sax_1").mkdir(parents=True)
+    (root / "garbage" / "study" / "sax_1" / "x.dcm").write_bytes(b"\xff" * 500)
+    expected["garbage"] = "no usable series"
+
+    seen = {}
+    for st in dsbcc.iter_studies(root):
+        messages = [s.reason for s in st.skipped]
+        for slices in st.views.values():
+            for s in slices:
+                try:
+                    s.load()
+                except ReaderError as exc:
+                    messages.append(str(exc))
+        seen[st.subject] = (st, messages)
+    assert sorted(seen) == sorted(expected)
+    for name, why in expected.items():
+        st, messages = seen[name]
+        if why:
+            assert any(why in m for m in messages), (name, messages)
+        else:
+            assert messages == [], (name, messages)
+    assert seen["missing_view"][0].meta["missing_views"] == ["4ch"]
+    assert len(seen["two_positions"][0].views["sax"]) == 3
+    assert len(seen["duplicated"][0].views["sax"]) == 3
