@@ -90,7 +90,7 @@ def read_study(study_dir: str | Path, root: str | Path | None = None,
         study.meta["frame_of_reference"] = sax_for
         if len(sax) == 1:
             study.skip("SAX stack has a single slice position: no relative-location target",
-                       sax[0].series, "channel")
+                       Path(sax[0].frames[0].path).parent.as_posix(), "channel")
     for v in ("2ch", "4ch"):
         lax = _check_lax(v, candidates[v], sax_normal, sax_for, study)
         if lax:

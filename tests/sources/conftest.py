@@ -7,7 +7,6 @@ field and tests can compare images across planes.  Sizes are tiny (24x24, 3 fram
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +47,6 @@ def lax_plane(view: str, shape: int = 24, spacing: float = 2.5) -> Plane:
     """2CH (spanned by U and L) or 4CH (spanned by V and L) through the centre."""
     in_plane = _U if view == "2ch" else _V
     return plane_through(np.zeros(3), in_plane, -LONG_AXIS, spacing, shape)
-
-
-@dataclass
-class Series:
-    info: SeriesInfo
-    next_instance: int = 1
 
 
 def series_info(subject: str, folder: str, number: int, *, frame_of_reference: str | None = None) -> SeriesInfo:

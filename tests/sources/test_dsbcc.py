@@ -9,7 +9,6 @@ import pytest
 
 from anatplane_dist.geometry import Plane, heart_locations, stack_positions
 from anatplane_dist.sources import dsbcc
-from anatplane_dist.sources.dicom_write import write_mr_image
 from anatplane_dist.sources.reslice import plane_through
 
 
