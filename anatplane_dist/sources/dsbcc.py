@@ -26,7 +26,7 @@ import numpy as np
 
 from ..geometry import Plane, heart_locations, stack_positions
 from .base import Slice, Study
-from .dicom_read import (angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
+from .dicom_read import (DICOM_SUFFIXES, angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
                          iter_subjects, majority, relpath, scan_headers,
                          slice_from_group)
 
@@ -72,7 +72,11 @@ def read_study(study_dir: str | Path, root: str | Path | None = None,
 
     folders: dict[str, list[tuple[int, Path]]] = {v: [] for v in VIEWS}
     for p in sorted(series_parent.iterdir()):
-        if not p.is_dir() or p.name.startswith("."):
+        if p.name.startswith("."):
+            continue
+        if not p.is_dir():
+            if p.suffix.lower() in DICOM_SUFFIXES:
+                study.skip("file outside a series folder (sax_<n>/2ch_<n>/4ch_<n>)", relpath(p, root), "file")
             continue
         m = _FOLDER_RE.match(p.name)
         if m is None:

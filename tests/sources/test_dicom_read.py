@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from anatplane_dist.sources.base import ReaderError, Study
-from anatplane_dist.sources.dicom_read import (group_by_plane, list_dicom_files, load_frames, load_pixels,
-                                               read_header, scan_headers)
+from anatplane_dist.sources.dicom_read import (group_by_plane, iter_subjects, list_dicom_files, load_frames,
+                                               load_pixels, read_header, scan_headers)
 from anatplane_dist.sources.dicom_write import write_mr_image
 
 
@@ -148,3 +148,16 @@ def test_grouping_splits_positions_and_sizes(tmp_path: Path, kit):
     reasons = sorted((s.path, s.reason.split(" (")[0]) for s in study.skipped)
     assert reasons == [("broken.dcm", "broken.dcm: not a DICOM file"),
                        ("copy.dcm", "duplicate SOPInstanceUID " + pydicom.dcmread(files[0]).SOPInstanceUID)]
+
+
+def test_iter_subjects_records_a_study_that_raises(tmp_path: Path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+
+    def read(subject_dir: Path, root: Path) -> Study:
+        if subject_dir.name == "b":
+            raise RuntimeError("disk on fire")
+        return Study(subject_dir.name, root, {"x": []})
+
+    got = [(s.subject, [(k.level, k.reason) for k in s.skipped]) for s in iter_subjects(tmp_path, None, read)]
+    assert got == [("a", []), ("b", [("study", "study could not be read (RuntimeError: disk on fire)")]), ("c", [])]

@@ -185,13 +185,14 @@ def test_nothing_usable_does_not_stop_iteration(tmp_path: Path, kit):
     (root / "A/study/sax_1/x.dcm").write_text("not dicom")
     (root / "A/study/2ch_2").mkdir()
     (root / "B").mkdir()                                               # no study folder, nothing inside
+    (root / "B" / "stray.dcm").write_bytes(b"")                        # not in a series folder
     kit.write_heart_study(root, "C")
     studies = list(dsbcc.iter_studies(root))
     assert [s.subject for s in studies] == ["A", "B", "C"]
     a, b, c = studies
     assert a.views == {} and b.views == {} and len(c.views["sax"]) == 5
     assert [s.level for s in a.skipped] == ["file", "series", "series", "study"]
-    assert _reasons(b, "study") == ["no usable series in this study"]
+    assert _reasons(b) == ["file outside a series folder (sax_<n>/2ch_<n>/4ch_<n>)", "no usable series in this study"]
 
 
 def test_nan_pixels_surface_as_reader_error_at_load(tmp_path: Path, kit):
