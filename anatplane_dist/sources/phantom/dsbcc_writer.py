@@ -75,9 +75,9 @@ def _plan_series(views: HeartViews, kind: str, rng: np.random.Generator, anatomy
     series.append(_Series(f"4ch_{first + 1}", "4ch", first + 1, (views.ch4,)))
     order = list(range(n)) if rng.random() < 0.5 else list(range(n))[::-1]   # numbering base->apex or not
     sax_numbers = {k: first + 2 + j for j, k in enumerate(order)}
-    mixed = int(rng.integers(1, n - 2)) if kind == "two_positions_in_sax" else -1
+    mixed = int(rng.integers(1, n - 2)) if kind == "two_positions_in_sax" else None
     for k in range(n):
-        if k == mixed + 1:
+        if mixed is not None and k == mixed + 1:
             continue                                  # held by the mixed folder
         planes = (views.sax[k], views.sax[k + 1]) if k == mixed else (views.sax[k],)
         series.append(_Series(f"sax_{sax_numbers[k]}", "sax", sax_numbers[k], planes))
