@@ -193,7 +193,7 @@ def test_resliced_dicom_through_the_reader(tmp_path: Path, kit, kind: str):
     vol, aff = _volume(kind)
     center = volume_center_lps(vol.shape, aff) + [0.0, 0.0, 10.0]
     tilt = np.radians(12.0)
-    sag_row, sag_col = np.array([0.0, np.cos(tilt), np.sin(tilt)]), np.array([0.0, -np.sin(tilt), np.cos(tilt)])
+    sag_row, sag_col = np.array([0.0, np.cos(tilt), np.sin(tilt)]), np.array([0.0, np.sin(tilt), -np.cos(tilt)])
     sag_normal = np.cross(sag_row, sag_col)
     sagittal = [plane_through(center + d * sag_normal, sag_row, sag_col, 1.0, 96) for d in (-12.0, -6.0, 0.0, 6.0, 12.0)]
     coronal = plane_through(center + [3.0, 4.0, 0.0], [1.0, 0.0, 0.15], [0.0, 0.1, -1.0], (1.2, 0.9), (80, 100))
