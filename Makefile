@@ -7,8 +7,9 @@ TORCH_SPEC  ?= torch==2.13.0
 DEMO_DIR    ?= demo
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
-# Debian packages the tests use: a real one-node SLURM (+ accounting) and a DICOM validator.
-DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl
+# Debian packages the tests use: a real one-node SLURM (+ accounting), a DICOM validator,
+# and real anatomy (Colin27 brain) for the reslicer tests.
+DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl mricron-data
 
 .PHONY: venv demo test test-fast bench clean debs
 
