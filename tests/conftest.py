@@ -3,16 +3,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 
 import pytest
 
-
-def free_port() -> int:
-    """A free TCP port on localhost (for MASTER_PORT of spawned process groups)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from anatplane_dist.dist import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)

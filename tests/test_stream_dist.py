@@ -14,7 +14,7 @@ import torch.multiprocessing as tmp
 
 from anatplane_dist.stream import (DataConfig, MetricSums, SharedEpoch, assert_same_across_ranks, make_train_loader,
                                    make_val_loader)
-from conftest import free_port
+from anatplane_dist.dist import free_port
 from test_stream import all_keys, write_shards
 
 SIZES = [3, 7, 11, 2, 9]  # 32 samples in 5 shards of different sizes
