@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     parser.add_argument("--require-all-views", action="store_true",
                         help="drop a study missing a reference view (default: mask that channel)")
+    parser.add_argument("--compress", choices=("none", "gz"), default="none",
+                        help="gz: gzip the tar stream (smaller, slower to read; see shards/FORMAT.md)")
     parser.add_argument("--part", default="0/1", help="i/N: shard the i-th of N subject subsets (default 0/1)")
     parser.add_argument("--slurm-array", type=int, default=0, metavar="N",
                         help="submit N parts as a SLURM job array (submitit) and merge when all are done")
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ShardConfig:
     return ShardConfig(profile=load_profile(args.profile), grid=args.grid, spacing=args.spacing,
                        val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
-                       require_all_views=args.require_all_views)
+                       require_all_views=args.require_all_views, compress=args.compress)
 
 
 def run(args: argparse.Namespace) -> int:

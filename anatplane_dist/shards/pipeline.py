@@ -129,7 +129,7 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
         journal.shard_done(rec)
         shards[rec.split].append(rec)
 
-    writers = {sp: SplitWriter(out, prefixes[sp], sp, cfg.shard_size, state.next_index(sp), done) for sp in SPLITS}
+    writers = {sp: SplitWriter(out, prefixes[sp], sp, cfg.shard_size, state.next_index(sp), done, cfg.compress) for sp in SPLITS}
     ends = {sp: state.end(sp) for sp in SPLITS}
     todo = [s for s in mine if pos_of[s] >= ends[split_of[s]][0]]
     tasks = [SubjectTask(cfg.profile.reader, str(root), s, cfg) for s in todo]

@@ -122,6 +122,8 @@ class ShardConfig:
         shard_size: samples per shard (the last shard of a split holds the rest).
         require_all_views: drop a study missing a reference view instead of masking it.
         percentiles: robust intensity range of a slice (over all its frames).
+        compress: ``none`` (plain tar) or ``gz`` (the tar stream gzip'd; same ``.tar`` name,
+            tar readers detect it): see ``shards/FORMAT.md`` for the measured trade-off.
     """
 
     profile: Profile
@@ -132,6 +134,7 @@ class ShardConfig:
     shard_size: int = 1000
     require_all_views: bool = False
     percentiles: tuple[float, float] = (0.5, 99.5)
+    compress: str = "none"
     format: str = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -144,6 +147,8 @@ class ShardConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+        if self.compress not in ("none", "gz"):
+            raise ValueError(f"compress must be 'none' or 'gz', got {self.compress!r}")
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")

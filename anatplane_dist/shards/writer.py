@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -27,8 +28,9 @@ from .samples import Sample
 __all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "write_json_atomic",
            "TAR_MTIME"]
 
-#: fixed tar header fields (reproducible shards)
-TAR_MTIME = 0.0
+#: fixed tar header fields (reproducible shards); an int, since tarfile adds a 1 kB PAX header
+#: to every member whose mtime is a float
+TAR_MTIME = 0
 _TAR_USER = "anatplane"
 
 
@@ -88,7 +90,13 @@ class SplitWriter:
     """Sequential shards ``<prefix>-%06d.tar`` holding ``shard_size`` samples each (the last: the rest)."""
 
     def __init__(self, out_dir: Path, prefix: str, split: str, shard_size: int, start_index: int,
-                 on_complete: Callable[[ShardRecord], None]) -> None:
+                 on_complete: Callable[[ShardRecord], None], compress: str = "none") -> None:
+        """``compress="gz"`` writes the tar stream through gzip (level 1, no name or time in the
+        gzip header, so still deterministic); every tar reader detects it on open."""
+        if compress not in ("none", "gz"):
+            raise ValueError(f"compress must be 'none' or 'gz', got {compress!r}")
+        self.compress = compress
+        self._gz: gzip.GzipFile | None = None
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.split = split
@@ -114,7 +122,11 @@ class SplitWriter:
         if self._tar is None:
             self._fh = open(self._tmp, "wb")
             self._hash = _HashingFile(self._fh)
-            self._tar = wds.TarWriter(self._hash, encoder=False, compress=False, mtime=TAR_MTIME,
+            sink: Any = self._hash
+            if self.compress == "gz":
+                self._gz = gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=self._hash, mtime=0)
+                sink = self._gz
+            self._tar = wds.TarWriter(sink, encoder=False, compress=False, mtime=TAR_MTIME,
                                       user=_TAR_USER, group=_TAR_USER, mode=0o444)
             self._count = 0
         self._tar.write({"__key__": sample.key, **sample.members})
@@ -138,12 +150,15 @@ class SplitWriter:
                     self._fh.close()
                 except OSError:
                     pass
-            self._tar = self._fh = self._hash = None
+            self._tar = self._fh = self._hash = self._gz = None
             self._tmp.unlink(missing_ok=True)
 
     def _close(self, end: tuple[int, int]) -> None:
         assert self._tar is not None and self._fh is not None and self._hash is not None
         self._tar.close()              # writes the end-of-archive blocks through the hashing file
+        if self._gz is not None:
+            self._gz.close()           # gzip trailer (does not close the underlying file)
+            self._gz = None
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()

@@ -109,3 +109,23 @@ def test_journal_of_another_config_is_refused_unless_overwrite(tmp_path):
         other.load(tmp_path, {"train": "train"}, False)
     state = other.load(tmp_path, {"train": "train"}, True)
     assert state.end("train") == (0, 0) and not list(tmp_path.glob("train-*"))
+
+
+def test_gzip_shards_are_deterministic_and_read_by_tarfile_and_webdataset(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    out = []
+    for d in (a, b):
+        recs = []
+        w = SplitWriter(d, "train", "train", 4, 0, recs.append, compress="gz")
+        for j, s in enumerate(fake_samples(6)):
+            w.add(s, (j, 0))
+        w.finish((6, 0))
+        out.append(recs)
+    assert [r.sha256 for r in out[0]] == [r.sha256 for r in out[1]]
+    data = (a / "train-000000.tar").read_bytes()
+    assert data[:2] == b"\x1f\x8b" and hashlib.sha256(data).hexdigest() == out[0][0].sha256
+    with tarfile.open(a / "train-000000.tar") as tf:
+        assert len(tf.getmembers()) == 4 * 5
+    got = list(wds.WebDataset([str(a / r.name) for r in out[0]], shardshuffle=False).decode())
+    assert [g["__key__"] for g in got] == [s.key for s in fake_samples(6)]
