@@ -21,9 +21,11 @@ from typing import Iterable
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from ..geometry import GeometryError, Plane, plane_from_nifti, resample_to_grid, target_grid
-from ..intensity import robust_rescale, zscore
+from ..data.decode import zscore_
+from ..intensity import robust_rescale
 from ..sources.base import ReaderError, Skip, Slice, Study
 
 __all__ = [
@@ -109,7 +111,8 @@ def slice_to_grid(pixels: np.ndarray, plane: Plane, grid: GridSpec,
     scaled = robust_rescale(pixels)
     if scaled.ndim == 3:
         scaled = scaled[0]
-    img = zscore(resample_to_grid(scaled, plane, g, order=1, cval=0.0))
+    img = resample_to_grid(scaled, plane, g, order=1, cval=0.0).astype(np.float32)
+    img = zscore_(torch.from_numpy(img[None]))[0].numpy()       # the stream's own z-score
     lab = None
     if label is not None:
         lab = resample_to_grid(label.astype(np.float32), plane, g, order=0, cval=0.0)
