@@ -1,0 +1,216 @@
+"""Model, loss and augmentation throughput on this machine, with same-run baselines.
+
+    python bench/bench_model.py [--size 64] [--batch 8] [--width 16] [--depth 4]
+                                [--models unet,resnet] [--compile] [--channels-last]
+                                [--no-bf16] [--device cpu|cuda] [--iters 5]
+
+For each architecture: one training step (forward, multitask loss with device-rendered
+heatmaps, backward, SGD) in samples/s, for eager fp32 (the baseline), eager + bf16 autocast
+and, with ``--compile``, ``torch.compile`` (inductor; first-step compile time reported
+separately); every variant is printed as a ratio to eager in this run.  Then the heatmap
+renderer (torch vs the numpy reference, same lines, same grid) and the augmentation of a batch
+(samples/s).  On a GPU (``--device cuda``) the step also reports achieved TFLOP/s from an
+analytic count of the convolutions (forward x 3 for forward + backward) and MFU against
+``--peak-tflops``.  Defaults run in about a minute on 2 CPU cores; the paper's network is
+``--size 224 --width 64 --depth 4``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from anatplane_dist.augment import AugmentConfig, augment_batch
+from anatplane_dist.geometry import render_heatmaps
+from anatplane_dist.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+from anatplane_dist.model import ModelConfig, build_model
+
+
+def make_batch(b: int, k: int, size: int, device: torch.device, seed: int = 0) -> dict:
+    """A batch in the stream's layout with random lines through the grid."""
+    g = torch.Generator().manual_seed(seed)
+    th = torch.rand(b, k, generator=g) * np.pi
+    p = torch.rand(b, k, 2, generator=g) * size
+    a, bb = th.cos(), th.sin()
+    lines = torch.stack([a, bb, -(a * p[..., 0] + bb * p[..., 1])], -1)
+    return {"image": torch.randn(b, 1, size, size, generator=g).to(device),
+            "lines": lines.to(device), "valid": torch.ones(b, k, device=device),
+            "loc": torch.rand(b, generator=g).to(device), "loc_valid": torch.ones(b, device=device),
+            "key": [str(i) for i in range(b)]}
+
+
+def conv_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """Forward FLOPs (2 x MACs) of every Conv2d / ConvTranspose2d / Linear, counted with hooks."""
+    total = [0.0]
+
+    def hook(m: nn.Module, inp, out) -> None:
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total[0] += 2.0 * out.numel() * k
+        elif isinstance(m, nn.ConvTranspose2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            total[0] += 2.0 * inp[0].numel() * k
+        elif isinstance(m, nn.Linear):
+            total[0] += 2.0 * out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Callable[[], None], iters: int, device: torch.device) -> tuple[float, float]:
+    """(first-step seconds incl. any compilation, mean seconds per step after one more warm-up)."""
+    t = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - t
+    step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return first, (time.perf_counter() - t) / iters
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    cfg = ModelConfig(name=name, width=args.width, depth=args.depth)
+    batch = make_batch(args.batch, 2, args.size, device)
+    loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
+    variants = [("eager", False, False)]
+    if not args.no_bf16:
+        variants.append(("bf16", True, False))
+    if args.compile:
+        variants.append(("compile", False, True))
+        if not args.no_bf16:
+            variants.append(("compile+bf16", True, True))
+    rows = []
+    for label, bf16, compiled in variants:
+        torch.manual_seed(0)
+        model = build_model(cfg, 2).to(device).train()
+        x = batch["image"]
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        flops = conv_flops(model, x) * 3.0            # backward ~ 2x forward
+        run = torch.compile(model) if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = run(x)
+            loss, _ = loss_fn(out, batch)
+            loss.backward()
+            opt.step()
+
+        first, dt = time_steps(step, args.iters, device)
+        row = {"model": name, "variant": label, "size": args.size, "batch": args.batch,
+               "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+               "channels_last": args.channels_last, "first_step_s": round(first, 2),
+               "s_per_step": round(dt, 4), "samples_per_s": round(args.batch / dt, 1),
+               "tflops": round(flops / dt / 1e12, 3)}
+        if device.type == "cuda" and args.peak_tflops:
+            row["mfu"] = round(flops / dt / 1e12 / args.peak_tflops, 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]["samples_per_s"]
+    for r in rows[1:]:
+        print(f"  {name}: {r['variant']} / eager = {r['samples_per_s'] / base:.2f}x", flush=True)
+    return rows
+
+
+def bench_renderer(args: argparse.Namespace, device: torch.device) -> None:
+    b, k, size = args.render_batch, 2, args.render_size
+    batch = make_batch(b, k, size, torch.device("cpu"), seed=1)
+    lines_np, valid_np = batch["lines"].numpy(), batch["valid"].numpy() > 0
+    reps = 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        ref = render_heatmaps(lines_np, valid_np, (size, size), args.sigma_px)
+    numpy_s = (time.perf_counter() - t) / reps
+    lines, valid = batch["lines"].to(device), batch["valid"].to(device)
+    out = render_heatmaps_torch(lines, valid, size, size, args.sigma_px)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = render_heatmaps_torch(lines, valid, size, size, args.sigma_px)
+    sync(device)
+    torch_s = (time.perf_counter() - t) / reps
+    err = float(np.abs(out.cpu().numpy() - ref).max())
+    print(f"heatmaps {b}x{k}x{size}^2: numpy {b / numpy_s:,.0f} samples/s, torch ({device.type}) "
+          f"{b / torch_s:,.0f} samples/s, torch / numpy = {numpy_s / torch_s:.2f}x, max |diff| {err:.1e}",
+          flush=True)
+
+
+def bench_loss(args: argparse.Namespace, device: torch.device) -> None:
+    """Multitask loss (device heatmaps + masked MSE, forward + backward): eager vs compiled."""
+    b, size = args.render_batch, args.render_size
+    batch = make_batch(b, 2, size, device, seed=3)
+    pred = torch.rand(b, 2, size, size, device=device, requires_grad=True)
+    loc = torch.rand(b, device=device, requires_grad=True)
+    loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
+    variants = [("eager", loss_fn)] + ([("compile", torch.compile(loss_fn))] if args.compile else [])
+    base = None
+    for label, fn in variants:
+        def step() -> None:
+            total, _ = fn({"heatmaps": pred, "location": loc}, batch)
+            total.backward()
+        first, dt = time_steps(step, args.iters, device)
+        base = base or dt
+        print(f"loss {b}x2x{size}^2 {label}: {b / dt:,.0f} samples/s (first call {first:.1f} s), "
+              f"{label} / eager = {base / dt:.2f}x", flush=True)
+
+
+def bench_augment(args: argparse.Namespace, device: torch.device) -> None:
+    batch = make_batch(args.render_batch, 2, args.render_size, device, seed=2)
+    cfg = AugmentConfig(p=1.0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    first, dt = time_steps(lambda: augment_batch(batch, cfg, gen), args.iters, device)
+    print(f"augment_batch {args.render_batch}x1x{args.render_size}^2 (affine + intensity): "
+          f"{args.render_batch / dt:,.0f} samples/s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--models", default="unet,resnet")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="add torch.compile (inductor) variants")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variants")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--sigma-px", type=float, default=6.0)
+    ap.add_argument("--render-size", type=int, default=224)
+    ap.add_argument("--render-batch", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="dense bf16 peak of the device for MFU (e.g. 989 for an H100 SXM)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}", flush=True)
+    for name in args.models.split(","):
+        bench_model(name.strip(), args, device)
+    bench_renderer(args, device)
+    bench_loss(args, device)
+    bench_augment(args, device)
+
+
+if __name__ == "__main__":
+    main()
