@@ -12,8 +12,10 @@ Isolation, so nothing on the machine is touched and a crashed run cannot poison 
 - every daemon is started with ``ANATPLANE_SLURM_HARNESS=<cluster dir>`` in its environment;
   that marker (not a process name) finds everything the cluster spawned, including
   ``slurmstepd``, at teardown and when cleaning up after a harness that died;
-- a lock file (flock) makes a second harness on the same machine refuse to start, and tells
-  the cleaner that any marked process it finds belongs to a dead harness.
+- the owning process holds ``flock`` on ``<cluster dir>/owner.lock`` for the cluster's life;
+  marked processes whose cluster lock can be taken belong to a harness that died (SIGKILL,
+  OOM, a crashed CI job) and are stopped before a new cluster starts.  Live clusters of other
+  sessions are left alone (their ports differ, so several can coexist).
 
 Run as root (daemons switch to the ``munge`` and ``mysql`` users).  ``python -m
 anatplane_dist.testing.slurm_cluster`` starts one and waits, printing ``export SLURM_CONF=...``.
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 MARKER = "ANATPLANE_SLURM_HARNESS"
-LOCK_PATH = Path(os.environ.get("ANATPLANE_SLURM_LOCK", "/tmp/anatplane-slurm-harness.lock"))
+OWNER_LOCK = "owner.lock"
 CLUSTER_NAME = "anatplane"
 PARTITION = "debug"
 
@@ -95,6 +97,27 @@ def _marked_processes() -> dict[int, str]:
     return found
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` plus every process below them (job tasks under slurmstepd carry no marker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 def _kill_all(pids: list[int], grace_s: float = 10.0) -> list[int]:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns the pids that had to be killed."""
     for pid in pids:
@@ -130,10 +153,49 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _owner_alive(root: str) -> bool:
+    """True while some process holds ``<root>/owner.lock``."""
+    try:
+        fd = os.open(Path(root) / OWNER_LOCK, os.O_RDWR)
+    except OSError:  # no lock file: the dir is gone or was never ours
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may just have taken
+    return False
+
+
+def clean_stale() -> list[int]:
+    """Stop every process of a cluster whose harness died, and remove its directory.
+
+    Returns the pids stopped.  Clusters with a live owner are not touched.
+    """
+    by_root: dict[str, list[int]] = {}
+    for pid, root in _marked_processes().items():
+        by_root.setdefault(root, []).append(pid)
+    stopped: list[int] = []
+    for root, pids in by_root.items():
+        if _owner_alive(root):
+            continue
+        pids = _with_descendants(pids)
+        _kill_all(pids, grace_s=5.0)
+        stopped += pids
+        if Path(root).name.startswith("anatplane-slurm-"):
+            shutil.rmtree(root, ignore_errors=True)
+    return sorted(stopped)
+
+
 class SlurmCluster:
     """Context manager: ``with SlurmCluster() as c: subprocess.run(["sinfo"], env=c.env)``."""
 
-    def __init__(self, root: Path | None = None, accounting: bool = True, keep: bool = False):
+    def __init__(self, root: Path | None = None, accounting: bool = True, keep: bool = False,
+                 cred_expire_s: int = 10):
+        #: a requeued job may start again only after the credential lifetime (SLURM default
+        #: 120 s); short here so requeue tests do not sit idle
+        self.cred_expire_s = cred_expire_s
         self.root = Path(root) if root else None
         self.accounting = accounting
         self.keep = keep
@@ -154,12 +216,12 @@ class SlurmCluster:
         reason = unavailable_reason()
         if reason:
             raise ClusterUnavailable(reason)
+        self.stale_cleaned = clean_stale()
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="anatplane-slurm-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            self.stale_cleaned = self._clean_stale()
-            if self.root is None:
-                self.root = Path(tempfile.mkdtemp(prefix="anatplane-slurm-"))
-            self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o755)  # munge/mysql users must traverse it
             for sub in ("state", "spool", "log", "munge", "mysql"):
                 (self.root / sub).mkdir(exist_ok=True)
@@ -189,7 +251,7 @@ class SlurmCluster:
                                timeout=30)
                 self._wait(lambda: not self.squeue_ids(), 20, None)
             mine = [p for p, v in _marked_processes().items() if v == str(self.root)]
-            _kill_all(mine)
+            _kill_all(_with_descendants(mine))
             if self._own_root and not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         if self._lock_fd is not None:
@@ -197,30 +259,16 @@ class SlurmCluster:
             self._lock_fd = None
 
     def _acquire_lock(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+        """Held (fd not inherited by the daemons) until stop(): says this cluster has an owner."""
+        fd = os.open(self.root / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise ClusterUnavailable(f"another anatplane SLURM harness holds {LOCK_PATH} "
-                                     f"(pid {owner or '?'}); one cluster per machine") from None
+            raise ClusterStartError(f"{self.root} is in use by another live harness") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
-
-    @staticmethod
-    def _clean_stale() -> list[int]:
-        """Kill what a dead harness left behind (we hold the lock, so every marked process is
-        orphaned) and remove its directory.  Returns the pids stopped."""
-        stale = _marked_processes()
-        if not stale:
-            return []
-        _kill_all(list(stale), grace_s=5.0)
-        for root in set(stale.values()):
-            if Path(root).name.startswith("anatplane-slurm-"):
-                shutil.rmtree(root, ignore_errors=True)
-        return sorted(stale)
 
     # ---------------------------------------------------------------- daemons
     def _run(self, cmd: list[str], daemon: bool = False, **kw) -> subprocess.CompletedProcess:
@@ -308,7 +356,7 @@ SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire_s}
 CryptoType=crypto/munge
 SlurmctldPort={self.ports['slurmctld']}
 SlurmdPort={self.ports['slurmd']}
@@ -388,9 +436,13 @@ if __name__ == "__main__":  # pragma: no cover - manual use, see docs/slurm.md
     reason = unavailable_reason()
     if reason:
         raise SystemExit(reason)
+    def _stop(signum, frame):
+        raise SystemExit(0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # background shells ignore SIGINT
+        signal.signal(sig, _stop)
     with SlurmCluster() as cluster:
-        print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C stops the cluster", flush=True)
-        try:
+        print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C or kill {os.getpid()} stops the cluster",
+              flush=True)
+        while True:
             signal.pause()
-        except KeyboardInterrupt:
-            pass

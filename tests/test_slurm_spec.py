@@ -1,0 +1,129 @@
+"""launch/submit.py without a cluster: resource rules, the sbatch script, dry run, the requeue hook."""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import submitit
+
+from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import slurm
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "launch" / "configs" / "tiny-cpu.yaml"
+
+
+def opts(tmp_path: Path, **kw) -> slurm.SubmitOptions:
+    return slurm.SubmitOptions(config=TINY, run_dir=tmp_path / "run", **kw)
+
+
+def test_one_task_per_gpu_and_cpu_tasks():
+    assert slurm.resolve_tasks_per_node(8, None) == 8
+    assert slurm.resolve_tasks_per_node(8, 8) == 8
+    assert slurm.resolve_tasks_per_node(0, None) == 1
+    assert slurm.resolve_tasks_per_node(0, 2) == 2
+    with pytest.raises(ValueError, match="one task per GPU"):
+        slurm.resolve_tasks_per_node(4, 2)
+    with pytest.raises(ValueError, match="tasks-per-node must be >= 1"):
+        slurm.resolve_tasks_per_node(0, 0)
+    with pytest.raises(ValueError, match="gpus-per-node"):
+        slurm.resolve_tasks_per_node(-1, None)
+
+
+def test_option_validation(tmp_path):
+    with pytest.raises(ValueError, match="shorter than the time limit"):
+        opts(tmp_path, time_min=2, signal_delay_s=120)
+    with pytest.raises(ValueError, match="nodes"):
+        opts(tmp_path, nodes=0)
+    with pytest.raises(ValueError, match="module:function"):
+        opts(tmp_path, entry="anatplane_dist.train.cli")
+    with pytest.raises(ValueError, match="--local runs on this machine"):
+        slurm.build_executor(opts(tmp_path, nodes=2), local=True)
+    assert opts(tmp_path, nodes=4, gpus_per_node=8).world_size == 32
+
+
+def test_sbatch_script_for_a_multi_node_gpu_job(tmp_path):
+    o = opts(tmp_path, nodes=4, gpus_per_node=8, partition="gpu", account="proj", qos="high", time_min=720,
+             cpus_per_task=10, mem="480G", constraint="h100", exclude="node[01-02]", signal_delay_s=180,
+             overrides=["train.epochs=3"])
+    script = slurm.sbatch_script(o)
+    flags = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, flags=re.M))
+    assert flags == {
+        "nodes": "4", "ntasks-per-node": "8", "gpus-per-node": "8", "cpus-per-task": "10", "partition": "gpu",
+        "account": "proj", "qos": "high", "time": "720", "mem": "480G", "constraint": "h100",
+        "exclude": "'node[01-02]'", "signal": "USR2@180", "job-name": "anatplane", "open-mode": "append",
+        "wckey": "submitit",
+        "output": f"{o.log_dir}/%j_0_log.out", "error": f"{o.log_dir}/%j_0_log.err"}
+    # one srun step starts every task; no ssh/pdsh launcher
+    srun = [line for line in script.splitlines() if line.startswith("srun")]
+    assert len(srun) == 1 and "-m submitit.core._submit" in srun[0] and sys.executable in srun[0]
+    assert "%j" not in str(o.run_dir) and "%j" not in " ".join(o.train_argv())
+    assert o.train_argv() == ["--config", str(TINY), "--run-dir", str(tmp_path / "run"), "train.epochs=3"]
+
+
+def test_cpu_job_has_no_gpu_request(tmp_path):
+    script = slurm.sbatch_script(opts(tmp_path, tasks_per_node=2))
+    assert "--ntasks-per-node=2" in script and "gpus" not in script
+    spec = slurm.job_spec(opts(tmp_path, tasks_per_node=2, time_min=10, signal_delay_s=60))
+    assert spec["world_size"] == 2
+    assert any("counts as a timeout" in w for w in spec["warnings"])
+
+
+def test_default_run_dir_is_fixed_at_submission_and_has_no_job_id(tmp_path):
+    import datetime as dt
+    t = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert slurm.default_run_dir(TINY, tmp_path, t) == (tmp_path / "tiny-cpu-20260102-030405").resolve()
+
+
+def test_dry_run_prints_spec_and_script_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    step = 7
+    tmp = ckpt.prepare_tmp(run_dir, step)
+    ckpt.finalize(tmp)  # an existing complete checkpoint: the submission would resume from it
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "--nodes", "2", "--gpus-per-node", "4",
+         "--partition", "gpu", "--time", "240", "--config", str(TINY), "--run-dir", str(run_dir),
+         "--dry-run", "train.epochs=2"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    head, _, script = proc.stdout.partition("\n# sbatch script")
+    spec = json.loads(head)
+    assert spec["world_size"] == 8 and spec["tasks_per_node"] == 4
+    assert spec["resume_from"] == str(run_dir / "checkpoints" / "step_00000007")
+    assert spec["train_argv"][-1] == "train.epochs=2"
+    assert "#SBATCH --gpus-per-node=4" in script and "#SBATCH --signal=USR2@120" in script
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # no slurm/ dir, no jobs
+
+
+def test_config_errors_fail_before_submission(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY), "--run-dir",
+         str(tmp_path / "r"), "--dry-run", "train.epochz=2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "train.epochz" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "--gpus-per-node", "4", "--tasks-per-node", "2",
+         "--config", str(TINY), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "one task per GPU" in proc.stderr
+
+
+def test_checkpoint_requeues_the_same_command():
+    job = slurm.TrainJob(["--config", "c.yaml", "--run-dir", "/runs/x", "a=1"], "/runs/x")
+    delayed = job.checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    again = delayed.function
+    assert isinstance(again, slurm.TrainJob) and again is not job
+    assert (again.argv, again.run_dir, again.entry) == (job.argv, job.run_dir, job.entry)
+    assert delayed.args == () and delayed.kwargs == {}
+    # what submitit writes to disk for the requeued job must load back
+    assert pickle.loads(pickle.dumps(delayed)).function == job
+
+
+def test_resolve_entry():
+    from anatplane_dist.train import cli
+    assert slurm.resolve_entry(slurm.DEFAULT_ENTRY) is cli.main
+    with pytest.raises(ImportError, match="no callable 'nope'"):
+        slurm.resolve_entry("anatplane_dist.train.cli:nope")
