@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...geometry import ANATOMICAL_APEX_LPS, Plane
-from .render import (Bullet, Canvas, Capsule, Ellipsoid, bias_field, halfspace, occupancy, orthonormal_frame,
+from .render import (Bullet, Canvas, PointsLike, as_points, Capsule, Ellipsoid, bias_field, halfspace, occupancy, orthonormal_frame,
                      plane_points, random_waves, rician, rotation, texture, to_12bit)
 
 __all__ = ["GROUPS", "HeartAnatomy", "sample_heart", "render_cine", "LABEL_RV", "LABEL_MYO", "LABEL_LV"]
@@ -154,11 +154,12 @@ class HeartAnatomy:
         return dict(tb=tb, endo=endo, epi=epi, rv=rv_in, la=la, ra=ra, paps=paps, ao=ao)
 
     # -- rendering -------------------------------------------------------------------------
-    def render_background(self, points: np.ndarray) -> Canvas:
+    def render_background(self, points: PointsLike) -> Canvas:
         """The static thorax (body, fat, muscle, lungs, liver, spine, descending aorta)."""
         it = self.intensities
         ax_, ay_, cy, fat = self.body
-        cv = Canvas(points.shape[:-1])
+        points = as_points(points)
+        cv = Canvas(points.shape)
         ex = np.eye(3)
         body = Ellipsoid(np.array([0.0, cy, 0.0]), ex, np.array([ax_, ay_, 900.0]))
         sd = body.sdf(points)
@@ -182,9 +183,10 @@ class HeartAnatomy:
         cv.paint(occupancy(sternum.sdf(points), _EDGE_MM), it["bone"])
         return cv
 
-    def render_heart(self, canvas: Canvas, points: np.ndarray, c: float) -> Canvas:
+    def render_heart(self, canvas: Canvas, points: PointsLike, c: float) -> Canvas:
         """Paint the heart at contraction ``c`` over ``canvas`` (modified and returned)."""
         it = self.intensities
+        points = as_points(points)
         s = self._solids(c)
         u, tb = self.u, s["tb"]
         base_pt = self.base + tb * u
@@ -210,8 +212,9 @@ class HeartAnatomy:
             canvas.paint(occupancy(pap.sdf(points), _EDGE_MM) * below, it["myo"])
         return canvas
 
-    def render(self, points: np.ndarray, phase: float) -> Canvas:
+    def render(self, points: PointsLike, phase: float) -> Canvas:
         """Noise-free intensities and ACDC labels at world ``points`` (..., 3), cardiac ``phase``."""
+        points = as_points(points)
         return self.render_heart(self.render_background(points), points, self.contraction(phase))
 
 
@@ -262,11 +265,11 @@ def render_cine(anatomy: HeartAnatomy, plane: Plane, n_frames: int, rng: np.rand
     The thorax is evaluated once per plane, the heart once per frame; the bias field (a
     function of world position) and Rician noise come last, as in an acquisition.
     """
-    pts = plane_points(plane)
+    pts = as_points(plane_points(plane))
     background = anatomy.render_background(pts)
     bias = bias_field(pts, anatomy.coils, anatomy.coil_widths, anatomy.coil_gains)
     bias = bias * texture(pts, *anatomy.waves, amplitude=0.07)
-    rows, cols = pts.shape[:2]
+    rows, cols = pts.shape
     pixels = np.empty((n_frames, rows, cols), dtype=np.uint16)
     labels = np.empty((n_frames, rows, cols), dtype=np.uint8)
     for f in range(n_frames):

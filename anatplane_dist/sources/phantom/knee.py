@@ -20,7 +20,7 @@ import numpy as np
 
 from ...geometry import Plane
 from .prescribe import make_plane
-from .render import (Bullet, Canvas, Capsule, Ellipsoid, bias_field, occupancy, plane_points, random_waves, rician,
+from .render import (Bullet, Canvas, Points, PointsLike, as_points, Capsule, Ellipsoid, bias_field, occupancy, plane_points, random_waves, rician,
                      rotation, texture, to_12bit)
 
 __all__ = ["KneeAnatomy", "sample_knee", "prescribe_knee_views", "render_knee_slice", "with_pathology", "KNEE_VIEWS"]
@@ -76,12 +76,13 @@ class KneeAnatomy:
         """The ACL (knee coordinates): lateral femoral condyle notch wall -> anterior tibial spine."""
         return _cap((-9.0, -15.0, 17.0), (-3.0, 9.0, -2.5), 4.2)
 
-    def render(self, points: np.ndarray) -> Canvas:
+    def render(self, points: PointsLike) -> Canvas:
         """Noise-free PD intensities at LPS ``points`` (..., 3)."""
         it = self.intensities
-        q = self.to_local(points)
-        m, a, s = q[..., 0], q[..., 1], q[..., 2]
-        cv = Canvas(points.shape[:-1])
+        loc = as_points(points).frame(self.centre, self.basis)
+        q = Points(loc.x / self.size, loc.y / self.size, loc.z / self.size)
+        m, a, s = q.x, q.y, q.z
+        cv = Canvas(q.shape)
         occ = lambda sd: occupancy(sd, _EDGE)   # noqa: E731 -- every solid shares the edge width
         # soft tissues: subcutaneous fat, muscle, popliteal and Hoffa fat, joint fluid
         limb = _ell((0, -2, 0), (58, 52, 900))
@@ -216,11 +217,11 @@ def render_knee_slice(knee: KneeAnatomy, plane: Plane, thickness: float, rng: np
                       scale: float = 2000.0, samples: int = 3) -> np.ndarray:
     """12-bit pixels (rows, cols) of one slice: ``samples`` sub-planes across ``thickness``
     averaged (partial volume of a thick slice), then coil shading and Rician noise."""
-    pts = plane_points(plane)
-    acc = np.zeros(pts.shape[:-1])
+    pts = as_points(plane_points(plane))
+    acc = np.zeros(pts.shape)
     offsets = (np.arange(samples) - 0.5 * (samples - 1)) * (thickness / max(samples, 1))
     for off in offsets:
-        acc += knee.render(pts + off * plane.normal).image
+        acc += knee.render(pts.shifted(off * plane.normal)).image
     img = acc / len(offsets)
     coil = knee.centre + 60.0 * knee.basis[1]
     bias = bias_field(pts, coil[None], np.array([120.0]), np.array([0.5]))

@@ -9,12 +9,13 @@ partial volume; without it every boundary would alias into a staircase that no s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
 from ...geometry import Plane
 
-__all__ = ["Ellipsoid", "Bullet", "Capsule", "occupancy", "halfspace", "Canvas", "bias_field", "rician",
+__all__ = ["Points", "as_points", "Ellipsoid", "Bullet", "Capsule", "occupancy", "halfspace", "Canvas", "bias_field", "rician",
            "to_12bit", "texture", "random_waves", "plane_points", "rotation", "orthonormal_frame"]
 
 
@@ -34,6 +35,63 @@ def orthonormal_frame(u: np.ndarray, hint: np.ndarray) -> np.ndarray:
     return np.stack([u, v, np.cross(u, v)])
 
 
+class Points:
+    """World points stored as three contiguous coordinate arrays (structure of arrays).
+
+    Every solid is evaluated at ~10^4-10^5 points dozens of times per image; elementwise maths
+    on contiguous x/y/z arrays is several times faster than reductions over a trailing axis of
+    length 3, and this is where the phantoms spend their time.
+    """
+
+    __slots__ = ("x", "y", "z")
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+        self.x, self.y, self.z = x, y, z
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+    def project(self, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """``direction . (p - origin)`` for every point."""
+        o, d = np.asarray(origin, float), np.asarray(direction, float)
+        return self.x * d[0] + self.y * d[1] + self.z * d[2] - float(o @ d)
+
+    def frame(self, origin: np.ndarray, axes: np.ndarray) -> "Points":
+        """Coordinates along the three rows of ``axes`` relative to ``origin``."""
+        return Points(*(self.project(origin, axes[i]) for i in range(3)))
+
+    def shifted(self, offset: np.ndarray) -> "Points":
+        return Points(self.x + offset[0], self.y + offset[1], self.z + offset[2])
+
+    def stacked(self) -> np.ndarray:
+        """Back to an (..., 3) array."""
+        return np.stack([self.x, self.y, self.z], axis=-1)
+
+
+PointsLike = Union[np.ndarray, Points]
+
+
+def as_points(points: PointsLike) -> Points:
+    """(..., 3) array -> :class:`Points` (no copy when it already is one)."""
+    if isinstance(points, Points):
+        return points
+    p = np.asarray(points, dtype=np.float64)
+    return Points(np.ascontiguousarray(p[..., 0]), np.ascontiguousarray(p[..., 1]),
+                  np.ascontiguousarray(p[..., 2]))
+
+
+def _ellipsoid_sdf(q0: np.ndarray, q1: np.ndarray, q2: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """``(rho - 1) / |grad rho|`` in the ellipsoid's own frame (``rho`` the ellipsoidal radius)."""
+    r0, r1, r2 = (float(r) for r in radii)
+    s0, s1, s2 = q0 / r0, q1 / r1, q2 / r2
+    rho = np.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
+    g = np.sqrt((s0 / r0) ** 2 + (s1 / r1) ** 2 + (s2 / r2) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (rho - 1.0) * rho / g
+    return np.where(rho > 1e-9, d, -min(r0, r1, r2))
+
+
 @dataclass(frozen=True)
 class Ellipsoid:
     """Solid ellipsoid: ``centre`` (3,), ``axes`` (3, 3) rows = unit semi-axis directions,
@@ -43,25 +101,18 @@ class Ellipsoid:
     axes: np.ndarray
     radii: np.ndarray
 
-    def sdf(self, points: np.ndarray, grow: float = 0.0) -> np.ndarray:
+    def sdf(self, points: PointsLike, grow: float = 0.0) -> np.ndarray:
         """First-order signed distance (mm, negative inside) to the surface grown by ``grow`` mm.
 
         ``(rho - 1) / |grad rho|`` with ``rho`` the ellipsoidal radius: exact for spheres,
         within a few per cent near the surface of the moderately eccentric shapes used here.
         """
-        return self._sdf_local(self.local(points), grow)
+        q = self.local(points)
+        return _ellipsoid_sdf(q.x, q.y, q.z, np.asarray(self.radii, float) + grow)
 
-    def _sdf_local(self, q: np.ndarray, grow: float) -> np.ndarray:
-        r = np.asarray(self.radii, float) + grow
-        s = q / r
-        rho = np.sqrt(np.sum(s * s, axis=-1))
-        g = np.sqrt(np.sum((s / r) ** 2, axis=-1))
-        safe = np.maximum(rho, 1e-9)
-        return np.where(rho > 1e-9, (rho - 1.0) / np.maximum(g / safe, 1e-12), -float(np.min(r)))
-
-    def local(self, points: np.ndarray) -> np.ndarray:
+    def local(self, points: PointsLike) -> Points:
         """Points in the ellipsoid's own frame (mm along each semi-axis direction)."""
-        return (points - self.centre) @ self.axes.T
+        return as_points(points).frame(self.centre, self.axes)
 
 
 class Bullet(Ellipsoid):
@@ -72,10 +123,9 @@ class Bullet(Ellipsoid):
     Cut it at the base with a :func:`halfspace`.
     """
 
-    def sdf(self, points: np.ndarray, grow: float = 0.0) -> np.ndarray:
+    def sdf(self, points: PointsLike, grow: float = 0.0) -> np.ndarray:
         q = self.local(points)
-        q[..., 0] = np.maximum(q[..., 0], 0.0)
-        return self._sdf_local(q, grow)
+        return _ellipsoid_sdf(np.maximum(q.x, 0.0), q.y, q.z, np.asarray(self.radii, float) + grow)
 
 
 @dataclass(frozen=True)
@@ -86,16 +136,15 @@ class Capsule:
     p1: np.ndarray
     radius: float
 
-    def sdf(self, points: np.ndarray, grow: float = 0.0) -> np.ndarray:
-        d = np.asarray(self.p1, float) - np.asarray(self.p0, float)
-        t = np.clip(((points - self.p0) @ d) / float(d @ d), 0.0, 1.0)
-        closest = self.p0 + t[..., None] * d
-        return np.linalg.norm(points - closest, axis=-1) - (self.radius + grow)
-
-    def param(self, points: np.ndarray) -> np.ndarray:
-        """Position along the segment (0 at ``p0``, 1 at ``p1``; unclipped)."""
-        d = np.asarray(self.p1, float) - np.asarray(self.p0, float)
-        return ((points - self.p0) @ d) / float(d @ d)
+    def sdf(self, points: PointsLike, grow: float = 0.0) -> np.ndarray:
+        p = as_points(points)
+        p0 = np.asarray(self.p0, float)
+        d = np.asarray(self.p1, float) - p0
+        t = np.clip(p.project(p0, d) / float(d @ d), 0.0, 1.0)
+        dx = p.x - p0[0] - t * d[0]
+        dy = p.y - p0[1] - t * d[1]
+        dz = p.z - p0[2] - t * d[2]
+        return np.sqrt(dx * dx + dy * dy + dz * dz) - (self.radius + grow)
 
 
 def occupancy(sdf: np.ndarray, edge_mm: float) -> np.ndarray:
@@ -103,10 +152,10 @@ def occupancy(sdf: np.ndarray, edge_mm: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(sdf / edge_mm, -40.0, 40.0)))
 
 
-def halfspace(points: np.ndarray, point: np.ndarray, normal: np.ndarray, edge_mm: float) -> np.ndarray:
+def halfspace(points: PointsLike, point: np.ndarray, normal: np.ndarray, edge_mm: float) -> np.ndarray:
     """Soft occupancy of ``{x : normal . (x - point) >= 0}``."""
     n = np.asarray(normal, float) / np.linalg.norm(normal)
-    return occupancy(-((points - point) @ n), edge_mm)
+    return occupancy(-as_points(points).project(point, n), edge_mm)
 
 
 class Canvas:
@@ -134,28 +183,30 @@ def plane_points(plane: Plane) -> np.ndarray:
     return plane.pixel_to_world(r, c)
 
 
-def bias_field(points: np.ndarray, coils: np.ndarray, widths: np.ndarray, gains: np.ndarray) -> np.ndarray:
+def bias_field(points: PointsLike, coils: np.ndarray, widths: np.ndarray, gains: np.ndarray) -> np.ndarray:
     """Smooth multiplicative receive-coil sensitivity, a function of *world* position.
 
     Defined in patient space (not per image) so that two planes crossing each other see the
     same shading along their common line, as with a real coil.
     """
-    log_b = np.zeros(points.shape[:-1])
+    p = as_points(points)
+    log_b = np.zeros(p.shape)
     for c, w, g in zip(coils, widths, gains):
-        d2 = np.sum((points - c) ** 2, axis=-1)
+        d2 = (p.x - c[0]) ** 2 + (p.y - c[1]) ** 2 + (p.z - c[2]) ** 2
         log_b += g * np.exp(-d2 / (2.0 * w * w))
     return np.exp(log_b - np.mean(gains) * 0.5)
 
 
-def texture(points: np.ndarray, wavevectors: np.ndarray, phases: np.ndarray, amplitude: float) -> np.ndarray:
+def texture(points: PointsLike, wavevectors: np.ndarray, phases: np.ndarray, amplitude: float) -> np.ndarray:
     """Multiplicative tissue heterogeneity ``1 + amp * mean_k sin(k . x + phi_k)`` (world-fixed).
 
     Flat tissue classes look synthetic; a few random plane waves of 1-4 cm wavelength give
     the slow in-organ signal variation of real images at the cost of a handful of dot products.
     """
-    acc = np.zeros(points.shape[:-1])
+    p = as_points(points)
+    acc = np.zeros(p.shape)
     for k, phi in zip(wavevectors, phases):
-        acc += np.sin(points @ k + phi)
+        acc += np.sin(p.project(np.zeros(3), k) + phi)
     return 1.0 + amplitude * acc / np.sqrt(len(wavevectors))
 
 
