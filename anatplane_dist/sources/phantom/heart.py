@@ -126,9 +126,9 @@ class HeartAnatomy:
         # RV: wraps the septal side; its free wall moves in during systole
         rs = self.rv_scale
         l_rv = 0.82 * L
-        rv_c = self.base + (tb + 0.3 * l_rv) * u + 0.85 * r_epi0 * v
-        rv_in = Bullet(rv_c, self.axes, np.array([0.7 * l_rv * (1 - 0.1 * c), 1.12 * r_epi0 * rs * (1 - 0.22 * c),
-                                                     1.25 * r_epi0 * rs * (1 - 0.12 * c)]))
+        rv_c = self.base + (tb + 0.3 * l_rv) * u + 0.8 * r_epi0 * v
+        rv_in = Bullet(rv_c, self.axes, np.array([0.7 * l_rv * (1 - 0.1 * c), 0.8 * r_epi0 * rs * (1 - 0.25 * c),
+                                                     1.5 * r_epi0 * rs * (1 - 0.1 * c)]))
         # atria fill while the ventricles empty
         post = np.array([0.0, 1.0, 0.0]) - (np.array([0.0, 1.0, 0.0]) @ u) * u
         post /= np.linalg.norm(post)
