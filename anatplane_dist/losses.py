@@ -140,7 +140,10 @@ class MultitaskLoss(torch.nn.Module):
     ``__call__(outputs, batch) -> (total, {"loss_ori": ..., "loss_loc": ...})``.  Each term is a
     detached 0-d device tensor (log it without syncing every step).  A term whose weight is 0 is
     neither computed nor reported when its output is absent; when the output is present it is
-    still reported (handy to watch a head that is not trained) but adds nothing to ``total``.
+    still reported (handy to watch a head that is not trained) and enters ``total`` as
+    ``0 * term``: it adds nothing, but every parameter of that head still gets a (zero)
+    gradient, so DDP without ``find_unused_parameters`` does not stop with an unused-parameter
+    error.  Switching the head off in ``ModelConfig`` saves its compute altogether.
     """
 
     def __init__(self, cfg: LossConfig, grid_spacing_mm: float | None = None) -> None:
@@ -167,15 +170,20 @@ class MultitaskLoss(torch.nn.Module):
                                            pred.shape[-1], self.sigma_px)
             l_ori = masked_heatmap_mse(pred, target, batch["valid"])
             parts["loss_ori"] = l_ori.detach()
-            if cfg.alpha > 0:
-                total = cfg.alpha * l_ori
+            total = _weighted(total, cfg.alpha, l_ori)
         if cfg.beta > 0 or "location" in outputs:
             if "location" not in outputs:
                 raise KeyError("loss.beta > 0 but the model returned no 'location' "
                                "(location head disabled?)")
             l_loc = masked_mse(outputs["location"], batch["loc"], batch["loc_valid"])
             parts["loss_loc"] = l_loc.detach()
-            if cfg.beta > 0:
-                total = cfg.beta * l_loc if total is None else total + cfg.beta * l_loc
+            total = _weighted(total, cfg.beta, l_loc)
         assert total is not None  # validate() rejects alpha == beta == 0
         return total, parts
+
+
+def _weighted(total: Tensor | None, weight: float, term: Tensor) -> Tensor:
+    """``total + weight * term``; a zero weight keeps the graph connected without adding a value
+    (``nan_to_num`` so that an untrained head's overflow cannot turn the total into NaN)."""
+    part = weight * term if weight > 0 else 0.0 * torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0)
+    return part if total is None else total + part

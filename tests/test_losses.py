@@ -114,11 +114,15 @@ def test_zero_weight_disables_a_head():
     torch.testing.assert_close(total, parts["loss_ori"])
     total, parts = only_ori({"heatmaps": heat, "location": loc}, batch)
     assert set(parts) == {"loss_ori", "loss_loc"}               # still reported, not trained
-    total.backward()
-    assert loc.grad is None and heat.grad is not None
+    total.backward()                                            # zero grads reach the idle head
+    assert heat.grad.abs().sum() > 0 and loc.grad is not None and (loc.grad == 0).all()
+    torch.testing.assert_close(total, parts["loss_ori"])
     only_loc = MultitaskLoss(LossConfig(alpha=0.0, beta=1.0))   # no sigma needed without L_ori
     total, parts = only_loc({"location": loc}, batch)
     assert set(parts) == {"loss_loc"}
+    diverged = {"heatmaps": torch.full((3, 2, 32, 32), float("inf")), "location": loc}
+    total, parts = MultitaskLoss(LossConfig(alpha=0.0, beta=1.0, sigma_px=3.0))(diverged, batch)
+    assert torch.isfinite(total) and parts["loss_ori"] == float("inf")
     with pytest.raises(KeyError, match="no 'heatmaps'"):
         MultitaskLoss(LossConfig(sigma_px=3.0))({"location": loc}, batch)
 
