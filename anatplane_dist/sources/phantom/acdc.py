@@ -20,7 +20,7 @@ import numpy as np
 
 from ...geometry import Plane
 from .heart import GROUPS, render_cine, sample_heart
-from .io import atomic_write_json, atomic_write_text, map_subjects, save_nifti, subject_rng
+from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, save_nifti, subject_rng
 from .prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
@@ -38,6 +38,10 @@ class AcdcCohortConfig:
     frames: tuple[int, int] = (20, 20)
     first_index: int = 1
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        # ED and ES must be different frames
+        check_sizes("ACDC cohort", count=self.patients, matrix=self.matrix, frames=self.frames, min_frames=2)
 
 
 def stack_affine_ras(stack: Plane) -> np.ndarray:

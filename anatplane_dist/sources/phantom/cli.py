@@ -48,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.subjects < 0:
-        raise SystemExit("--subjects must be >= 0")
+    try:
+        return _run(args)
+    except ValueError as exc:          # a size the generators refuse: say which, no traceback
+        raise SystemExit(f"anatplane phantom: {exc}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     done = 0
     if args.anatomy == "heart":
@@ -57,15 +62,17 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--labelled needs --labelled-out")
         cfg = HeartCohortConfig(subjects=args.subjects, seed=args.seed, matrix=args.size, frames=args.frames,
                                 mess=args.mess, first_index=args.first_index, workers=args.workers)
-        done += len(write_heart_cohort(args.out, cfg))
-        if args.labelled:
+        acfg = None
+        if args.labelled:           # built (and validated) before anything is written
             acfg = AcdcCohortConfig(patients=args.labelled, seed=args.seed, matrix=args.size, frames=args.frames,
                                     first_index=args.first_index, workers=args.workers)
+        done += len(write_heart_cohort(args.out, cfg))
+        if acfg is not None:
             done += len(write_acdc_cohort(args.labelled_out, acfg))
     else:
-        cfg = KneeCohortConfig(subjects=args.subjects, seed=args.seed, matrix=args.size, slices=args.slices,
-                               first_index=args.first_index, workers=args.workers)
-        done += len(write_knee_cohort(args.out, cfg))
+        kcfg = KneeCohortConfig(subjects=args.subjects, seed=args.seed, matrix=args.size, slices=args.slices,
+                                first_index=args.first_index, workers=args.workers)
+        done += len(write_knee_cohort(args.out, kcfg))
     elapsed = time.perf_counter() - start
     print(f"phantom {args.anatomy}: {done} subjects in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} subjects/s)")
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 from ...geometry import Plane
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from .heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from .io import atomic_write_json, map_subjects, subject_rng
+from .io import atomic_write_json, check_sizes, map_subjects, subject_rng
 from .prescribe import HeartViews, prescribe_heart_views
 from .render import rotation
 
@@ -41,6 +41,9 @@ class HeartCohortConfig:
     mess: bool = False
     first_index: int = 1
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_sizes("heart cohort", count=self.subjects, matrix=self.matrix, frames=self.frames)
 
 
 def mess_kind(index: int, cfg: HeartCohortConfig) -> str:

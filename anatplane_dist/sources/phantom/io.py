@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["atomic_write_text", "atomic_write_json", "save_nifti", "parse_range", "subject_rng", "map_subjects"]
+__all__ = ["check_sizes", "atomic_write_text", "atomic_write_json", "save_nifti", "parse_range", "subject_rng", "map_subjects"]
 
 T = TypeVar("T")
 
@@ -65,6 +65,19 @@ def parse_range(text: str | int | Sequence[int]) -> tuple[int, int]:
     if lo < 1 or hi < lo:
         raise ValueError(f"invalid range {lo}-{hi}")
     return lo, hi
+
+
+def check_sizes(what: str, *, count: int, matrix: tuple[int, int], frames: tuple[int, int] | None = None,
+                min_frames: int = 1, slices: int | None = None) -> None:
+    """Reject sizes that cannot make a meaningful data set, with a message naming the field."""
+    if count < 0:
+        raise ValueError(f"{what}: subject count must be >= 0, got {count}")
+    if not (8 <= matrix[0] <= matrix[1] <= 1024):
+        raise ValueError(f"{what}: matrix range must satisfy 8 <= min <= max <= 1024, got {matrix}")
+    if frames is not None and not (min_frames <= frames[0] <= frames[1] <= 512):
+        raise ValueError(f"{what}: frame range must satisfy {min_frames} <= min <= max <= 512, got {frames}")
+    if slices is not None and slices < 2:
+        raise ValueError(f"{what}: a stack needs at least 2 slices, got {slices}")
 
 
 def subject_rng(seed: int, index: int, stream: int) -> np.random.Generator:

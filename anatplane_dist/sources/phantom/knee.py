@@ -225,7 +225,7 @@ def render_knee_slice(knee: KneeAnatomy, plane: Plane, thickness: float, rng: np
     img = acc / len(offsets)
     coil = knee.centre + 60.0 * knee.basis[1]
     bias = bias_field(pts, coil[None], np.array([120.0]), np.array([0.5]))
-    img = img * bias * texture(pts, *knee.waves, amplitude=0.05)
+    img = img * bias * texture(pts, *knee.waves, amplitude=0.03)
     return to_12bit(rician(img, knee.noise, rng), scale)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from .io import atomic_write_json, atomic_write_text, map_subjects, subject_rng
+from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, subject_rng
 from .knee import KNEE_VIEWS, prescribe_knee_views, render_knee_slice, sample_knee
 
 __all__ = ["KneeCohortConfig", "write_knee_subject", "write_knee_cohort", "LABELS_FILE"]
@@ -34,6 +34,9 @@ class KneeCohortConfig:
     slices: int = 20
     first_index: int = 1
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_sizes("knee cohort", count=self.subjects, matrix=self.matrix, slices=self.slices)
 
 
 def write_knee_subject(out: str | Path, index: int, cfg: KneeCohortConfig) -> dict[str, Any]:

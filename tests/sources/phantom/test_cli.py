@@ -42,3 +42,10 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
         main(["phantom", "heart", "--out", str(tmp_path), "--labelled", "2", "--size", "16", "--frames", "1"])
     with pytest.raises(SystemExit):
         main(["phantom", "lung", "--out", str(tmp_path)])
+
+
+def test_sizes_refused_by_the_generators_exit_with_the_reason(tmp_path):
+    with pytest.raises(SystemExit, match="frame range"):
+        main(["phantom", "heart", "--out", str(tmp_path), "--labelled", "1", "--labelled-out", str(tmp_path / "l"),
+              "--subjects", "1", "--frames", "1", "--size", "16"])
+    assert not (tmp_path / "1").exists()         # nothing written before the sizes were checked

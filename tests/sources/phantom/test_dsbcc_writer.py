@@ -104,3 +104,25 @@ def test_files_pass_dciodvfy(heart_cohort):
     for s in rec["series"][:3]:
         f = sorted((out / rec["subject"] / "study" / s["folder"]).iterdir())[1]
         assert dciodvfy_errors(f) == [], f
+
+
+def test_worker_processes_write_the_same_cohort(tmp_path):
+    from anatplane_dist.sources.phantom.dsbcc_writer import write_heart_cohort
+
+    cfg = dataclasses.replace(HEART_CFG, subjects=2, matrix=(24, 24), frames=(2, 2))
+    serial = write_heart_cohort(tmp_path / "serial", cfg)
+    parallel = write_heart_cohort(tmp_path / "parallel", dataclasses.replace(cfg, workers=2))
+    assert serial == parallel
+    a = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.dcm"))
+    b = sorted(p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*.dcm"))
+    assert a == b
+    assert all((tmp_path / "serial" / r).read_bytes() == (tmp_path / "parallel" / r).read_bytes() for r in a)
+
+
+def test_sizes_that_make_no_data_set_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="matrix"):
+        dataclasses.replace(HEART_CFG, matrix=(4, 4))
+    with pytest.raises(ValueError, match="frame range"):
+        dataclasses.replace(HEART_CFG, frames=(0, 3))
