@@ -168,7 +168,7 @@ def split_parts(state_dict: Mapping[str, torch.Tensor], parts: tuple[str, ...] =
             leftovers.append(name)
     if leftovers:
         raise ValueError(f"model tensors outside {parts}: {leftovers[:5]} — they would be missing from the export")
-    return out
+    return {p: sd for p, sd in out.items() if sd}  # a disabled head has no tensors and no file
 
 
 def export_fp32(ckpt_dir: Path, state_dict: Mapping[str, torch.Tensor], *, model_config_yaml: str,

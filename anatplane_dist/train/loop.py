@@ -108,14 +108,15 @@ def num_channels(data_cfg: Any) -> int:
     raise ValueError(f"cannot read the number of channels (lines.npy) from {urls[:3]}")
 
 
-def replicas_in_sync(module: torch.nn.Module) -> bool:
-    """Whether every rank holds bit-identical weights (elementwise MAX == MIN across ranks).
+def params_in_sync(module: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters (elementwise MAX == MIN across ranks).
 
-    Run at each checkpoint: a silent divergence (a rank that skipped a step, a non-synced
-    buffer) would otherwise only show up as a bad published model.
+    Run at each checkpoint: a silent divergence (a rank that skipped a step, a missed
+    all-reduce) would otherwise only show up as a bad published model. Buffers are left out:
+    BatchNorm running statistics are per rank by design (DDP re-broadcasts rank 0's at each
+    forward; the exported weights are rank 0's).
     """
-    flat = torch.cat([t.detach().reshape(-1).float() for t in module.state_dict().values()
-                      if torch.is_tensor(t) and t.is_floating_point()])
+    flat = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()])
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return True
     if dist.get_backend() == "nccl":
@@ -216,7 +217,7 @@ class Trainer:
             ckpt.prepare_tmp(self.run_dir, state.step)
         barrier()
         backend.save(tmp, state.to_client_state())
-        in_sync = replicas_in_sync(backend.module)
+        in_sync = params_in_sync(backend.module)
         rank_micro = gather_ints(self.micro_done)
         barrier()
         final = tmp.with_name(tmp.name[: -len(".tmp")])
@@ -224,7 +225,7 @@ class Trainer:
             meta = dict(step=state.step, epoch=state.epoch, micro_in_epoch=state.micro_in_epoch,
                         samples_seen=state.samples_seen, data_seed=state.data_seed, world_size=self.world,
                         backend=backend.name, global_batch=self.gbs, metrics=metrics,
-                        replicas_in_sync=in_sync, rank_micro_steps=rank_micro)
+                        params_in_sync=in_sync, rank_micro_steps=rank_micro)
             ckpt.write_meta(tmp, meta)
             ckpt.export_fp32(tmp, backend.fp32_state_dict(tmp), model_config_yaml=self.model_yaml,
                              num_channels=self.num_channels, step=state.step)
