@@ -19,11 +19,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
-
-import webdataset as wds
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from .samples import Sample
+
+if TYPE_CHECKING:                  # webdataset imports torch: seconds, only paid once a shard opens
+    import webdataset as wds
 
 __all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "write_json_atomic",
            "TAR_MTIME"]
@@ -105,7 +106,7 @@ class SplitWriter:
         self.on_complete = on_complete
         self._fh: BinaryIO | None = None
         self._hash: _HashingFile | None = None
-        self._tar: wds.TarWriter | None = None
+        self._tar: "wds.TarWriter | None" = None
         self._count = 0
 
     def shard_name(self, index: int) -> str:
@@ -120,6 +121,7 @@ class SplitWriter:
         if self._tar is not None and self._count >= self.shard_size:
             self._close(position)
         if self._tar is None:
+            import webdataset as wds
             self._fh = open(self._tmp, "wb")
             self._hash = _HashingFile(self._fh)
             sink: Any = self._hash
