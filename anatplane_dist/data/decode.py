@@ -34,41 +34,76 @@ def wanted_member(fname: str) -> bool:
     return fname.endswith(REQUIRED)
 
 
+_MAGIC = b"\x93NUMPY"
+#: parsed ``.npy`` headers by their bytes: every sample of a shard set has the same few headers,
+#: and numpy parses each one with ``ast.literal_eval`` (a third of the decode time otherwise)
+_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def _parse_header(data: bytes, end: int, major: int) -> tuple[tuple[int, ...], bool, np.dtype]:
+    fp = io.BytesIO(data[:end])
+    npformat.read_magic(fp)
+    read = npformat.read_array_header_1_0 if major == 1 else npformat.read_array_header_2_0
+    return read(fp)
+
+
 def load_npy(data: bytes, name: str = "array") -> np.ndarray:
     """Parse ``.npy`` bytes without copying the payload (``np.load`` on a BytesIO copies it).
+
+    The result is a read-only view of ``data``.
 
     Raises:
         SampleError: not an ``.npy``, an object dtype (pickles are never loaded) or truncated data.
     """
-    fp = io.BytesIO(data)
-    try:
-        version = npformat.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, fortran, dtype = npformat.read_array_header_2_0(fp)
-        else:  # format 3.0 (utf-8 field names) has no public header reader: take the slow path
+    if len(data) < 10 or data[:6] != _MAGIC:
+        raise SampleError("npy", f"{name}: not a valid .npy (no NUMPY magic)")
+    major = data[6]
+    if major == 3:  # utf-8 field names: rare, no public header reader, take numpy's own path
+        try:
             return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exn:
-        raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
+        except (ValueError, EOFError, OSError) as exn:
+            raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
+    if major not in (1, 2):
+        raise SampleError("npy", f"{name}: unsupported .npy format version {major}")
+    start = 10 if major == 1 else 12
+    offset = start + int.from_bytes(data[8:start], "little")
+    header = data[start:offset]
+    parsed = _HEADERS.get(header)
+    if parsed is None:
+        try:
+            parsed = _parse_header(data, offset, major)
+        except (ValueError, EOFError, OSError) as exn:
+            raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
+        if len(_HEADERS) < 1024:
+            _HEADERS[header] = parsed
+    shape, fortran, dtype = parsed
     if dtype.hasobject:
         raise SampleError("npy", f"{name}: object arrays are not allowed")
     count = int(np.prod(shape, dtype=np.int64))
-    offset = fp.tell()
     if len(data) - offset < count * dtype.itemsize:
-        raise SampleError("truncated", f"{name}: truncated .npy ({len(data) - offset} of {count * dtype.itemsize} data bytes)")
+        raise SampleError("truncated", f"{name}: truncated .npy ({len(data) - offset} of "
+                          f"{count * dtype.itemsize} data bytes)")
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def zscore(image: np.ndarray) -> np.ndarray:
-    """Per-image z-score in float32 (the sharder stores ~[0, 1]; the model wants mean 0, std 1)."""
-    x = image.astype(np.float32)
-    mean = float(x.mean(dtype=np.float64))
-    std = float(x.std(dtype=np.float64))
-    x -= np.float32(mean)
-    x *= np.float32(1.0 / max(std, _STD_FLOOR))
-    return x
+def _all_finite(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()``, but float16 via its exponent bits (numpy's f16 isfinite is ~30x slower)."""
+    if x.dtype == np.float16:
+        return not ((x.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(x).all())
+
+
+def zscore_(images: torch.Tensor) -> torch.Tensor:
+    """Per-image z-score of a float32 (B, H, W) batch, in place (the sharder stores ~[0, 1]).
+
+    Batched on purpose: one vectorised pass per batch costs ~10x less than per-sample numpy.
+    """
+    flat = images.view(images.shape[0], -1)
+    flat.sub_(flat.mean(dim=1, keepdim=True))
+    std = torch.linalg.vector_norm(flat, dim=1, keepdim=True) / flat.shape[1] ** 0.5  # one pass, no temporary
+    flat.mul_(std.clamp_min_(_STD_FLOOR).reciprocal_())
+    return images
 
 
 def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,7 +132,7 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise SampleError("shape", f"{key}: valid must be integer ({lines.shape[0]},), got {valid.dtype} {valid.shape}")
     if loc.size != 1 or loc.dtype.kind != "f":
         raise SampleError("shape", f"{key}: loc must be a float scalar, got {loc.dtype} {loc.shape}")
-    if not np.isfinite(image).all():
+    if not _all_finite(image):
         raise SampleError("nonfinite", f"{key}: image has non-finite values")
     flags = valid.astype(bool)
     finite = np.isfinite(lines).all(axis=1)
@@ -106,7 +141,7 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
     loc_value = float(loc.reshape(()))
     loc_ok = bool(np.isfinite(loc_value))
     return {
-        "image": zscore(image)[None],
+        "image": image,  # z-scored per batch in collate
         "lines": np.where(flags[:, None], lines, 0).astype(np.float32),
         "valid": flags.astype(np.float32),
         "loc": np.float32(loc_value if loc_ok else 0.0),
@@ -116,7 +151,7 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack decoded samples into the batch layout (float32 tensors + list of keys).
+    """Stack decoded samples into the batch layout (float32 tensors + list of keys), z-scoring images.
 
     Raises:
         ValueError: samples with different image sizes or line counts in one batch, i.e. shard
@@ -127,7 +162,7 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"cannot batch samples with different image/lines shapes {sorted(shapes)}; "
                          f"keys {[s['key'] for s in samples][:8]}: mix only shards built for the same grid")
     return {
-        "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
+        "image": zscore_(torch.from_numpy(np.stack([s["image"] for s in samples])).float()).unsqueeze(1),
         "lines": torch.from_numpy(np.stack([s["lines"] for s in samples])),
         "valid": torch.from_numpy(np.stack([s["valid"] for s in samples])),
         "loc": torch.from_numpy(np.array([s["loc"] for s in samples], dtype=np.float32)),

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Loader throughput against a raw read of the same shards (goal: loader >= 0.7x raw).
+
+Baseline: ``tarfile`` + ``np.load`` of every ``.npy`` member, one shard after the other, in
+this process (no decoding checks, no z-score, no batching). Loader: the real training stream
+(``make_train_loader``: shard stage, tar reader, shuffle buffer, schema-checked decode,
+z-score, batching, DataLoader) and the exact validation pass, for several worker counts.
+Runs alternate baseline and loader so both see the same machine load; medians are printed,
+with each loader's ratio to the baseline of the same run.
+
+    python bench/bench_stream.py                       # 2000 synthetic 224x224 samples in a temp dir
+    python bench/bench_stream.py --shards 'DIR/train-{000000..000007}.tar' --workers 0 2
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from anatplane_dist.data.shardspec import all_urls, parse_sources
+from anatplane_dist.stream import DataConfig, make_train_loader, make_val_loader
+
+
+def write_synthetic(root: Path, samples: int, per_shard: int, size: int, k: int = 2) -> str:
+    """Shards in the sharder's schema (float16 image, NaN lines where invalid, sizes.json)."""
+    rng = np.random.default_rng(0)
+    image = rng.random((size, size)).astype(np.float16)
+    sizes, shard = {}, 0
+    for start in range(0, samples, per_shard):
+        name = f"train-{shard:06d}.tar"
+        with wds.TarWriter(str(root / name)) as w:
+            for i in range(start, min(samples, start + per_shard)):
+                lines = np.array([[0.6, 0.8, -10.0]] * k, np.float32)
+                valid = np.ones(k, np.uint8)
+                if i % 4 == 0:
+                    lines[0], valid[0] = np.nan, 0
+                w.write({"__key__": f"subj{i // 50:04d}_ser_s000_f{i % 50:03d}", "image.npy": image,
+                         "lines.npy": lines, "valid.npy": valid, "loc.npy": np.array(i % 7, np.float32),
+                         "meta.json": {"subject": f"subj{i // 50:04d}", "frame": i % 50}})
+        sizes[name] = min(samples, start + per_shard) - start
+        shard += 1
+    (root / "sizes.json").write_text(json.dumps(sizes))
+    return str(root / f"train-{{000000..{shard - 1:06d}}}.tar")
+
+
+def raw_read(urls: list[str]) -> int:
+    """The baseline: read every member and np.load the arrays; returns the number of images."""
+    n = 0
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".npy"):
+                    np.load(io.BytesIO(tar.extractfile(member).read()))
+                    n += member.name.endswith("image.npy")
+    return n
+
+
+def loader_read(loader) -> int:
+    return sum(len(batch["key"]) for batch in loader)
+
+
+def timed(fn) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t0), n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", help="existing shard pattern (default: write synthetic shards)")
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--per-shard", type=int, default=250)
+    ap.add_argument("--size", type=int, default=224, help="image side of synthetic shards")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epoch-factor", type=int, default=4,
+                    help="train epoch = this many times the shard set, so the shuffle buffer's refill "
+                         "at each epoch start is amortised as in real (long) epochs")
+    ap.add_argument("--shuffle-buffer", type=int, default=1000)
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads of this process (0: torch's default); matters for "
+                         "workers=0, where batches are built in the training process")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pattern = args.shards or write_synthetic(Path(tmp), args.samples, args.per_shard, args.size)
+        urls = all_urls(parse_sources(pattern))
+        raw_read(urls)  # page cache warm-up, like the loader runs will have
+        n_raw = raw_read(urls)
+        results: dict[str, list[float]] = {"raw": []}
+        loaders = {}
+        for w in args.workers:
+            cfg = DataConfig(shards=pattern, val_shards=pattern, batch_size=args.batch, num_workers=w,
+                             shuffle_buffer=args.shuffle_buffer, shuffle_initial=min(100, args.shuffle_buffer),
+                             samples_per_epoch=args.epoch_factor * n_raw)
+            loaders[f"train w={w}"], _ = make_train_loader(cfg)
+            loaders[f"val   w={w}"] = make_val_loader(cfg)
+            results[f"train w={w}"], results[f"val   w={w}"] = [], []
+        for name, loader in loaders.items():  # start persistent workers outside the timing
+            loader_read(loader)
+        for rep in range(args.repeats):
+            rate, _ = timed(lambda: raw_read(urls))
+            results["raw"].append(rate)
+            for name, loader in loaders.items():
+                if name.startswith("train"):
+                    loader.set_epoch(rep + 1)
+                rate, n = timed(lambda: loader_read(loader))
+                results[name].append(rate)
+        base = statistics.median(results["raw"])
+        print(f"{len(urls)} shards, {n_raw} samples of {args.size}x{args.size}, batch {args.batch}, shuffle buffer "
+              f"{args.shuffle_buffer}, train epoch {args.epoch_factor}x, torch threads {torch.get_num_threads()}, "
+              f"{args.repeats} repeats (median samples/s)")
+        print(f"{'raw tarfile+np.load':24s} {base:9.0f} samples/s   1.00x")
+        summary = {"raw": base}
+        for name, rates in results.items():
+            if name == "raw":
+                continue
+            med = statistics.median(rates)
+            summary[name] = med
+            print(f"{'loader ' + name:24s} {med:9.0f} samples/s   {med / base:.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"median_samples_per_s": summary, "runs": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
