@@ -231,14 +231,21 @@ def last_validation(run_dir: Path, up_to_step: int | None = None) -> dict[str, A
     return best
 
 
-def _training_time_s(run_dir: Path) -> float | None:
-    """Wall time covered by metrics.jsonl rows that carry ``time``/``wall_time`` (unix seconds);
-    None when the trainer logged neither (the card then says null rather than guess)."""
-    times = [row[k] for row in _metric_rows(run_dir) for k in ("time", "wall_time")
-             if isinstance(row.get(k), (int, float))]
-    if len(times) >= 2:
-        return float(max(times) - min(times))
-    return None
+def training_time(run_dir: Path, meta: dict[str, Any]) -> tuple[float | None, str]:
+    """(seconds, how it was obtained).  The trainer's own total when meta.json has it; else the
+    sum over metrics.jsonl windows of samples / samples_per_s (time in training steps, re-done
+    steps after a requeue included; validation and checkpoint saves excluded)."""
+    if isinstance(meta.get("train_time_s"), (int, float)):
+        return float(meta["train_time_s"]), "meta.json train_time_s"
+    total, prev = 0.0, None
+    for row in _metric_rows(run_dir):
+        seen, rate = row.get("samples_seen"), row.get("samples_per_s")
+        if not isinstance(seen, (int, float)) or not isinstance(rate, (int, float)) or rate <= 0:
+            continue
+        if prev is not None and seen > prev:
+            total += (seen - prev) / rate
+        prev = seen
+    return (round(total, 3), "metrics.jsonl: sum of logged windows (samples / samples_per_s)") if total else (None, "not logged")
 
 
 def _manifests(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -255,7 +262,7 @@ def _manifests(config: dict[str, Any]) -> list[dict[str, Any]]:
                 patterns += [p for p in item.split("::") if p]
     found: dict[str, str] = {}
     for pattern in patterns:
-        d = Path(pattern.split("{")[0]).parent
+        d = Path(pattern) if Path(pattern).is_dir() else Path(pattern.split("{")[0]).parent
         for cand in (d / "manifest.json", d.parent / "manifest.json"):
             if cand.is_file() and str(cand) not in found:
                 found[str(cand)] = sha256_file(cand)
@@ -269,6 +276,7 @@ def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, An
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     enc = parts["encoder"]
+    train_s, train_src = training_time(run_dir, meta)
     return {
         "format": CARD_FORMAT,
         "name": name,
@@ -287,7 +295,7 @@ def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, An
         "training": {"world_size": meta.get("world_size"), "backend": meta.get("backend"),
                      "global_batch": meta.get("global_batch"), "steps": meta.get("step"),
                      "samples_seen": meta.get("samples_seen"),
-                     "train_time_s": meta.get("train_time_s", _training_time_s(run_dir))},
+                     "train_time_s": train_s, "train_time_source": train_src},
         "parts": {p: {"file": f"{p}.pt", "tensors": info["tensors"], "parameters": info["parameters"]}
                   for p, info in parts.items()},
     }

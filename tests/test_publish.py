@@ -47,7 +47,7 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (4,), seed: int = 0) -> dic
         ckpt.finalize(tmp)
         models[step] = model
         rows += [{"step": step, "epoch": 0, "lr": 1e-3, "loss": 1.0 / step, "loss_ori": 0.5,
-                  "loss_loc": 0.5, "samples_per_s": 10.0},
+                  "loss_loc": 0.5, "samples_per_s": 10.0, "samples_seen": step * 8},
                  {"step": step, "val/loss": 2.0 / step, "val/loss_ori": 1.0 / step}]
     rows.append({"step": max(steps) + 100, "val/loss": -1.0})  # after the last checkpoint: not its metric
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -77,6 +77,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     card = json.loads((version / "model_card.json").read_text())
     assert card["source"]["step"] == 4 and card["training"]["world_size"] == 2
     assert card["training"]["global_batch"] == 8 and card["training"]["steps"] == 4
+    assert card["training"]["train_time_s"] == pytest.approx((32 - 16) / 10.0)  # logged window: samples / rate
     assert card["pretext_metrics"] == {"step": 4, "val/loss": 0.5, "val/loss_ori": 0.25}
     assert card["model_config"] == MODEL.to_dict() and card["num_channels"] == K
     manifest = tmp_path / "runs" / "shards-tiny" / "manifest.json"
