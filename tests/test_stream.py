@@ -201,6 +201,8 @@ def test_shard_order_is_split_after_a_shared_shuffle():
         else:
             assert sorted(u for p in parts for u in p) == sorted(urls)
     assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3) != derive_seed(1, 2, 4)
+    with pytest.raises(ValueError, match="epoch"):
+        SharedEpoch().set_value(-1)
 
 
 def test_permute_mode_needs_enough_shards(shards):
