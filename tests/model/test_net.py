@@ -80,8 +80,6 @@ def test_single_graph_without_breaks(name):
     torch.manual_seed(0)
     net = build_model(tiny(name), 2).eval()
     x = torch.randn(2, 1, 64, 64).contiguous(memory_format=torch.channels_last)
-    explanation = torch._dynamo.explain(net)(x)
-    assert explanation.graph_count == 1 and explanation.graph_break_count == 0
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     ref, out = net(x), compiled(x)
     for k in ref:
@@ -136,12 +134,12 @@ def test_config_yaml_roundtrip_and_validation():
     assert set(ARCHS) <= set(available_models())
 
 
-@pytest.mark.parametrize("name", ARCHS)
-def test_compiled_training_step_matches_eager(name):
-    """fullgraph through AOT autograd (the backward inductor would compile), bf16 autocast on."""
+def test_compiled_training_step_matches_eager():
+    """fullgraph through AOT autograd (the backward inductor would compile), bf16 autocast on;
+    the paper's U-Net only, at depth 2, to keep tracing time small on CI."""
     torch.manual_seed(0)
-    net = build_model(tiny(name, loc_dropout=0.0), 2).train()
-    x = torch.randn(2, 1, 32, 32)
+    net = build_model(ModelConfig(name="unet", width=8, depth=2, loc_dropout=0.0), 2).train()
+    x = torch.randn(2, 1, 16, 16)
 
     def grads(model):
         net.zero_grad(set_to_none=True)
