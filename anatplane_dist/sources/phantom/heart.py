@@ -20,7 +20,7 @@ from ...geometry import ANATOMICAL_APEX_LPS, Plane
 from .render import (Bullet, Canvas, PointsLike, as_points, Capsule, Ellipsoid, bias_field, halfspace, occupancy, orthonormal_frame,
                      plane_points, random_waves, rician, rotation, texture, to_12bit)
 
-__all__ = ["GROUPS", "HeartAnatomy", "sample_heart", "render_cine", "LABEL_RV", "LABEL_MYO", "LABEL_LV"]
+__all__ = ["GROUPS", "HeartAnatomy", "HeartSolids", "sample_heart", "render_cine", "LABEL_RV", "LABEL_MYO", "LABEL_LV"]
 
 LABEL_RV, LABEL_MYO, LABEL_LV = 1, 2, 3
 #: ACDC diagnostic groups; each shifts the shape/function parameters of the sampled heart.
@@ -28,6 +28,21 @@ GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 
 _EDGE_MM = 0.9          # partial-volume edge width of every boundary
 _NOMINAL_RV_DIR = np.array([-1.0, -1.0, 0.0]) / np.sqrt(2.0)   # RV: right and anterior of the LV
+
+
+@dataclass(frozen=True)
+class HeartSolids:
+    """The heart's solids at one contraction state; ``tb`` is how far (mm) the base has
+    descended towards the apex along ``u``."""
+
+    tb: float
+    endo: Bullet
+    epi: Bullet
+    rv: Bullet
+    la: Ellipsoid
+    ra: Ellipsoid
+    papillary: tuple[Capsule, ...]
+    aorta: Capsule
 
 
 def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -108,7 +123,7 @@ class HeartAnatomy:
         """Point of the long axis at distance ``t`` mm from the base towards the apex."""
         return self.base + t * self.u
 
-    def _solids(self, c: float) -> dict[str, object]:
+    def solids(self, c: float) -> HeartSolids:
         """The heart's solids at contraction ``c`` (0 = ED, 1 = ES)."""
         u, v, w = self.axes
         L = self.length
@@ -148,10 +163,9 @@ class HeartAnatomy:
                                 self.base + (tb + 0.72 * cav) * u + 0.8 * rho * d, 3.2 * (1 + 0.25 * c)))
         # ascending aorta leaves the LV outflow between the atria
         ao_start = self.base + (tb - 2.0) * u + 0.35 * r_epi0 * v - 0.25 * r_epi0 * post
-        sup = np.array([0.0, 0.0, 1.0])
-        ao = Capsule(ao_start, ao_start + 55.0 * (0.6 * sup - 0.45 * u + 0.2 * v) / np.linalg.norm(
-            0.6 * sup - 0.45 * u + 0.2 * v), 13.0)
-        return dict(tb=tb, endo=endo, epi=epi, rv=rv_in, la=la, ra=ra, paps=paps, ao=ao)
+        ao_dir = 0.6 * np.array([0.0, 0.0, 1.0]) - 0.45 * u + 0.2 * v        # up, back from the base
+        ao = Capsule(ao_start, ao_start + 55.0 * ao_dir / np.linalg.norm(ao_dir), 13.0)
+        return HeartSolids(tb=float(tb), endo=endo, epi=epi, rv=rv_in, la=la, ra=ra, papillary=tuple(paps), aorta=ao)
 
     # -- rendering -------------------------------------------------------------------------
     def render_background(self, points: PointsLike) -> Canvas:
@@ -187,20 +201,20 @@ class HeartAnatomy:
         """Paint the heart at contraction ``c`` over ``canvas`` (modified and returned)."""
         it = self.intensities
         points = as_points(points)
-        s = self._solids(c)
-        u, tb = self.u, s["tb"]
+        s = self.solids(c)
+        u, tb = self.u, s.tb
         base_pt = self.base + tb * u
         below = halfspace(points, base_pt, u, _EDGE_MM)            # ventricles: t >= tb
-        epi, endo, rv = s["epi"], s["endo"], s["rv"]
+        epi, endo, rv = s.epi, s.endo, s.rv
         sd_epi = epi.sdf(points)
         sd_rv = rv.sdf(points)
         # epicardial / atrioventricular-groove fat: a bright rim around the heart
         fat = occupancy(np.minimum(sd_epi - 3.0, sd_rv - 5.5), 1.5) * halfspace(points, base_pt - 14.0 * u, u, 3.0)
         canvas.paint(0.85 * fat, it["fat"])
-        ao = s["ao"]
+        ao = s.aorta
         canvas.paint(occupancy(ao.sdf(points, 2.0), _EDGE_MM), it["myo"])
         canvas.paint(occupancy(ao.sdf(points), _EDGE_MM), it["blood"])
-        for atrium in (s["la"], s["ra"]):
+        for atrium in (s.la, s.ra):
             sd = atrium.sdf(points)
             canvas.paint(occupancy(sd - 2.0, _EDGE_MM), it["myo"])
             canvas.paint(occupancy(sd, _EDGE_MM), it["blood"])
@@ -208,7 +222,7 @@ class HeartAnatomy:
         canvas.paint(occupancy(sd_rv, _EDGE_MM) * below, it["blood"], LABEL_RV)
         canvas.paint(occupancy(sd_epi, _EDGE_MM) * below, it["myo"], LABEL_MYO)
         canvas.paint(occupancy(endo.sdf(points), _EDGE_MM) * below, it["blood"], LABEL_LV)
-        for pap in s["paps"]:
+        for pap in s.papillary:
             canvas.paint(occupancy(pap.sdf(points), _EDGE_MM) * below, it["myo"])
         return canvas
 

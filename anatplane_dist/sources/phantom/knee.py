@@ -204,10 +204,8 @@ def prescribe_knee_views(knee: KneeAnatomy, rng: np.random.Generator, matrix: in
         gap = extent * knee.size / max(n_slices - 1, 1)
         angle = np.deg2rad(rng.uniform(-3.0, 3.0))
         steps = (np.arange(n_slices) - 0.5 * (n_slices - 1)) * gap
-        if name == "axial":
-            up_world = -knee.basis[1] * (1.0)   # anterior at the top of axial images
-        else:
-            up_world = np.array([0.0, 0.0, 1.0])
+        # anterior at the top of axial images, superior at the top of the others
+        up_world = knee.basis[1] if name == "axial" else np.array([0.0, 0.0, 1.0])
         views[name] = Plane.stack([make_plane(centre + t * normal, normal, up_world, angle, spacing,
                                               (matrix, matrix)) for t in steps])
     return views

@@ -78,7 +78,7 @@ def prescribe_heart_views(anatomy: HeartAnatomy, rng: np.random.Generator, matri
             the technologist aims through the apex and the mitral-valve centre).
         inplane_rot_deg: in-plane image axis rotation is uniform in +-this.
     """
-    u, v, w = anatomy.axes
+    u, v = anatomy.axes[0], anatomy.axes[1]
     gap = float(rng.uniform(8.0, 10.0))
     span = anatomy.length + anatomy.wall_apex
     n = int(np.clip(np.round(span / gap) + 1, 8, 14)) if n_slices is None else int(n_slices)
@@ -86,8 +86,9 @@ def prescribe_heart_views(anatomy: HeartAnatomy, rng: np.random.Generator, matri
     normal = _tilted(u, rng, sax_tilt_deg)
     # slices step along the stack normal from the base; record where each meets the true axis
     t_mid = t0 + 0.5 * (n - 1) * gap * float(normal @ u)
-    mid = anatomy.lv_centre(t_mid) + 0.25 * anatomy.r_endo * v + rng.uniform(-6, 6, size=3) * np.array([1, 1, 1])
-    mid = mid - ((mid - anatomy.lv_centre(t_mid)) @ normal) * normal     # keep the stack centred on the axis
+    # image centre: near the axis, nudged towards the RV and off by a few mm (as positioned by eye)
+    mid = anatomy.lv_centre(t_mid) + 0.25 * anatomy.r_endo * v + rng.uniform(-6.0, 6.0, size=3)
+    mid = mid - ((mid - anatomy.lv_centre(t_mid)) @ normal) * normal     # stack centre stays on the axis
     steps = (np.arange(n) - 0.5 * (n - 1)) * gap
     sign = 1.0 if rng.random() < 0.5 else -1.0
     angle = np.deg2rad(rng.uniform(-inplane_rot_deg, inplane_rot_deg))
