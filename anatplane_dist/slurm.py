@@ -168,6 +168,15 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(list(self.argv), self.run_dir, self.entry))
 
 
+def _read_save_s(ckpt_dir: Path) -> float | None:
+    """``save_s`` from a checkpoint's meta.json, when the trainer records it."""
+    try:
+        value = json.loads((ckpt_dir / "meta.json").read_text()).get("save_s")
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _latest_checkpoint(run_dir: Path) -> Path | None:
     from anatplane_dist.checkpoint import find_latest_complete
 
@@ -225,6 +234,12 @@ def job_spec(opts: SubmitOptions) -> dict[str, Any]:
 
 def spec_warnings(opts: SubmitOptions) -> list[str]:
     warnings = []
+    last = _latest_checkpoint(opts.run_dir)
+    save_s = _read_save_s(last) if last else None
+    if save_s is not None and opts.signal_delay_s < 1.5 * save_s:
+        warnings.append(f"--signal-delay-s {opts.signal_delay_s} is not comfortably above the last "
+                        f"checkpoint save ({save_s:.0f} s in {last.name}): a save in flight at the "
+                        f"signal may be cut off")
     if opts.time_min * 60 <= 750:
         # submitit: walltime >= min(0.8 T, T - 10 min) counts as a timeout, i.e. always when T <= 12.5 min
         warnings.append(f"--time {opts.time_min} min: every preemption signal counts as a timeout "

@@ -127,3 +127,11 @@ def test_resolve_entry():
     assert slurm.resolve_entry(slurm.DEFAULT_ENTRY) is cli.main
     with pytest.raises(ImportError, match="no callable 'nope'"):
         slurm.resolve_entry("anatplane_dist.train.cli:nope")
+
+
+def test_signal_delay_is_checked_against_the_recorded_save_time(tmp_path):
+    tmp = ckpt.prepare_tmp(tmp_path / "run", 3)
+    ckpt.write_meta(tmp, {"step": 3, "save_s": 100.0})
+    ckpt.finalize(tmp)
+    assert any("not comfortably above" in w for w in slurm.spec_warnings(opts(tmp_path, signal_delay_s=120)))
+    assert not any("not comfortably above" in w for w in slurm.spec_warnings(opts(tmp_path, signal_delay_s=300)))
