@@ -20,7 +20,8 @@ import numpy as np
 
 from ...geometry import Plane
 from .heart import GROUPS, render_cine, sample_heart
-from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, save_nifti, subject_rng
+from .io import (atomic_write_json, atomic_write_text, check_sizes, map_subjects, save_nifti, staged_dir,
+                 subject_rng)
 from .prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
@@ -67,7 +68,6 @@ def stack_affine_ras(stack: Plane) -> np.ndarray:
 def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> dict[str, Any]:
     """Generate and write ``patient{index:03d}``; returns its record (JSON-ready)."""
     name = f"patient{index:03d}"
-    pdir = Path(out) / name
     rng = subject_rng(cfg.seed, index, 2)
     group = GROUPS[(index - 1) % len(GROUPS)]
     anatomy = sample_heart(rng, group)
@@ -86,14 +86,15 @@ def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> di
     affine = stack_affine_ras(sax)
     zooms = (float(sax.spacing[0, 0]), float(sax.spacing[0, 1]), views.gap)
     ed, es = 0, anatomy.es_frame(n_frames)
-    save_nifti(pdir / f"{name}_4d.nii.gz", image, affine, zooms + (anatomy.rr_ms / n_frames,))
-    for f in (ed, es):
-        save_nifti(pdir / f"{name}_frame{f + 1:02d}.nii.gz", image[..., f], affine, zooms)
-        save_nifti(pdir / f"{name}_frame{f + 1:02d}_gt.nii.gz", labels[..., f], affine, zooms)
-    height = float(rng.uniform(150.0, 195.0))
-    weight = float(rng.uniform(50.0, 110.0))
-    atomic_write_text(pdir / "Info.cfg", f"ED: {ed + 1}\nES: {es + 1}\nGroup: {group}\nHeight: {height:.1f}\n"
-                                         f"NbFrame: {n_frames}\nWeight: {weight:.1f}\n")
+    with staged_dir(Path(out) / name) as pdir:
+        save_nifti(pdir / f"{name}_4d.nii.gz", image, affine, zooms + (anatomy.rr_ms / n_frames,))
+        for f in (ed, es):
+            save_nifti(pdir / f"{name}_frame{f + 1:02d}.nii.gz", image[..., f], affine, zooms)
+            save_nifti(pdir / f"{name}_frame{f + 1:02d}_gt.nii.gz", labels[..., f], affine, zooms)
+        height = float(rng.uniform(150.0, 195.0))
+        weight = float(rng.uniform(50.0, 110.0))
+        atomic_write_text(pdir / "Info.cfg", f"ED: {ed + 1}\nES: {es + 1}\nGroup: {group}\nHeight: {height:.1f}\n"
+                                             f"NbFrame: {n_frames}\nWeight: {weight:.1f}\n")
     return {"patient": name, "group": group, "ed": ed + 1, "es": es + 1, "n_frames": n_frames, "slices": n,
             "base": anatomy.base.tolist(), "long_axis": anatomy.u.tolist(), "sax_t_mm": views.sax_t.tolist()}
 

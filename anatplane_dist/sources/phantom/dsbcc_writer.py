@@ -19,7 +19,7 @@ import numpy as np
 from ...geometry import Plane
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from .heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from .io import atomic_write_json, check_sizes, map_subjects, subject_rng
+from .io import atomic_write_json, check_sizes, map_subjects, staged_dir, subject_rng
 from .prescribe import HeartViews, prescribe_heart_views
 from .render import rotation
 
@@ -108,25 +108,27 @@ def write_heart_subject(out: str | Path, index: int, cfg: HeartCohortConfig) -> 
     plan = _plan_series(views, kind, rng, anatomy)
     study_uid = deterministic_uid("phantom-heart", cfg.seed, subject, "study")
     for_uid = deterministic_uid("phantom-heart", cfg.seed, subject, "frame-of-reference")
-    study_dir = out / subject / "study"
     rr = anatomy.rr_ms
     scale = float(rng.uniform(800.0, 2400.0))          # scanner units differ between studies
     record_series = []
-    for s in plan:
-        series_uid = deterministic_uid("phantom-heart", cfg.seed, subject, "series", s.number)
-        info = SeriesInfo(patient_id=f"DSBCC{index:04d}", study_uid=study_uid, series_uid=series_uid,
-                          frame_of_reference_uid=for_uid, series_number=s.number,
-                          series_description=s.view, slice_thickness=min(8.0, views.gap) if s.view == "sax" else 8.0)
-        instance = 0
-        for p_idx, plane in enumerate(s.planes):
-            noise_rng = subject_rng(cfg.seed, index, 1000 + 10 * s.number + p_idx)
-            pixels, _ = render_cine(anatomy, plane, n_frames, noise_rng, scale=scale)
-            for f in range(n_frames):
-                instance += 1
-                write_mr_image(study_dir / s.folder / f"IM-{s.number:04d}-{instance:04d}.dcm", pixels[f], plane, info,
-                               instance_number=instance, trigger_time_ms=round(f * rr / n_frames, 2))
-        record_series.append({"folder": s.folder, "view": s.view, "series_number": s.number,
-                              "series_uid": series_uid, "planes": [p.to_dict() for p in s.planes]})
+    with staged_dir(out / subject) as subject_dir:
+        study_dir = subject_dir / "study"
+        for s in plan:
+            series_uid = deterministic_uid("phantom-heart", cfg.seed, subject, "series", s.number)
+            thickness = min(8.0, views.gap) if s.view == "sax" else 8.0
+            info = SeriesInfo(patient_id=f"DSBCC{index:04d}", study_uid=study_uid, series_uid=series_uid,
+                              frame_of_reference_uid=for_uid, series_number=s.number,
+                              series_description=s.view, slice_thickness=thickness)
+            instance = 0
+            for p_idx, plane in enumerate(s.planes):
+                noise_rng = subject_rng(cfg.seed, index, 1000 + 10 * s.number + p_idx)
+                pixels, _ = render_cine(anatomy, plane, n_frames, noise_rng, scale=scale)
+                for f in range(n_frames):
+                    instance += 1
+                    write_mr_image(study_dir / s.folder / f"IM-{s.number:04d}-{instance:04d}.dcm", pixels[f], plane,
+                                   info, instance_number=instance, trigger_time_ms=round(f * rr / n_frames, 2))
+            record_series.append({"folder": s.folder, "view": s.view, "series_number": s.number,
+                                  "series_uid": series_uid, "planes": [p.to_dict() for p in s.planes]})
     return {"subject": subject, "index": index, "group": group, "mess": kind, "n_frames": n_frames,
             "matrix": matrix, "rr_ms": rr, "es_frame": anatomy.es_frame(n_frames),
             "base": anatomy.base.tolist(), "long_axis": anatomy.u.tolist(), "rv_dir": anatomy.v.tolist(),

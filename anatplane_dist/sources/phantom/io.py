@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["check_sizes", "atomic_write_text", "atomic_write_json", "save_nifti", "parse_range", "subject_rng", "map_subjects"]
+__all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "save_nifti",
+           "parse_range", "subject_rng", "map_subjects"]
 
 T = TypeVar("T")
 
@@ -25,6 +28,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Build a whole folder (one subject) under a hidden tmp name, then swap it into place.
+
+    Readers skip dot-folders, so they see a subject complete or not at all, and a re-run
+    replaces an old subject entirely instead of mixing its stale series with new ones.
+    """
+    final = Path(final)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

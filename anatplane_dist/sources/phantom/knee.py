@@ -20,8 +20,8 @@ import numpy as np
 
 from ...geometry import Plane
 from .prescribe import make_plane
-from .render import (Bullet, Canvas, Points, PointsLike, as_points, Capsule, Ellipsoid, bias_field, occupancy, plane_points, random_waves, rician,
-                     rotation, texture, to_12bit)
+from .render import (Bullet, Canvas, Capsule, Ellipsoid, Points, PointsLike, as_points, bias_field,
+                     occupancy, plane_points, random_waves, rician, rotation, texture, to_12bit)
 
 __all__ = ["KneeAnatomy", "sample_knee", "prescribe_knee_views", "render_knee_slice", "with_pathology", "KNEE_VIEWS"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, subject_rng
+from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, staged_dir, subject_rng
 from .knee import KNEE_VIEWS, prescribe_knee_views, render_knee_slice, sample_knee
 
 __all__ = ["KneeCohortConfig", "write_knee_subject", "write_knee_cohort", "LABELS_FILE"]
@@ -51,22 +51,23 @@ def write_knee_subject(out: str | Path, index: int, cfg: KneeCohortConfig) -> di
     numbers = rng.permutation(len(KNEE_VIEWS)) + int(rng.integers(2, 6))   # folder numbers hide the view
     scale = float(rng.uniform(1500.0, 3000.0))
     series_records = []
-    for v_idx, view in enumerate(KNEE_VIEWS):
-        stack = views[view]
-        number = int(numbers[v_idx])
-        folder = f"series_{number:03d}"
-        gap = float(np.linalg.norm(stack.origin[1] - stack.origin[0]))
-        series_uid = deterministic_uid("phantom-knee", cfg.seed, subject, "series", number)
-        info = SeriesInfo(patient_id=subject, study_uid=study_uid, series_uid=series_uid,
-                          frame_of_reference_uid=for_uid, series_number=number, series_description="PD TSE",
-                          slice_thickness=gap, body_part="KNEE", laterality=knee.side, patient_position="FFS")
-        for k in range(len(stack)):
-            img = render_knee_slice(knee, stack[k], gap, subject_rng(cfg.seed, index, 20000 + 1000 * number + k),
-                                    scale=scale)
-            write_mr_image(Path(out) / subject / folder / f"IM-{number:04d}-{k + 1:04d}.dcm", img, stack[k], info,
-                           instance_number=k + 1)
-        series_records.append({"folder": folder, "view": view, "series_number": number, "series_uid": series_uid,
-                               "slices": len(stack), "normal": stack.normal[0].tolist()})
+    with staged_dir(Path(out) / subject) as subject_dir:
+        for v_idx, view in enumerate(KNEE_VIEWS):
+            stack = views[view]
+            number = int(numbers[v_idx])
+            folder = f"series_{number:03d}"
+            gap = float(np.linalg.norm(stack.origin[1] - stack.origin[0]))
+            series_uid = deterministic_uid("phantom-knee", cfg.seed, subject, "series", number)
+            info = SeriesInfo(patient_id=subject, study_uid=study_uid, series_uid=series_uid,
+                              frame_of_reference_uid=for_uid, series_number=number, series_description="PD TSE",
+                              slice_thickness=gap, body_part="KNEE", laterality=knee.side, patient_position="FFS")
+            for k in range(len(stack)):
+                img = render_knee_slice(knee, stack[k], gap, subject_rng(cfg.seed, index, 20000 + 1000 * number + k),
+                                        scale=scale)
+                write_mr_image(subject_dir / folder / f"IM-{number:04d}-{k + 1:04d}.dcm", img, stack[k], info,
+                               instance_number=k + 1)
+            series_records.append({"folder": folder, "view": view, "series_number": number, "series_uid": series_uid,
+                                   "slices": len(stack), "normal": stack.normal[0].tolist()})
     return {"subject": subject, "index": index, "side": knee.side, "abnormal": int(knee.abnormal),
             "acl": int(knee.acl_tear), "meniscus": int(knee.meniscus_tear), "effusion": int(knee.effusion),
             "matrix": matrix, "study_uid": study_uid, "frame_of_reference_uid": for_uid, "series": series_records}

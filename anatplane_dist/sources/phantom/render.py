@@ -15,8 +15,9 @@ import numpy as np
 
 from ...geometry import Plane
 
-__all__ = ["Points", "as_points", "Ellipsoid", "Bullet", "Capsule", "occupancy", "halfspace", "Canvas", "bias_field", "rician",
-           "to_12bit", "texture", "random_waves", "plane_points", "rotation", "orthonormal_frame"]
+__all__ = ["Points", "as_points", "Ellipsoid", "Bullet", "Capsule", "occupancy", "halfspace", "Canvas",
+           "bias_field", "rician", "to_12bit", "texture", "random_waves", "plane_points", "rotation",
+           "orthonormal_frame"]
 
 
 def rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:
