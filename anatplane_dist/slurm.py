@@ -363,11 +363,16 @@ def wait(job: submitit.Job) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``launch/submit.py``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="launch/submit.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv))
+
+
+def run(args: Any) -> int:
+    """Dry run, or submit (and with ``--local``/``--wait`` wait); the ``anatplane`` sub-command hook."""
     try:
         opts = options_from_args(args)
     except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
