@@ -20,7 +20,7 @@ import numpy as np
 
 from ...geometry import Plane
 from .heart import GROUPS, render_cine, sample_heart
-from .io import (atomic_write_json, atomic_write_text, check_sizes, map_subjects, save_nifti, staged_dir,
+from .io import (atomic_write_text, check_sizes, map_subjects, merge_truth, save_nifti, staged_dir,
                  subject_rng)
 from .prescribe import prescribe_heart_views
 
@@ -95,7 +95,7 @@ def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> di
         weight = float(rng.uniform(50.0, 110.0))
         atomic_write_text(pdir / "Info.cfg", f"ED: {ed + 1}\nES: {es + 1}\nGroup: {group}\nHeight: {height:.1f}\n"
                                              f"NbFrame: {n_frames}\nWeight: {weight:.1f}\n")
-    return {"patient": name, "group": group, "ed": ed + 1, "es": es + 1, "n_frames": n_frames, "slices": n,
+    return {"patient": name, "index": index, "group": group, "ed": ed + 1, "es": es + 1, "n_frames": n_frames, "slices": n,
             "base": anatomy.base.tolist(), "long_axis": anatomy.u.tolist(), "sax_t_mm": views.sax_t.tolist()}
 
 
@@ -105,6 +105,6 @@ def write_acdc_cohort(out: str | Path, cfg: AcdcCohortConfig) -> list[dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     indices = range(cfg.first_index, cfg.first_index + cfg.patients)
     records = map_subjects(functools.partial(write_acdc_patient, out, cfg=cfg), indices, cfg.workers, "acdc")
-    atomic_write_json(out / "phantom.json", {"kind": "heart", "layout": "acdc", "seed": cfg.seed,
-                                             "patients": records})
+    merge_truth(out / "phantom.json", {"kind": "heart", "layout": "acdc", "seed": cfg.seed}, "patients",
+                records)
     return records

@@ -19,7 +19,7 @@ import numpy as np
 from ...geometry import Plane
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from .heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from .io import atomic_write_json, check_sizes, map_subjects, staged_dir, subject_rng
+from .io import check_sizes, merge_truth, map_subjects, staged_dir, subject_rng
 from .prescribe import HeartViews, prescribe_heart_views
 from .render import rotation
 
@@ -137,11 +137,11 @@ def write_heart_subject(out: str | Path, index: int, cfg: HeartCohortConfig) -> 
 
 
 def write_heart_cohort(out: str | Path, cfg: HeartCohortConfig) -> list[dict[str, Any]]:
-    """Write ``cfg.subjects`` subjects under ``out`` and the ground truth ``out/phantom.json``."""
+    """Write ``cfg.subjects`` subjects under ``out`` and add them to the ground truth
+    ``out/phantom.json``; returns the records of the subjects written by this call."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = range(cfg.first_index, cfg.first_index + cfg.subjects)
     records = map_subjects(functools.partial(write_heart_subject, out, cfg=cfg), indices, cfg.workers, "heart")
-    atomic_write_json(out / TRUTH_FILE, {"kind": "heart", "layout": "dsbcc", "seed": cfg.seed,
-                                         "subjects": records})
+    merge_truth(out / TRUTH_FILE, {"kind": "heart", "layout": "dsbcc", "seed": cfg.seed}, "subjects", records)
     return records

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "save_nifti",
+__all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "merge_truth", "save_nifti",
            "parse_range", "subject_rng", "map_subjects"]
 
 T = TypeVar("T")
@@ -75,6 +75,33 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine_ras: np.ndarray
     nib.save(img, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def merge_truth(path: str | os.PathLike, header: dict[str, Any], list_key: str,
+                records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write ground truth ``{**header, list_key: records}`` merged with what ``path`` holds.
+
+    A cohort can be generated in chunks (``--first-index``); each chunk adds its subjects to
+    the table instead of replacing it.  Entries are keyed by ``index``; a subject written again
+    replaces its old entry.  A file of another kind/seed is replaced, not merged.  Chunks must
+    not write into one folder at the same time (the read-modify-write is not locked).
+
+    Returns:
+        the merged records, sorted by index.
+    """
+    path = Path(path)
+    merged: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if all(old.get(k) == v for k, v in header.items()):
+            merged = {int(r["index"]): r for r in old.get(list_key, [])}
+    merged.update({int(r["index"]): r for r in records})
+    out = [merged[i] for i in sorted(merged)]
+    atomic_write_json(path, {**header, list_key: out})
+    return out
 
 
 def parse_range(text: str | int | Sequence[int]) -> tuple[int, int]:

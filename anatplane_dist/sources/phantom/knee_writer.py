@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from .io import atomic_write_json, atomic_write_text, check_sizes, map_subjects, staged_dir, subject_rng
+from .io import atomic_write_text, check_sizes, merge_truth, map_subjects, staged_dir, subject_rng
 from .knee import KNEE_VIEWS, prescribe_knee_views, render_knee_slice, sample_knee
 
 __all__ = ["KneeCohortConfig", "write_knee_subject", "write_knee_cohort", "LABELS_FILE"]
@@ -74,14 +74,15 @@ def write_knee_subject(out: str | Path, index: int, cfg: KneeCohortConfig) -> di
 
 
 def write_knee_cohort(out: str | Path, cfg: KneeCohortConfig) -> list[dict[str, Any]]:
-    """Write ``cfg.subjects`` knee studies, ``labels.csv`` and ``phantom.json`` under ``out``."""
+    """Write ``cfg.subjects`` knee studies under ``out`` and add them to ``labels.csv`` and
+    ``phantom.json`` (a cohort can be written in chunks); returns this call's records."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = range(cfg.first_index, cfg.first_index + cfg.subjects)
     records = map_subjects(functools.partial(write_knee_subject, out, cfg=cfg), indices, cfg.workers, "knee")
+    everyone = merge_truth(out / "phantom.json", {"kind": "knee", "layout": "fastmri", "seed": cfg.seed},
+                           "subjects", records)
     rows = ["subject,abnormal,acl,meniscus"] + [f"{r['subject']},{r['abnormal']},{r['acl']},{r['meniscus']}"
-                                                for r in records]
+                                                for r in everyone]
     atomic_write_text(out / LABELS_FILE, "\n".join(rows) + "\n")
-    atomic_write_json(out / "phantom.json", {"kind": "knee", "layout": "fastmri", "seed": cfg.seed,
-                                             "subjects": records})
     return records

@@ -113,3 +113,17 @@ def test_knee_files_pass_dciodvfy(knee_cohort):
     out, records = knee_cohort
     f = sorted((out / records[0]["subject"] / records[0]["series"][0]["folder"]).iterdir())[2]
     assert dciodvfy_errors(f) == []
+
+
+def test_a_cohort_written_in_chunks_has_one_complete_label_table(tmp_path):
+    import dataclasses
+
+    from anatplane_dist.sources.phantom.knee_writer import write_knee_cohort
+
+    cfg = dataclasses.replace(KNEE_CFG, subjects=1, matrix=(16, 16), slices=2)
+    write_knee_cohort(tmp_path, cfg)
+    write_knee_cohort(tmp_path, dataclasses.replace(cfg, first_index=2))
+    again = write_knee_cohort(tmp_path, cfg)                          # rewriting subject 1 keeps one row
+    lines = (tmp_path / "labels.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == ["subject", "knee0001", "knee0002"]
+    assert lines[1] == f"knee0001,{again[0]['abnormal']},{again[0]['acl']},{again[0]['meniscus']}"
