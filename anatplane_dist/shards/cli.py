@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm-array", type=int, default=0, metavar="N",
                         help="submit N parts as a SLURM job array (submitit) and merge when all are done")
     parser.add_argument("--slurm-partition", default="", help="SLURM partition for --slurm-array")
+    parser.add_argument("--slurm-time-min", type=int, default=240, help="time limit per array task (minutes)")
     parser.add_argument("--merge", action="store_true", help="only merge the part records found in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace shards made with another config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
