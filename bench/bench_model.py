@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Callable
 
@@ -204,7 +205,10 @@ def main() -> None:
                     help="dense bf16 peak of the device for MFU (e.g. 989 for an H100 SXM)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, load average {load:.1f} (timings are only comparable within a run)",
+          flush=True)
     for name in args.models.split(","):
         bench_model(name.strip(), args, device)
     bench_renderer(args, device)
