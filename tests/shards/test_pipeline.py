@@ -42,41 +42,44 @@ def header_plane(path: Path):
     return (np.array(ds.ImagePositionPatient, float), iop[:3], iop[3:], np.array(ds.PixelSpacing, float), ds)
 
 
-def test_round_trip_lines_pixels_split(dsbcc_tree, tmp_path):
-    run = shard_dataset(dsbcc_tree, tmp_path, CFG, progress=False)
-    assert run.ok and run.samples == 4 * 3 * 2
-    samples = read_shards(tmp_path)
-    assert len(samples) == 24
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["counts"]["samples"] == 24 and manifest["input_root"] == str(dsbcc_tree.resolve())
+def check_round_trip(root: Path, out: Path, grid: int) -> dict[str, dict]:
+    """Every sample against its sources: UIDs, grid geometry, lines (3x3 solve from the DICOM
+    headers), pixels (independent bilinear resampling of the DICOM pixels), split by subject."""
+    samples = read_shards(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(samples) == manifest["counts"]["samples"] > 0
+    assert manifest["input_root"] == str(root.resolve())
     for s in samples.values():
         meta = s["meta.json"]
         g = meta["grid"]
         go, gr, gc, gs = (np.array(g[k], float) for k in ("origin", "row_dir", "col_dir", "spacing"))
         # the grid is the source image's plane: same directions, same centre
-        so, sr, sc, ss, ds = header_plane(dsbcc_tree / meta["file"])
+        so, sr, sc, ss, ds = header_plane(root / meta["file"])
         assert ds.SOPInstanceUID == meta["sop_uid"] and ds.SeriesInstanceUID == meta["series_uid"]
         assert ds.FrameOfReferenceUID == meta["frame_of_reference"]
         assert np.allclose(gr, sr, atol=1e-6) and np.allclose(gc, sc, atol=1e-6)
         src_centre = so + (ds.Columns - 1) / 2 * ss[1] * sr + (ds.Rows - 1) / 2 * ss[0] * sc
-        assert np.allclose(go + 31 / 2 * 3.0 * (gr + gc), src_centre, atol=1e-3)
+        assert np.allclose(go + (grid - 1) / 2 * gs[0] * (gr + gc), src_centre, atol=1e-3)
         n_g = np.cross(gr, gc)
         for k, ref in enumerate(meta["references"]):
-            ro, rr, rc, _, rds = header_plane(dsbcc_tree / ref["path"])
+            if not s["valid.npy"][k]:
+                assert np.all(np.isnan(s["lines.npy"][k])) and ref.get("reason")
+                continue
+            ro, rr, rc, _, rds = header_plane(root / ref["path"])
             assert rds.SeriesInstanceUID == ref["series_uid"]
             n_r = np.cross(rr, rc)
             d = np.cross(n_g, n_r)
             p = np.linalg.solve(np.stack([n_g, n_r, d]), [n_g @ go, n_r @ ro, 0.0])
             a, b, c = s["lines.npy"][k].astype(float)
-            assert s["valid.npy"][k] == 1
             for t in (-60.0, 60.0):
                 q = p + t * d / np.linalg.norm(d) - go
                 x, y = q @ gr / gs[1], q @ gc / gs[0]
                 assert abs(a * x + b * y + c) < 0.1
         # pixels: independent resampling of the stored DICOM pixels
-        raw = ds.pixel_array.astype(np.float64)
+        raw = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) \
+            + float(ds.get("RescaleIntercept", 0) or 0)
         lo, hi = meta["intensity"]["values"]
-        rows, cols = np.mgrid[0:32, 0:32]
+        rows, cols = np.mgrid[0:grid, 0:grid]
         world = go + (cols[..., None] * gs[1]) * gr + (rows[..., None] * gs[0]) * gc
         src_r, src_c = (world - so) @ sc / ss[0], (world - so) @ sr / ss[1]
         expected = ndimage.map_coordinates((raw - lo) / (hi - lo), [src_r, src_c], order=1, cval=0.0)
@@ -85,7 +88,15 @@ def test_round_trip_lines_pixels_split(dsbcc_tree, tmp_path):
     split_of = manifest["subjects"]
     for s in samples.values():
         assert s["__shard__"].startswith(split_of[s["meta.json"]["subject"]] + "-")
-    assert set(split_of.values()) == {"train", "val"}
+    return samples
+
+
+def test_round_trip_lines_pixels_split(dsbcc_tree, tmp_path):
+    run = shard_dataset(dsbcc_tree, tmp_path, CFG, progress=False)
+    assert run.ok and run.samples == 4 * 3 * 2
+    samples = check_round_trip(dsbcc_tree, tmp_path, 32)
+    assert len(samples) == 24
+    assert set(json.loads((tmp_path / "manifest.json").read_text())["subjects"].values()) == {"train", "val"}
 
 
 def test_same_input_same_bytes_for_any_worker_count(dsbcc_tree, tmp_path):
