@@ -66,6 +66,7 @@ class HeartAnatomy:
         rr_ms: RR interval; group: ACDC group; intensities: tissue -> SSFP signal.
         body: thorax semi-axes (x, y) and centre y, fat thickness.
         coils, coil_widths, coil_gains: bias field (receive coil) parameters.
+        lung_vessels: pulmonary vessels (bright dots and streaks in otherwise black lungs).
     """
 
     base: np.ndarray
@@ -90,6 +91,7 @@ class HeartAnatomy:
     coil_gains: np.ndarray = field(repr=False)
     noise: float = 0.03
     waves: tuple[np.ndarray, np.ndarray] = field(default=(np.zeros((0, 3)), np.zeros(0)), repr=False)
+    lung_vessels: tuple[Capsule, ...] = field(default=(), repr=False)
 
     # -- frame and function ---------------------------------------------------------------
     @property
@@ -184,6 +186,8 @@ class HeartAnatomy:
         for sx, rx in ((-0.47, 0.40), (0.50, 0.37)):
             lung = Ellipsoid(np.array([sx * ax_, cy + 0.12 * ay_, 70.0]), ex, np.array([rx * ax_, 0.72 * ay_, 170.0]))
             cv.paint(occupancy(lung.sdf(points), _EDGE_MM), it["lung"])
+        for vessel in self.lung_vessels:
+            cv.paint(occupancy(vessel.sdf(points), _EDGE_MM), 0.45 * it["blood"])
         liver = Ellipsoid(np.array([-0.3 * ax_, cy + 0.05 * ay_, -150.0]), ex, np.array([0.6 * ax_, 0.72 * ay_, 85.0]))
         cv.paint(occupancy(liver.sdf(points), _EDGE_MM), it["liver"])
         ys = cy + 0.62 * ay_
@@ -270,7 +274,23 @@ def sample_heart(rng: np.random.Generator, group: str | None = None) -> HeartAna
         la_radius=rng.uniform(18.0, 24.0), ra_radius=rng.uniform(18.0, 24.0), es_phase=rng.uniform(0.3, 0.4),
         rr_ms=rng.uniform(700.0, 1100.0), group=group, body=body, intensities=intensities, coils=coils,
         coil_widths=rng.uniform(90.0, 140.0, size=2), coil_gains=rng.uniform(0.3, 0.7, size=2),
-        noise=rng.uniform(0.02, 0.045), waves=random_waves(rng))
+        noise=rng.uniform(0.02, 0.045), waves=random_waves(rng, 10, (15.0, 60.0)),
+        lung_vessels=_lung_vessels(rng, body))
+
+
+def _lung_vessels(rng: np.random.Generator, body: tuple[float, float, float, float], n: int = 14
+                  ) -> tuple[Capsule, ...]:
+    """Short branches radiating from each hilum into the lung fields."""
+    ax_, ay_, cy, _ = body
+    out = []
+    for k in range(n):
+        side = -1.0 if k % 2 == 0 else 1.0
+        hilum = np.array([side * 0.25 * ax_, cy + 0.1 * ay_, rng.uniform(-10.0, 40.0)])
+        d = rng.normal(size=3) * np.array([0.6, 0.8, 1.0]) + np.array([side * 1.2, 0.0, 0.0])
+        d /= np.linalg.norm(d)
+        start = hilum + rng.uniform(20.0, 50.0) * d
+        out.append(Capsule(start, start + rng.uniform(25.0, 60.0) * d, float(rng.uniform(1.5, 3.5))))
+    return tuple(out)
 
 
 def render_cine(anatomy: HeartAnatomy, plane: Plane, n_frames: int, rng: np.random.Generator,
@@ -283,7 +303,7 @@ def render_cine(anatomy: HeartAnatomy, plane: Plane, n_frames: int, rng: np.rand
     pts = as_points(plane_points(plane))
     background = anatomy.render_background(pts)
     bias = bias_field(pts, anatomy.coils, anatomy.coil_widths, anatomy.coil_gains)
-    bias = bias * texture(pts, *anatomy.waves, amplitude=0.07)
+    bias = bias * texture(pts, *anatomy.waves, amplitude=0.05)
     rows, cols = pts.shape
     pixels = np.empty((n_frames, rows, cols), dtype=np.uint16)
     labels = np.empty((n_frames, rows, cols), dtype=np.uint8)
