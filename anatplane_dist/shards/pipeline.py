@@ -15,6 +15,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -35,25 +36,47 @@ SPLITS = ("train", "val")
 
 
 def _ordered_results(tasks: list[SubjectTask], workers: int) -> Iterator[StudySamples]:
-    """Results in task order; at most ``2 * workers`` studies in flight (bounded memory)."""
+    """Results in task order; at most ``2 * workers`` studies in flight (bounded memory).
+
+    A worker that dies (a decoder crash, the out-of-memory killer) breaks the whole pool; the
+    pool is rebuilt, the oldest pending study is retried alone, and if it kills a worker again
+    it is recorded as skipped -- the other studies are resubmitted and the run goes on.
+    """
     if workers <= 1:
         for t in tasks:
             yield process_subject(t)
         return
     ctx = multiprocessing.get_context("spawn")       # fork-safety with threads, same on every OS
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    ex = pool()
     try:
-        pending: deque[Future] = deque()
-        it = iter(tasks)
-        for t in it:
-            pending.append(ex.submit(process_subject, t))
-            if len(pending) >= 2 * workers:
-                break
+        pending: deque[tuple[int, Future]] = deque()
+        nxt = 0
+        while nxt < len(tasks) and len(pending) < 2 * workers:
+            pending.append((nxt, ex.submit(process_subject, tasks[nxt])))
+            nxt += 1
         while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(ex.submit(process_subject, nxt))
+            i, fut = pending.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                ex.shutdown(wait=True, cancel_futures=True)
+                ex = pool()
+                try:
+                    result = ex.submit(process_subject, tasks[i]).result()
+                except BrokenProcessPool:
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    ex = pool()
+                    result = StudySamples(tasks[i].subject, skipped=[Skip(
+                        tasks[i].subject, "study left out: its worker process died twice while sharding it "
+                        "(a crash in a decoder or the out-of-memory killer)", tasks[i].subject, "study")])
+                pending = deque((j, ex.submit(process_subject, tasks[j])) for j, _ in pending)
+            if nxt < len(tasks):
+                pending.append((nxt, ex.submit(process_subject, tasks[nxt])))
+                nxt += 1
             yield result
     finally:
         ex.shutdown(wait=True, cancel_futures=True)

@@ -154,3 +154,14 @@ def test_parts_shard_disjoint_subjects_and_merge_refuses_mixed_configs(dsbcc_tre
     shard_dataset(dsbcc_tree, mixed, other, part=(1, 2), progress=False)
     with pytest.raises(MergeError, match="different configs"):
         merge_parts(mixed)
+
+
+def test_a_worker_killed_by_one_study_costs_only_that_study(dsbcc_tree, tmp_path):
+    import dataclasses
+    crashing = dataclasses.replace(CFG, profile=dataclasses.replace(CFG.profile, reader="tests.shards.crash_reader"))
+    run = shard_dataset(dsbcc_tree, tmp_path, crashing, workers=2, progress=False)
+    assert run.ok and run.samples == 3 * 3 * 2
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["subject_samples"] == {"0001": 6, "0002": 0, "0003": 6, "0004": 6}
+    skipped = [json.loads(x) for x in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    assert [s["subject"] for s in skipped] == ["0002"] and "worker process died" in skipped[0]["reason"]
