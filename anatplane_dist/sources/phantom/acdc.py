@@ -96,7 +96,8 @@ def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> di
         atomic_write_text(pdir / "Info.cfg", f"ED: {ed + 1}\nES: {es + 1}\nGroup: {group}\nHeight: {height:.1f}\n"
                                              f"NbFrame: {n_frames}\nWeight: {weight:.1f}\n")
     return {"patient": name, "index": index, "group": group, "ed": ed + 1, "es": es + 1, "n_frames": n_frames,
-            "slices": n, "base": anatomy.base.tolist(), "long_axis": anatomy.u.tolist(), "sax_t_mm": views.sax_t.tolist()}
+            "slices": n, "base": anatomy.base.tolist(), "long_axis": anatomy.u.tolist(),
+            "sax_t_mm": views.sax_t.tolist()}
 
 
 def write_acdc_cohort(out: str | Path, cfg: AcdcCohortConfig) -> list[dict[str, Any]]:
