@@ -177,7 +177,7 @@ def sample_knee(rng: np.random.Generator, *, acl_tear: bool | None = None, menis
                    "vessel": jit(0.5)}
     return KneeAnatomy(side=side, centre=centre, basis=basis, size=float(rng.uniform(0.9, 1.1)), acl_tear=acl_tear,
                        meniscus_tear=meniscus_tear, effusion=effusion, intensities=intensities,
-                       noise=float(rng.uniform(0.015, 0.035)), waves=random_waves(rng, wavelength_mm=(10.0, 30.0)))
+                       noise=float(rng.uniform(0.015, 0.035)), waves=random_waves(rng, 10, (12.0, 50.0)))
 
 
 def prescribe_knee_views(knee: KneeAnatomy, rng: np.random.Generator, matrix: int, n_slices: int
