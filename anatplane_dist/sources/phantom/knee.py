@@ -212,9 +212,15 @@ def prescribe_knee_views(knee: KneeAnatomy, rng: np.random.Generator, matrix: in
 
 
 def render_knee_slice(knee: KneeAnatomy, plane: Plane, thickness: float, rng: np.random.Generator,
-                      scale: float = 2000.0, samples: int = 3) -> np.ndarray:
+                      scale: float = 2000.0, samples: int | None = None) -> np.ndarray:
     """12-bit pixels (rows, cols) of one slice: ``samples`` sub-planes across ``thickness``
-    averaged (partial volume of a thick slice), then coil shading and Rician noise."""
+    averaged (partial volume of a thick slice), then coil shading and Rician noise.
+
+    By default one sub-plane per ~2 mm of thickness (1 to 3): thin slices need no averaging,
+    and the rendering cost is proportional to the number of sub-planes.
+    """
+    if samples is None:
+        samples = int(np.clip(np.ceil(thickness / 2.0), 1, 3))
     pts = as_points(plane_points(plane))
     acc = np.zeros(pts.shape)
     offsets = (np.arange(samples) - 0.5 * (samples - 1)) * (thickness / max(samples, 1))
