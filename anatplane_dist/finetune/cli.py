@@ -50,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", type=float, default=None,
                         help="model grid spacing in mm (default: as recorded with the pretrained weights)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimiser steps per run (default: seg 150, cls 150)")
+                        help="optimiser steps per run (default: seg 200, cls 150)")
     parser.add_argument("--batch-size", type=int, default=8, help="seg: slices per step; cls: stacks per step / 4")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay to 0)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="AdamW learning rate, cosine decay to 0 (default: seg 3e-3, cls 1e-3)")
     parser.add_argument("--no-largest-component", action="store_true",
                         help="seg: score the raw argmax (default keeps the largest component per structure)")
     parser.add_argument("--view", default="sagittal", help="cls: which knee stack to classify")
@@ -110,15 +111,18 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.task == "seg":
         from .segmentation import SegTrainConfig
-        cfg = SegTrainConfig(steps=args.steps or 150, batch_size=args.batch_size, lr=args.lr,
-                             largest_component=not args.no_largest_component, device=args.device)
+        cfg = SegTrainConfig(batch_size=args.batch_size, largest_component=not args.no_largest_component,
+                             device=args.device)
+        cfg.steps = args.steps or cfg.steps
+        cfg.lr = args.lr or cfg.lr
         subjects, skipped = load_acdc(args.data, grid, cfg.num_classes)
         task: SegTask | ClsTask = SegTask(subjects, cfg)
         print(f"loaded {len(subjects)} labelled subjects "
               f"({sum(len(s.volumes) for s in subjects)} frames) from {args.data}; {len(skipped)} skip(s)")
     else:
-        ccfg = ClsTrainConfig(steps=args.steps or 150, stacks_per_step=max(1, args.batch_size // 4),
-                              lr=args.lr, device=args.device)
+        ccfg = ClsTrainConfig(stacks_per_step=max(1, args.batch_size // 4), device=args.device)
+        ccfg.steps = args.steps or ccfg.steps
+        ccfg.lr = args.lr or ccfg.lr
         stacks, names, skipped = load_knee(args.data, grid, view=args.view, labels_csv=args.labels_csv)
         task = ClsTask(stacks, names, ccfg)
         print(f"loaded {len(stacks)} labelled '{args.view}' stacks from {args.data} "
