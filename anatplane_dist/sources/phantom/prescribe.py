@@ -85,7 +85,7 @@ def prescribe_heart_views(anatomy: HeartAnatomy, rng: np.random.Generator, matri
     t0 = -float(rng.uniform(0.0, 0.4)) * gap            # first slice at/just above the mitral plane
     normal = _tilted(u, rng, sax_tilt_deg)
     # slices step along the stack normal from the base; record where each meets the true axis
-    t_mid = t0 + 0.5 * (n - 1) * gap * float(normal @ u)
+    t_mid = t0 + 0.5 * (n - 1) * gap / float(normal @ u)
     # image centre: near the axis, nudged towards the RV and off by a few mm (as positioned by eye)
     mid = anatomy.lv_centre(t_mid) + 0.25 * anatomy.r_endo * v + rng.uniform(-6.0, 6.0, size=3)
     mid = mid - ((mid - anatomy.lv_centre(t_mid)) @ normal) * normal     # stack centre stays on the axis
