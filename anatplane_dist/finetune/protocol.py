@@ -159,8 +159,24 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf (an undefined HD95 or AUC) -> null, so the files are standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=False, allow_nan=True).encode())
+    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False).encode())
+
+
+def _num(value: Any) -> float:
+    """A metric from a summary (null in a cached run file) as a float (NaN when undefined)."""
+    return float("nan") if value is None else float(value)
 
 
 def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, int], Backbone],
@@ -200,7 +216,7 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
                     if cached.get("fingerprint") == fp:
                         runs.append(cached)
                         log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}="
-                            f"{cached['summary'][task.metric]:.3f} (cached)")
+                            f"{_num(cached['summary'].get(task.metric)):.3f} (cached)")
                         continue
                 t0 = time.perf_counter()
                 backbone = make_backbone(init, seed)
@@ -232,7 +248,7 @@ def aggregate(runs: Sequence[dict[str, Any]], task: Task) -> list[dict[str, Any]
     for (init, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], INITS.index(kv[0][0]))):
         row: dict[str, Any] = {"init": init, "n_labelled": n, "runs": len(rs)}
         for key, _ in task.columns:
-            vals = np.array([r["summary"].get(key, float("nan")) for r in rs], float)
+            vals = np.array([_num(r["summary"].get(key)) for r in rs], float)
             ok = vals[np.isfinite(vals)]
             row[key] = float(ok.mean()) if ok.size else float("nan")
             row[f"{key}_std"] = float(ok.std()) if ok.size else float("nan")
@@ -246,6 +262,12 @@ def _fmt(mean: float, std: float, runs: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if runs > 1 and np.isfinite(std) else f"{mean:.3f}"
 
 
+def _grid_text(grid: Any) -> str:
+    if isinstance(grid, dict) and "size" in grid and "spacing" in grid:
+        return f"{grid['size']}x{grid['size']} px at {grid['spacing']} mm"
+    return "-" if grid is None else str(grid)
+
+
 def results_markdown(results: dict[str, Any], task: Task) -> str:
     """The results table (mean ± std over seeds) and the pretrained − random difference."""
     prov = results.get("provenance", {})
@@ -254,7 +276,7 @@ def results_markdown(results: dict[str, Any], task: Task) -> str:
              f"- test subjects: {len(results['split']['test'])} ({', '.join(results['split']['test'])}); "
              f"labelled pool: {len(results['split']['pool'])}; seeds: {proto['seeds']}",
              f"- pretrained weights: `{prov.get('pretrained', 'none')}` (step {prov.get('pretrained_step', '-')}); "
-             f"transfer: {proto['transfer']}; grid: {prov.get('grid', '-')}",
+             f"transfer: {proto['transfer']}; grid: {_grid_text(prov.get('grid'))}",
              f"- schedule: {results['train_config'].get('steps')} steps per run; final model scored once "
              f"(no model selection)", ""]
     if results["skipped"]:

@@ -65,8 +65,11 @@ def test_segmentation_protocol_outputs_and_resume(acdc_root: Path, tmp_path: Pat
         assert 0.0 <= run["summary"]["dice_mean"] <= 1.0
     assert [(r["init"], r["n_labelled"], r["runs"]) for r in res["table"]] == [("random", 1, 2), ("random", 2, 2),
                                                                                ("random", 4, 2)]
-    on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["table"] == res["table"]
+    def strict(c: str) -> None:
+        raise ValueError(f"non-standard JSON constant {c}")
+    on_disk = json.loads((out / "results.json").read_text(), parse_constant=strict)   # NaN is written as null
+    assert [r["init"] for r in on_disk["table"]] == [r["init"] for r in res["table"]]
+    assert on_disk["table"][0]["dice_mean"] == pytest.approx(res["table"][0]["dice_mean"])
     md = (out / "results.md").read_text()
     assert "| random | 4 | 2 |" in md and "Dice (mean)" in md
     with Image.open(out / "results.png") as im:
@@ -84,6 +87,25 @@ def test_segmentation_protocol_outputs_and_resume(acdc_root: Path, tmp_path: Pat
     run_protocol(task2, ProtocolConfig(labels=["1"], seeds=[0], inits=["random"]), _random_backbone, out,
                  log=logs.append)
     assert not any("(cached)" in line for line in logs)
+
+
+def test_undefined_metrics_are_null_in_json_and_na_in_markdown(knee_root: Path, tmp_path: Path) -> None:
+    """A test split with one class only: AUC is undefined, never a made-up 0.5."""
+    stacks, names, _ = load_knee(knee_root, GridSpec(32, 1.5))
+    for s in stacks:
+        s.labels["acl"] = 1
+    task = ClsTask(stacks, names, ClsTrainConfig(steps=2, stacks_per_step=1))
+    out = tmp_path / "nan"
+    res = run_protocol(task, ProtocolConfig(labels=["1"], seeds=[0], inits=["random"]), _random_backbone, out,
+                       log=lambda _: None)
+    assert res["runs"][0]["summary"]["auc_acl"] != res["runs"][0]["summary"]["auc_acl"]       # NaN in memory
+    on_disk = json.loads((out / "runs" / "random-n001-seed0.json").read_text())
+    assert on_disk["summary"]["auc_acl"] is None
+    assert "| n/a |" in (out / "results.md").read_text()
+    logs: list[str] = []
+    run_protocol(task, ProtocolConfig(labels=["1"], seeds=[0], inits=["random"]), _random_backbone, out,
+                 log=logs.append)                   # the cached file (with nulls) is read back
+    assert any("(cached)" in line for line in logs)
 
 
 def test_classification_protocol(knee_root: Path, tmp_path: Path) -> None:
