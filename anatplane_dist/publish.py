@@ -30,6 +30,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -421,11 +422,14 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
     return final
 
 
+_VERSION_RE = re.compile(r"^step(\d+)-[0-9a-f]+$")
+
+
 def list_versions(name_dir: Path) -> list[Path]:
     """Published versions (``step<N>-<hash>`` dirs holding SHA256SUMS), oldest step first."""
     found = [p for p in name_dir.iterdir()
-             if p.is_dir() and not p.is_symlink() and p.name.startswith("step") and (p / SUMS).is_file()]
-    return sorted(found, key=lambda p: (int(p.name[4:].split("-")[0]), (p / SUMS).stat().st_mtime))
+             if _VERSION_RE.match(p.name) and p.is_dir() and not p.is_symlink() and (p / SUMS).is_file()]
+    return sorted(found, key=lambda p: (int(_VERSION_RE.match(p.name).group(1)), (p / SUMS).stat().st_mtime))
 
 
 def update_latest(name_dir: Path) -> Path | None:

@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import shlex
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -386,6 +387,10 @@ def run(args: Any) -> int:
         if not args.local:
             print("\n# sbatch script (submitit writes it; %j = job id)\n" + sbatch_script(opts))
         return 0
+    if not args.local and shutil.which("sbatch") is None:
+        print("submit: sbatch not found on PATH (not a SLURM login node?); use --local to run here "
+              "or --dry-run to see the job", file=sys.stderr)
+        return 2
     for w in spec_warnings(opts):
         print(f"warning: {w}", file=sys.stderr)
     job = submit(opts, local=args.local)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import subprocess
@@ -135,3 +136,52 @@ def test_signal_delay_is_checked_against_the_recorded_save_time(tmp_path):
     ckpt.finalize(tmp)
     assert any("not comfortably above" in w for w in slurm.spec_warnings(opts(tmp_path, signal_delay_s=120)))
     assert not any("not comfortably above" in w for w in slurm.spec_warnings(opts(tmp_path, signal_delay_s=300)))
+
+
+def test_no_sbatch_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    env["PATH"] = str(tmp_path)  # nothing on it
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY), "--run-dir",
+         str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "sbatch not found" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- --local, for real
+def gloo_probe(argv: list[str]) -> int:
+    """A training entry point stand-in for the --local test: real gloo across the job's tasks."""
+    import torch
+    import torch.distributed as dist
+
+    run_dir = Path(argv[argv.index("--run-dir") + 1])
+    if os.environ.get("PROBE_FAIL"):
+        return 1
+    dist.init_process_group("gloo")
+    x = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(x)
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    (run_dir / f"probe-{dist.get_rank()}.json").write_text(json.dumps(
+        {"sum": x.item(), "argv": argv, **{k: os.environ[k] for k in keys}}))
+    dist.destroy_process_group()
+    return 0
+
+
+def test_local_executor_runs_the_tasks_with_a_torch_distributed_env(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": "1"}  # a stale MASTER_PORT in the shell must not be used
+    cmd = [sys.executable, str(REPO / "launch" / "submit.py"), "--local", "--tasks-per-node", "2",
+           "--time", "10", "--entry", "test_slurm_spec:gloo_probe", "--config", str(TINY)]
+    proc = subprocess.run(cmd + ["--run-dir", str(tmp_path / "ok"), "train.epochs=1"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted job" in proc.stdout and "(local)" in proc.stdout and "2 task(s) succeeded" in proc.stdout
+    probes = [json.loads((tmp_path / "ok" / f"probe-{r}.json").read_text()) for r in (0, 1)]
+    assert [p["RANK"] for p in probes] == ["0", "1"] and {p["WORLD_SIZE"] for p in probes} == {"2"}
+    assert {p["sum"] for p in probes} == {3.0}
+    assert probes[0]["MASTER_PORT"] == probes[1]["MASTER_PORT"] != "1"
+    assert probes[0]["argv"] == ["--config", str(TINY), "--run-dir", str(tmp_path / "ok"), "train.epochs=1"]
+
+    proc = subprocess.run(cmd + ["--run-dir", str(tmp_path / "bad")], env={**env, "PROBE_FAIL": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "did not succeed" in proc.stdout, proc.stdout + proc.stderr
