@@ -36,8 +36,8 @@ def test_two_task_step_and_accounting(slurm_cluster):
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.split()) == ["0/2", "1/2"]
     # slurmdbd + MariaDB: finished jobs have a real state (submitit relies on it)
-    job = subprocess.run(["sbatch", "--parsable", "-n", "1", "--wrap", "true"], env=slurm_cluster.env,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    job = subprocess.run(["sbatch", "--parsable", "-n", "1", "--output=/dev/null", "--wrap", "true"],
+                         env=slurm_cluster.env, capture_output=True, text=True, check=True).stdout.strip()
     assert slurm_cluster.wait_for_state(job, {"COMPLETED", "FAILED"}, 60) == "COMPLETED"
     deadline = time.monotonic() + 30
     while True:
