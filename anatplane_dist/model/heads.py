@@ -61,6 +61,13 @@ class UNetDecoder(nn.Module):
         self.head = nn.Conv2d(channels[0], num_channels, 1)
         self.num_channels = num_channels
 
+    def init_output(self, std: float = 1e-3) -> None:
+        """Near-zero heatmaps at start: targets are mostly 0, and a Kaiming-scaled linear
+        output starts with an MSE 10-25x the target energy (measured on the tiny networks),
+        large early gradients that large-batch optimisers amplify."""
+        nn.init.normal_(self.head.weight, std=std)
+        nn.init.zeros_(self.head.bias)
+
     def features(self, feats: list[Tensor]) -> Tensor:
         """Full-resolution decoder features before ``head`` (what a segmentation head re-uses)."""
         x = feats[-1]
@@ -88,6 +95,13 @@ class LocationHead(nn.Module):
             c = h
         layers.append(nn.Linear(c, 1))
         self.mlp = nn.Sequential(*layers)
+
+    def init_output(self, std: float = 1e-3, bias: float = 0.5) -> None:
+        """Start at the middle of the target range [0, 1] (both location rules map there),
+        with a near-zero slope, instead of a random scalar of unit scale."""
+        last = self.mlp[-1]
+        nn.init.normal_(last.weight, std=std)
+        nn.init.constant_(last.bias, bias)
 
     def forward(self, bottleneck: Tensor) -> Tensor:
         # amax/mean over H, W: no view(), so channels_last inputs need no copy

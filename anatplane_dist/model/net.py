@@ -64,6 +64,9 @@ def build_model(cfg: ModelConfig, num_channels: int) -> MultitaskNet:
                         dropout=cfg.loc_dropout) if cfg.location_head else None)
     net = MultitaskNet(encoder, decoder if cfg.orientation_head else None, loc, cfg, num_channels)
     init_weights(net)
+    for head in (net.decoder, net.location_head):
+        if head is not None and hasattr(head, "init_output"):
+            head.init_output()
     return net
 
 

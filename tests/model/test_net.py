@@ -154,3 +154,32 @@ def test_compiled_training_step_matches_eager():
     got = grads(torch.compile(net, backend="aot_eager", fullgraph=True))
     for r, g in zip(ref, got):
         torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_starts_near_zero_heatmaps_and_mid_location_then_fits_a_batch(name):
+    """Output layers start small (heatmaps ~0, location ~0.5) and the network can learn."""
+    from anatplane_dist.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name=name, width=4, depth=2, loc_dropout=0.0), 1).train()
+    g = torch.Generator().manual_seed(0)
+    th = torch.rand(4, 1, generator=g) * torch.pi
+    p = 4 + torch.rand(4, 1, 2, generator=g) * 8
+    lines = torch.stack([th.cos(), th.sin(), -(th.cos() * p[..., 0] + th.sin() * p[..., 1])], -1)
+    valid = torch.ones(4, 1)
+    image = render_heatmaps_torch(lines, valid, 16, 16, 1.5) + 0.1 * torch.randn(4, 1, 16, 16, generator=g)
+    batch = {"image": image, "lines": lines, "valid": valid, "loc": torch.rand(4, generator=g),
+             "loc_valid": torch.ones(4)}
+    out = net(image)
+    assert out["heatmaps"].abs().max() < 0.1
+    torch.testing.assert_close(out["location"], torch.full((4,), 0.5), atol=0.05, rtol=0)
+    loss_fn = MultitaskLoss(LossConfig(sigma_px=1.5))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        opt.zero_grad()
+        total, _ = loss_fn(net(image), batch)
+        total.backward()
+        opt.step()
+        first = total.detach() if first is None else first
+    assert total < 0.5 * first
