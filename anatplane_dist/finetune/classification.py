@@ -37,6 +37,11 @@ class ClsTrainConfig:
     threshold: float = 0.5
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.stacks_per_step < 1 or not self.lr > 0:
+            raise ValueError(f"steps and stacks per step must be >= 1 and lr > 0, got steps={self.steps}, "
+                             f"stacks_per_step={self.stacks_per_step}, lr={self.lr}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

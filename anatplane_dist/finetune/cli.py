@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..model import ModelConfig
-from .backbone import INITS, TRANSFERS, PretrainedError, make_backbone, read_pretrained_info, grid_from_pretrained
+from .backbone import INITS, TRANSFERS, PretrainedError, grid_from_pretrained, make_backbone, read_pretrained_info
 from .classification import ClsTrainConfig
 from .data import FinetuneDataError, GridSpec, load_acdc, load_knee
 from .protocol import ClsTask, ProtocolConfig, SegTask, run_protocol
+from .segmentation import SegTrainConfig
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -51,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model grid spacing in mm (default: as recorded with the pretrained weights)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimiser steps per run (default: seg 200, cls 150)")
-    parser.add_argument("--batch-size", type=int, default=8, help="seg: slices per step; cls: stacks per step / 4")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="seg: slices per step (default 8); cls: whole stacks per step (default 2)")
     parser.add_argument("--lr", type=float, default=None,
                         help="AdamW learning rate, cosine decay to 0 (default: seg 3e-3, cls 1e-3)")
     parser.add_argument("--no-largest-component", action="store_true",
@@ -109,20 +111,20 @@ def _run(args: argparse.Namespace) -> int:
     grid = _resolve_grid(args, recorded)
     provenance["grid"] = {"size": grid.size, "spacing": grid.spacing}
 
+    given = {"steps": args.steps, "lr": args.lr, "batch": args.batch_size}
+    given = {k: v for k, v in given.items() if v is not None}
     if args.task == "seg":
-        from .segmentation import SegTrainConfig
-        cfg = SegTrainConfig(batch_size=args.batch_size, largest_component=not args.no_largest_component,
-                             device=args.device)
-        cfg.steps = args.steps or cfg.steps
-        cfg.lr = args.lr or cfg.lr
+        if "batch" in given:
+            given["batch_size"] = given.pop("batch")
+        cfg = SegTrainConfig(largest_component=not args.no_largest_component, device=args.device, **given)
         subjects, skipped = load_acdc(args.data, grid, cfg.num_classes)
         task: SegTask | ClsTask = SegTask(subjects, cfg)
         print(f"loaded {len(subjects)} labelled subjects "
               f"({sum(len(s.volumes) for s in subjects)} frames) from {args.data}; {len(skipped)} skip(s)")
     else:
-        ccfg = ClsTrainConfig(stacks_per_step=max(1, args.batch_size // 4), device=args.device)
-        ccfg.steps = args.steps or ccfg.steps
-        ccfg.lr = args.lr or ccfg.lr
+        if "batch" in given:
+            given["stacks_per_step"] = given.pop("batch")
+        ccfg = ClsTrainConfig(device=args.device, **given)
         stacks, names, skipped = load_knee(args.data, grid, view=args.view, labels_csv=args.labels_csv)
         task = ClsTask(stacks, names, ccfg)
         print(f"loaded {len(stacks)} labelled '{args.view}' stacks from {args.data} "

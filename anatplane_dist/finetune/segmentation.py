@@ -50,6 +50,13 @@ class SegTrainConfig:
     num_classes: int = 4
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"steps and batch size must be >= 1 and lr > 0, got steps={self.steps}, "
+                             f"batch_size={self.batch_size}, lr={self.lr}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + structures), got {self.num_classes}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

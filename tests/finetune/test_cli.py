@@ -43,6 +43,9 @@ def test_cli_errors_are_messages_not_tracebacks(acdc_root: Path, tmp_path: Path,
     rc = anatplane(["finetune", "seg", "--data", str(acdc_root), "--init", "random", "--model-config",
                     str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "--grid" in capsys.readouterr().err
+    rc = anatplane(["finetune", "seg", "--data", str(acdc_root), "--init", "random", "--model-config",
+                    str(tmp_path / "m.yaml"), "--grid", "64", "--spacing", "1.5", "--steps", "-3", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "steps" in capsys.readouterr().err
     rc = anatplane(["finetune", "seg", "--data", str(tmp_path), "--init", "random", "--model-config",
                     str(tmp_path / "m.yaml"), "--grid", "64", "--spacing", "1.5", "--out", str(tmp_path / "o")])
     assert rc == 2 and "no usable labelled ACDC frame" in capsys.readouterr().err
