@@ -171,6 +171,8 @@ class MultitaskLoss(torch.nn.Module):
             l_ori = masked_heatmap_mse(pred, target, batch["valid"])
             parts["loss_ori"] = l_ori.detach()
             total = _weighted(total, cfg.alpha, l_ori)
+        elif "heatmaps" in outputs:      # alpha == 0 and no ridge width known: not reported
+            total = _weighted(total, 0.0, outputs["heatmaps"].float().mean())
         if cfg.beta > 0 or "location" in outputs:
             if "location" not in outputs:
                 raise KeyError("loss.beta > 0 but the model returned no 'location' "

@@ -123,6 +123,10 @@ def test_zero_weight_disables_a_head():
     diverged = {"heatmaps": torch.full((3, 2, 32, 32), float("inf")), "location": loc}
     total, parts = MultitaskLoss(LossConfig(alpha=0.0, beta=1.0, sigma_px=3.0))(diverged, batch)
     assert torch.isfinite(total) and parts["loss_ori"] == float("inf")
+    heat.grad = None
+    total, parts = only_loc({"heatmaps": heat, "location": loc}, batch)   # no sigma: not reported
+    total.backward()
+    assert set(parts) == {"loss_loc"} and heat.grad is not None and (heat.grad == 0).all()
     with pytest.raises(KeyError, match="no 'heatmaps'"):
         MultitaskLoss(LossConfig(sigma_px=3.0))({"location": loc}, batch)
 
