@@ -34,6 +34,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -400,6 +401,8 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
         version = f"step{step:08d}-{weights_hash[:10]}"
         card = build_card(run_dir, ck, name, parts)
         card["version"] = version
+        card["how_to_load"] = (f"from anatplane_dist.publish import load_pretrained; "
+                               f"load_pretrained({str(name_dir / version)!r}, part='encoder')")
         _write(staging / CARD, (json.dumps(card, indent=1, sort_keys=False, default=str) + "\n").encode())
         _write(staging / "README.md", render_readme(card, name_dir / version).encode())
         sums = "".join(f"{sha256_file(staging / f)}  {f}\n"
@@ -505,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         version = publish(args.run_dir, args.to, args.name)
     except (PublishError, VerificationError, FileNotFoundError) as e:
-        print(f"anatplane publish: {e}", flush=True)
+        print(f"anatplane publish: {e}", file=sys.stderr, flush=True)
         return 1
     print(f"published {version}\nlatest -> {os.readlink(version.parent / LATEST)}\n"
           f"load: from anatplane_dist.publish import load_pretrained; "

@@ -84,6 +84,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     assert card["data_manifests"] == [{"path": str(manifest), "sha256": pub.sha256_file(manifest)}]
     assert card["package"]["version"]
     assert card["parts"]["encoder"]["parameters"] == sum(t.numel() for t in models[4].encoder.state_dict().values())
+    assert str(version) in card["how_to_load"]
     readme = (version / "README.md").read_text()
     assert "load_pretrained(" in readme and str(version) in readme
 
@@ -175,7 +176,7 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "published" in out and "latest -> step00000004-" in out
     assert anatplane(["publish", str(tmp_path / "nothing"), "--to", str(tmp_path / "pub")]) == 1
-    assert "no complete checkpoint" in capsys.readouterr().out
+    assert "no complete checkpoint" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- other processes

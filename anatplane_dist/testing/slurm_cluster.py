@@ -273,6 +273,7 @@ class SlurmCluster:
     # ---------------------------------------------------------------- daemons
     def _run(self, cmd: list[str], daemon: bool = False, **kw) -> subprocess.CompletedProcess:
         env = self._daemon_env if daemon else self.env
+        cmd = [_which(cmd[0]) or cmd[0], *cmd[1:]]  # sbin may be missing from a non-login PATH
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, **kw)
         if res.returncode != 0:
             raise ClusterStartError(f"{' '.join(cmd)} exited {res.returncode}: "
@@ -304,7 +305,7 @@ class SlurmCluster:
         sock = d / "mysqld.sock"
         log = open(d / "stdout.log", "ab")
         subprocess.Popen(
-            ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={d / 'data'}",
+            [_which("mariadbd") or "mariadbd", "--no-defaults", "--user=mysql", f"--datadir={d / 'data'}",
              f"--socket={sock}", f"--pid-file={d / 'mariadbd.pid'}", "--bind-address=127.0.0.1",
              f"--port={self.ports['mysql']}", f"--log-error={d / 'err.log'}",
              "--innodb-buffer-pool-size=64M", "--innodb-lock-wait-timeout=900"],
