@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("anatplane_dist.inspect", "print the line where plane B cuts image A"),
     "shard": ("anatplane_dist.shards.cli", "write WebDataset shards of plane pairs with their targets"),
     "pretrain": ("anatplane_dist.train.cli", "multitask pretraining (same as launch/pretrain.py)"),
+    "submit": ("anatplane_dist.slurm", "submit pretraining to SLURM with submitit (requeue + resume)"),
     "publish": ("anatplane_dist.publish", "publish a run's pretrained weights to a shared directory"),
     "finetune": ("anatplane_dist.finetune.cli", "fine-tune a pretrained encoder on a target task"),
 }
