@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .pipeline import shard_dataset
+    from .pipeline import PartBusy, shard_dataset
 
     if args.merge:
         try:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = shard_dataset(args.input, args.out, cfg, workers=args.workers, part=part,
                                overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, ResumeMismatch) as exc:
+    except (ValueError, ResumeMismatch, PartBusy) as exc:
         print(f"anatplane shard: {exc}", file=sys.stderr)
         return 2
     splits = {}

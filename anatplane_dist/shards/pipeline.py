@@ -8,6 +8,8 @@ flight, and each is dropped once written.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -30,7 +32,7 @@ from .splits import assign_splits, part_subjects
 from .worker import SubjectTask, list_subjects, process_subject, resolve_reader
 from .writer import Journal, ShardRecord, SplitWriter, write_json_atomic
 
-__all__ = ["ShardRun", "shard_dataset"]
+__all__ = ["ShardRun", "PartBusy", "shard_dataset"]
 
 SPLITS = ("train", "val")
 
@@ -102,6 +104,26 @@ class ShardRun:
         return self.complete and self.samples > 0
 
 
+class PartBusy(RuntimeError):
+    """Another process is writing the same part into the same folder."""
+
+
+@contextlib.contextmanager
+def _part_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock of one part's output (e.g. a requeued SLURM task whose first instance
+    still runs): two writers of the same shards would delete each other's temporary files."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PartBusy(f"another run is writing {path.parent.parent} part {path.stem}; "
+                           "wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _subjects_hash(split_of: dict[str, str]) -> str:
     """Identity of the whole data set's subject list and split (the same for every part)."""
     blob = json.dumps(split_of, sort_keys=True).encode()
@@ -136,96 +158,98 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
     i, n = part
     mine = part_subjects(all_subjects, i, n)
     order = {sp: [s for s in mine if split_of[s] == sp] for sp in SPLITS}
-    pos_of = {s: order[split_of[s]].index(s) for s in mine}
+    pos_of = {s: k for sp in SPLITS for k, s in enumerate(order[sp])}
     prefixes = {sp: (sp if n == 1 else f"{sp}-p{i:04d}") for sp in SPLITS}
     out.mkdir(parents=True, exist_ok=True)
 
-    journal = Journal(out / "_state" / f"part-{i:04d}-of-{n:04d}.jsonl",
-                      {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(split_of), "part": [i, n]})
-    state = journal.load(out, prefixes, overwrite)
-    for stale in ("manifest.json", "sizes.json"):      # describe the shard set only once it is whole again
-        (out / stale).unlink(missing_ok=True)
-    run = ShardRun(out)
-    shards: dict[str, list[ShardRecord]] = {sp: list(state.shards[sp]) for sp in SPLITS}
+    (out / "_state").mkdir(exist_ok=True)
+    with _part_lock(out / "_state" / f"part-{i:04d}-of-{n:04d}.lock"):
+        header = {"config_hash": cfg.config_hash(), "subjects_hash": _subjects_hash(split_of), "part": [i, n]}
+        journal = Journal(out / "_state" / f"part-{i:04d}-of-{n:04d}.jsonl", header)
+        state = journal.load(out, prefixes, overwrite)
+        for stale in ("manifest.json", "sizes.json"):      # describe the shard set only once it is whole again
+            (out / stale).unlink(missing_ok=True)
+        run = ShardRun(out)
+        shards: dict[str, list[ShardRecord]] = {sp: list(state.shards[sp]) for sp in SPLITS}
 
-    def done(rec: ShardRecord) -> None:
-        journal.shard_done(rec)
-        shards[rec.split].append(rec)
+        def done(rec: ShardRecord) -> None:
+            journal.shard_done(rec)
+            shards[rec.split].append(rec)
 
-    writers = {sp: SplitWriter(out, prefixes[sp], sp, cfg.shard_size, state.next_index(sp), done, cfg.compress) for sp in SPLITS}
-    ends = {sp: state.end(sp) for sp in SPLITS}
-    todo = [s for s in mine if pos_of[s] >= ends[split_of[s]][0]]
-    tasks = [SubjectTask(cfg.profile.reader, str(root), s, cfg) for s in todo]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="subject", disable=not progress,
-               desc=f"shard {cfg.profile.name}" + (f" part {i}/{n}" if n > 1 else ""), dynamic_ncols=True)
-    t0, n_new = time.perf_counter(), 0
-    error = ""
-    results = _ordered_results(tasks, workers)
-    try:
-        for res in results:
-            sp, pos = split_of[res.subject], pos_of[res.subject]
-            start = ends[sp][1] if pos == ends[sp][0] else 0
-            for j in range(start, len(res.samples)):
-                writers[sp].add(res.samples[j], (pos, j))
-            n_new += len(res.samples) - start
-            journal.append({"type": "subject", "split": sp, "pos": pos, "subject": res.subject,
-                            "samples": len(res.samples), "skipped": [s.to_dict() for s in res.skipped]})
-            bar.update(1)
-            rate = n_new / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(samples=n_new, samples_s=f"{rate:.1f}", refresh=False)
-            del res
-        for sp in SPLITS:
-            writers[sp].finish((len(order[sp]), 0))
-    except OSError as exc:          # disk full, quota, permissions: stop cleanly, keep what is complete
-        error = f"output error: {type(exc).__name__}: {exc}"
-        for w in writers.values():
-            w.abort()
-    except BaseException:           # killed (Ctrl-C) or a bug: leave no partial shard behind
-        for w in writers.values():
-            w.abort()
-        raise
-    finally:
-        results.close()
-        bar.close()
+        writers = {sp: SplitWriter(out, prefixes[sp], sp, cfg.shard_size, state.next_index(sp), done, cfg.compress) for sp in SPLITS}
+        ends = {sp: state.end(sp) for sp in SPLITS}
+        todo = [s for s in mine if pos_of[s] >= ends[split_of[s]][0]]
+        tasks = [SubjectTask(cfg.profile.reader, str(root), s, cfg) for s in todo]
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="subject", disable=not progress,
+                   desc=f"shard {cfg.profile.name}" + (f" part {i}/{n}" if n > 1 else ""), dynamic_ncols=True)
+        t0, n_new = time.perf_counter(), 0
+        error = ""
+        results = _ordered_results(tasks, workers)
+        try:
+            for res in results:
+                sp, pos = split_of[res.subject], pos_of[res.subject]
+                start = ends[sp][1] if pos == ends[sp][0] else 0
+                for j in range(start, len(res.samples)):
+                    writers[sp].add(res.samples[j], (pos, j))
+                n_new += len(res.samples) - start
+                journal.append({"type": "subject", "split": sp, "pos": pos, "subject": res.subject,
+                                "samples": len(res.samples), "skipped": [s.to_dict() for s in res.skipped]})
+                bar.update(1)
+                rate = n_new / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(samples=n_new, samples_s=f"{rate:.1f}", refresh=False)
+                del res
+            for sp in SPLITS:
+                writers[sp].finish((len(order[sp]), 0))
+        except OSError as exc:          # disk full, quota, permissions: stop cleanly, keep what is complete
+            error = f"output error: {type(exc).__name__}: {exc}"
+            for w in writers.values():
+                w.abort()
+        except BaseException:           # killed (Ctrl-C) or a bug: leave no partial shard behind
+            for w in writers.values():
+                w.abort()
+            raise
+        finally:
+            results.close()
+            bar.close()
 
-    # a subject counts as sharded only once all its samples sit in complete shards
-    final_end = {sp: ((len(order[sp]), 0) if not error else (tuple(shards[sp][-1].end) if shards[sp] else (0, 0)))
-                 for sp in SPLITS}
-    subject_recs = {r["subject"]: r for r in journal.records() if r.get("type") == "subject"
-                    and r["pos"] < final_end[r["split"]][0]}
-    skipped: list[dict[str, str]] = []
-    for s in mine:
-        rec = subject_recs.get(s)
-        if rec is not None:
-            skipped.extend(rec["skipped"])
-        elif (pos_of[s], 0) < final_end[split_of[s]]:
-            skipped.append(Skip(s, f"partially sharded: samples from #{final_end[split_of[s]][1]} on not written, "
-                                   f"run stopped ({error})", s, "study").to_dict())
-        else:
-            skipped.append(Skip(s, f"not sharded: run stopped ({error})", s, "study").to_dict())
-    all_shards = shards["train"] + shards["val"]
-    run.shards = all_shards
-    run.samples = sum(r.count for r in all_shards)
-    run.subjects = len(mine)
-    run.subjects_with_samples = sum(1 for r in subject_recs.values() if r["samples"] > 0)
-    run.skipped = len(skipped)
-    run.complete = not error
-    run.error = error
-    record = {"part": [i, n], "complete": run.complete, "error": error, "config": cfg.to_dict(),
-              "config_hash": cfg.config_hash(), "subjects_hash": journal.header["subjects_hash"],
-              "input_root": str(root),
-              "shards": [{"name": r.name, "split": r.split, "count": r.count, "sha256": r.sha256, "bytes": r.bytes}
-                         for r in all_shards],
-              "subjects": {s: split_of[s] for s in mine},
-              "subject_samples": {s: subject_recs[s]["samples"] for s in mine if s in subject_recs},
-              "skipped": skipped}
-    try:
-        write_part(out, record)
-        if n == 1 and run.complete:
-            run.manifest = merge_parts(out)
-        elif n == 1:                 # no manifest for an incomplete set, but say what is missing
-            write_json_atomic(out / "skipped.jsonl", skipped, lines=True)
-    except OSError as exc:
-        run.complete = False
-        run.error = run.error or f"output error writing metadata: {exc}"
-    return run
+        # a subject counts as sharded only once all its samples sit in complete shards
+        final_end = {sp: ((len(order[sp]), 0) if not error else (tuple(shards[sp][-1].end) if shards[sp] else (0, 0)))
+                     for sp in SPLITS}
+        subject_recs = {r["subject"]: r for r in journal.records() if r.get("type") == "subject"
+                        and r["pos"] < final_end[r["split"]][0]}
+        skipped: list[dict[str, str]] = []
+        for s in mine:
+            rec = subject_recs.get(s)
+            if rec is not None:
+                skipped.extend(rec["skipped"])
+            elif (pos_of[s], 0) < final_end[split_of[s]]:
+                skipped.append(Skip(s, f"partially sharded: samples from #{final_end[split_of[s]][1]} on not written, "
+                                       f"run stopped ({error})", s, "study").to_dict())
+            else:
+                skipped.append(Skip(s, f"not sharded: run stopped ({error})", s, "study").to_dict())
+        all_shards = shards["train"] + shards["val"]
+        run.shards = all_shards
+        run.samples = sum(r.count for r in all_shards)
+        run.subjects = len(mine)
+        run.subjects_with_samples = sum(1 for r in subject_recs.values() if r["samples"] > 0)
+        run.skipped = len(skipped)
+        run.complete = not error
+        run.error = error
+        record = {"part": [i, n], "complete": run.complete, "error": error, "config": cfg.to_dict(),
+                  "config_hash": cfg.config_hash(), "subjects_hash": journal.header["subjects_hash"],
+                  "input_root": str(root),
+                  "shards": [{"name": r.name, "split": r.split, "count": r.count, "sha256": r.sha256, "bytes": r.bytes}
+                             for r in all_shards],
+                  "subjects": {s: split_of[s] for s in mine},
+                  "subject_samples": {s: subject_recs[s]["samples"] for s in mine if s in subject_recs},
+                  "skipped": skipped}
+        try:
+            write_part(out, record)
+            if n == 1 and run.complete:
+                run.manifest = merge_parts(out)
+            elif n == 1:                 # no manifest for an incomplete set, but say what is missing
+                write_json_atomic(out / "skipped.jsonl", skipped, lines=True)
+        except OSError as exc:
+            run.complete = False
+            run.error = run.error or f"output error writing metadata: {exc}"
+        return run

@@ -165,3 +165,19 @@ def test_a_worker_killed_by_one_study_costs_only_that_study(dsbcc_tree, tmp_path
     assert manifest["subject_samples"] == {"0001": 6, "0002": 0, "0003": 6, "0004": 6}
     skipped = [json.loads(x) for x in (tmp_path / "skipped.jsonl").read_text().splitlines()]
     assert [s["subject"] for s in skipped] == ["0002"] and "worker process died" in skipped[0]["reason"]
+
+
+def test_a_second_writer_of_the_same_part_is_refused(dsbcc_tree, tmp_path):
+    import fcntl
+    import os
+
+    from anatplane_dist.shards.pipeline import PartBusy
+    (tmp_path / "_state").mkdir(parents=True)
+    fd = os.open(tmp_path / "_state" / "part-0000-of-0001.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(PartBusy, match="another run is writing"):
+            shard_dataset(dsbcc_tree, tmp_path, CFG, progress=False)
+    finally:
+        os.close(fd)
+    assert shard_dataset(dsbcc_tree, tmp_path, CFG, progress=False).ok
