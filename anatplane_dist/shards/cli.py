@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ResumeMismatch, PartBusy) as exc:
         print(f"anatplane shard: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("anatplane shard: interrupted; complete shards are kept and a re-run resumes", file=sys.stderr)
+        return 130
     splits = {}
     for r in result.shards:
         splits[r.split] = splits.get(r.split, 0) + r.count
