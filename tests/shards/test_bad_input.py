@@ -42,10 +42,10 @@ def rewrite(folder: Path, edit) -> None:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("bad")
     clean = base / "clean"
-    write_dsbcc_tree(clean, n_subjects=8, n_sax=3, n_frames=2)
+    write_dsbcc_tree(clean, n_subjects=9, n_sax=3, n_frames=2)
     bad = base / "bad"
     shutil.copytree(clean, bad)
-    study = {s: bad / s / "study" for s in (f"{i:04d}" for i in range(1, 9))}
+    study = {s: bad / s / "study" for s in (f"{i:04d}" for i in range(1, 10))}
     # 0002: a corrupt file (truncated pixel data) in one SAX series
     f = sorted((study["0002"] / "sax_6").glob("*.dcm"))[1]
     f.write_bytes(f.read_bytes()[:-500])
@@ -67,6 +67,15 @@ def runs(tmp_path_factory):
     # 0008: a one-slice SAX stack
     shutil.rmtree(study["0008"] / "sax_6")
     shutil.rmtree(study["0008"] / "sax_7")
+    # 0009: NaN pixels (Float Pixel Data) in one frame of sax_5
+    f = sorted((study["0009"] / "sax_5").glob("*.dcm"))[1]
+    ds = pydicom.dcmread(f)
+    arr = ds.pixel_array.astype(np.float32)
+    arr[3, 4] = np.nan
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.FloatPixelData = arr.tobytes()
+    ds.save_as(f)
     out_clean, out_bad = base / "out_clean", base / "out_bad"
     assert shard_dataset(clean, out_clean, CFG, progress=False).ok
     run = shard_dataset(bad, out_bad, CFG, progress=False)
@@ -81,7 +90,7 @@ def reasons(skipped, subject):
 def test_good_samples_all_present(runs):
     clean, bad, _, run = runs
     assert run.ok
-    damaged = ("0002_sax_6_", "0003_sax_7_", "0007_sax_6_", "0008_")      # changed or deleted inputs
+    damaged = ("0002_sax_6_", "0003_sax_7_", "0007_sax_6_", "0008_", "0009_sax_5_")   # changed or deleted
     expected = {k for k in clean if not k.startswith(damaged)}
     assert expected <= set(bad)
     assert {k for k in bad if k.startswith("0002_sax_6_")} == {"0002_sax_6_s001_f000"}   # the intact frame
@@ -99,6 +108,7 @@ def test_each_problem_is_recorded_with_its_reason(runs):
     assert "misses the 32x32 grid" in reasons(skipped, "0006")
     assert "sax_16" in reasons(skipped, "0007") or "sax_6" in reasons(skipped, "0007")
     assert "location masked" in reasons(skipped, "0008")
+    assert "non-finite (NaN/inf) pixel" in reasons(skipped, "0009")
     assert reasons(skipped, "0001") == ""
     # masks reach the samples
     assert all(v["valid"] == b"\x00\x01" for k, v in bad.items() if k.startswith(("0004_", "0005_")))
