@@ -1,0 +1,1 @@
+"""Tests of anatplane_dist.shards (mirrors the package)."""
