@@ -62,7 +62,8 @@ def ensure_demo_shards(root: Path, subjects: int = 6) -> Path:
             raise RuntimeError(f"anatplane phantom heart failed with exit code {rc}")
         (phantom / ".complete").write_text("ok\n")
     rc = anatplane(["shard", "--profile", "heart", "--input", str(phantom), "--out", str(shards),
-                    "--grid", "64", "--spacing", "3.0", "--val-fraction", "0.25", "--workers", "1"])
+                    "--grid", "64", "--spacing", "3.0", "--val-fraction", "0.25", "--workers", "1",
+                    "--shard-size", "128"])
     if rc:
         raise RuntimeError(f"anatplane shard failed with exit code {rc}")
     return shards
