@@ -151,6 +151,9 @@ def shard_dataset(input_root: str | os.PathLike, out_dir: str | os.PathLike, cfg
         raise ValueError(f"--input {root}: not a folder")
     reader = resolve_reader(cfg.profile.reader)
     all_subjects = list_subjects(reader, root)
+    out_abs = out.resolve()
+    if out_abs.parent == root:       # an output folder inside the input is not a subject
+        all_subjects = [s for s in all_subjects if s != out_abs.name]
     if subjects is not None:
         wanted = set(subjects)
         all_subjects = [s for s in all_subjects if s in wanted]

@@ -85,7 +85,8 @@ def test_killed_run_leaves_no_partial_shard_and_resumes_to_the_same_bytes(tree, 
         assert (out / name).read_bytes() == (ref / name).read_bytes()
     journal = (out / "_state" / "part-0000-of-0001.jsonl").read_text()
     assert all(f'"name": "{n}"' in journal for n in done)
-    assert sum((out / n).stat().st_mtime_ns == t for n, t in kept.items()) >= 1   # complete shards kept
+    # complete shards are kept (the last one only if its journal line was written before the kill)
+    assert sum((out / n).stat().st_mtime_ns == t for n, t in kept.items()) >= len(done) - 1
     assert json.loads((out / "manifest.json").read_text())["counts"]["samples"] == 36
 
 

@@ -181,3 +181,12 @@ def test_a_second_writer_of_the_same_part_is_refused(dsbcc_tree, tmp_path):
     finally:
         os.close(fd)
     assert shard_dataset(dsbcc_tree, tmp_path, CFG, progress=False).ok
+
+
+def test_output_folder_inside_the_input_is_not_a_subject(dsbcc_tree, tmp_path):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(dsbcc_tree, root)
+    run = shard_dataset(root, root / "shards", CFG, progress=False)
+    again = shard_dataset(root, root / "shards", CFG, progress=False)     # its own output is not read
+    assert run.ok and again.ok and run.subjects == again.subjects == 4
