@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate, n = timed(lambda: loader_read(loader))
                 results[name].append(rate)
         base = statistics.median(results["raw"])
-        print(f"{len(urls)} shards, {n_raw} samples of {args.size}x{args.size}, batch {args.batch}, shuffle buffer "
+        side = "x".join(map(str, next(iter(loaders["val   w=" + str(args.workers[0])]))["image"].shape[-2:]))
+        print(f"{len(urls)} shards, {n_raw} samples of {side}, batch {args.batch}, shuffle buffer "
               f"{args.shuffle_buffer}, train epoch {args.epoch_factor}x, torch threads {torch.get_num_threads()}, "
               f"{args.repeats} repeats (median samples/s)")
         print(f"{'raw tarfile+np.load':24s} {base:9.0f} samples/s   1.00x")
