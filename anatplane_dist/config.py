@@ -313,6 +313,9 @@ def ds_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+    if t.precision in ("bf16", "fp16"):
+        # DeepSpeed >= 0.19 casts only parameters; BatchNorm running stats must follow them
+        out["data_types"] = {"buffer_dtype": t.precision}
     if t.precision == "fp16":
         out["fp16"].update({"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                             "hysteresis": 2, "min_loss_scale": 1})

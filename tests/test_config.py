@@ -107,6 +107,7 @@ def test_ds_config_generated_from_one_batch_truth(precision, stage, optim):
     assert global_batch(cfg, 4) == 5 * 3 * 4
     assert ds["bf16"]["enabled"] == (precision == "bf16") and ds["fp16"]["enabled"] == (precision == "fp16")
     assert ds["zero_optimization"]["stage"] == stage and ds["gradient_clipping"] == 0.5
+    assert ds.get("data_types", {}).get("buffer_dtype") == (None if precision == "fp32" else precision)
     assert "optimizer" not in ds                              # torch optimiser passed in: no JIT build
     assert ds.get("zero_allow_untested_optimizer", False) == (stage > 0 and optim != "adamw")
     json.dumps(ds)

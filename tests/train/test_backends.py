@@ -1,0 +1,62 @@
+"""Backends with reduced precision: bf16 under DeepSpeed ZeRO-1 (fp32 master-weight export) and DDP/single autocast."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anatplane_dist import checkpoint as ckpt
+from anatplane_dist.dist import DistEnv
+from anatplane_dist.train.backends import ENGINE_TAG, choose_backend
+from anatplane_dist.train.cli import main
+
+from .conftest import subprocess_env
+from .launch import PRETRAIN, tail
+from .synth import config_yaml
+
+
+def test_deepspeed_bf16_exports_fp32_master_weights(tmp_path, shards):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, train={"epochs": 1, "backend": "deepspeed", "precision": "bf16",
+                                              "zero_stage": 1}))
+    proc = subprocess.run([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(tmp_path / "run")],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, tail(proc)
+    final = ckpt.find_latest_complete(tmp_path / "run")
+    enc = ckpt.load_weights(final / "fp32" / "encoder.pt")["state_dict"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    master = get_fp32_state_dict_from_zero_checkpoint(str(final), tag=ENGINE_TAG)
+    weights = [k for k in enc if k.endswith("weight")]
+    assert weights and all(torch.equal(enc[k], master[f"encoder.{k}"].float()) for k in weights)
+    # master weights carry more precision than the bf16 module copy
+    assert any(not torch.equal(enc[k], enc[k].bfloat16().float()) for k in weights)
+
+
+def test_single_process_bf16_autocast(tmp_path, shards, clean_env):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, train={"epochs": 1, "precision": "bf16", "progress": "none",
+                                              "channels_last": True}))
+    assert main(["--config", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
+    meta = ckpt.read_meta(ckpt.find_latest_complete(tmp_path / "run"))
+    assert meta["backend"] == "single" and meta["step"] == 8
+
+
+def test_fp16_without_cuda_is_refused_for_torch_backends(tmp_path, shards, clean_env):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 autocast is allowed on CUDA")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, train={"epochs": 1, "precision": "fp16", "progress": "none"}))
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        main(["--config", str(cfg), "--run-dir", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("requested, source, world, expected", [
+    ("auto", "deepspeed", 2, "deepspeed"), ("auto", "torchrun", 2, "ddp"), ("auto", "single", 1, "single"),
+    ("auto", "slurm", 4, "ddp"), ("deepspeed", "torchrun", 2, "deepspeed"), ("ddp", "single", 1, "ddp"),
+])
+def test_backend_choice(requested, source, world, expected):
+    assert choose_backend(requested, DistEnv(0, world, 0, "h", 1, source)) == expected
+    with pytest.raises(ValueError, match="single"):
+        choose_backend("single", DistEnv(0, 2, 0, "h", 1, "torchrun"))
