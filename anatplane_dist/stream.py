@@ -136,9 +136,11 @@ class StreamLoader:
     """A DataLoader plus its epoch, counters and expected length.
 
     Iterate it once per epoch; call :meth:`set_epoch` before. ``last_report`` holds the
-    counts of the pass that just ended. A training loader raises if a pass does not yield
-    exactly ``steps_per_epoch`` batches (equal steps on every rank is what keeps collectives
-    from hanging, so a violation must not pass silently).
+    counts of the last pass; it is made when the pass yields its last expected batch (so a
+    loop that takes exactly ``steps_per_epoch`` batches with ``next()`` gets it too), when the
+    stream ends, or, for a pass the consumer left early, when the next pass starts. A training
+    loader raises if a pass yields more or fewer than ``steps_per_epoch`` batches (equal steps
+    on every rank is what keeps collectives from hanging, so a violation must not pass).
     """
 
     def __init__(self, dataloader: torch.utils.data.DataLoader, *, name: str, rank: int,
@@ -150,6 +152,7 @@ class StreamLoader:
         self.epoch_state = epoch_state
         self.plan = plan
         self.last_report: EpochReport | None = None
+        self._open: dict[str, Any] | None = None  # the pass in progress, not yet reported
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -164,22 +167,38 @@ class StreamLoader:
             raise TypeError(f"the {self.name} loader has no fixed length (exact pass over uneven shards)")
         return self.plan.steps_per_epoch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch_state.get_value()
-        before, start, steps, samples = self.stats.snapshot(), time.perf_counter(), 0, 0
-        for batch in self.dataloader:
-            steps += 1
-            samples += len(batch["key"])
-            yield batch
-        seen = self.stats.snapshot() - before
-        self.last_report = EpochReport(epoch, steps, samples, time.perf_counter() - start, seen)
+    def _report(self, note: str = "") -> None:
+        run, self._open = self._open, None
+        if run is None:
+            return
+        seen = self.stats.snapshot() - run["before"]
+        self.last_report = EpochReport(run["epoch"], run["steps"], run["samples"],
+                                       time.perf_counter() - run["start"], seen)
         level = logging.WARNING if seen.corrupt else logging.INFO
         log.log(level, "%s rank %d epoch %d: %d steps, %d samples, %d shards opened, %d tar errors, "
-                "%d samples skipped", self.name, self.rank, epoch, steps, samples, seen.shards,
-                seen.tar_errors, seen.skipped)
-        if self.plan is not None and steps != self.plan.steps_per_epoch:
-            raise RuntimeError(f"{self.name} rank {self.rank} epoch {epoch}: {steps} steps instead of "
-                               f"{self.plan.steps_per_epoch}; ranks would fall out of step")
+                "%d samples skipped%s", self.name, self.rank, run["epoch"], run["steps"], run["samples"],
+                seen.shards, seen.tar_errors, seen.skipped, note)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._open is not None:
+            self._report(" (pass left early by its consumer)")
+        run = self._open = {"epoch": self.epoch_state.get_value(), "before": self.stats.snapshot(),
+                            "start": time.perf_counter(), "steps": 0, "samples": 0}
+        expected = None if self.plan is None else self.plan.steps_per_epoch
+        for batch in self.dataloader:
+            run["steps"] += 1
+            run["samples"] += len(batch["key"])
+            if expected is not None and run["steps"] > expected:
+                raise RuntimeError(f"{self.name} rank {self.rank} epoch {run['epoch']}: more than {expected} "
+                                   "steps; ranks would fall out of step")
+            if run["steps"] == expected:
+                self._report()
+            yield batch
+        if self._open is run:
+            self._report()
+        if expected is not None and run["steps"] != expected:
+            raise RuntimeError(f"{self.name} rank {self.rank} epoch {run['epoch']}: {run['steps']} steps instead "
+                               f"of {expected}; ranks would fall out of step")
 
 
 class _SeededShuffle:

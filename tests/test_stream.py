@@ -233,6 +233,20 @@ def test_same_seed_and_epoch_give_the_same_order(shards, resampled):
     assert [k for b in resumed for k in b["key"]] == e1
 
 
+def test_report_comes_with_the_last_expected_batch_and_for_passes_left_early(shards):
+    pattern, sizes = shards
+    loader, steps = make_train_loader(DataConfig(shards=pattern, batch_size=4, num_workers=0))
+    it = iter(loader)
+    for _ in range(steps):  # a loop that calls next() exactly steps_per_epoch times
+        next(it)
+    assert loader.last_report.steps == steps and loader.last_report.samples == steps * 4
+    it = iter(loader)
+    next(it)  # consumer stops after one batch; the next pass reports it
+    loader.set_epoch(1)
+    next(iter(loader))
+    assert loader.last_report.epoch == 0 and loader.last_report.steps == 1
+
+
 def test_epoch_reaches_two_persistent_workers(shards):
     pattern, sizes = shards
     cfg = DataConfig(shards=pattern, batch_size=2, num_workers=2, shuffle_buffer=8, seed=11)
