@@ -91,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
     splits = {}
     for r in result.shards:
         splits[r.split] = splits.get(r.split, 0) + r.count
+    where = os.path.join(args.out, "skipped.jsonl") if part[1] == 1 else "the part record"
     print(f"{result.samples} samples ({', '.join(f'{k} {v}' for k, v in splits.items()) or 'none'}) in "
           f"{len(result.shards)} shards from {result.subjects_with_samples}/{result.subjects} subjects; "
-          f"{result.skipped} skip record(s) -> {os.path.join(args.out, 'skipped.jsonl') if part[1] == 1 else 'part record'}")
+          f"{result.skipped} skip record(s) -> {where}")
     if result.error:
         print(f"anatplane shard: stopped early: {result.error}; a re-run resumes", file=sys.stderr)
         return 1
