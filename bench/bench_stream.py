@@ -26,32 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from anatplane_dist.data.shardspec import all_urls, parse_sources
+from anatplane_dist.data.synthetic import write_shards
 from anatplane_dist.stream import DataConfig, make_train_loader, make_val_loader
-
-
-def write_synthetic(root: Path, samples: int, per_shard: int, size: int, k: int = 2) -> str:
-    """Shards in the sharder's schema (float16 image, NaN lines where invalid, sizes.json)."""
-    rng = np.random.default_rng(0)
-    image = rng.random((size, size)).astype(np.float16)
-    sizes, shard = {}, 0
-    for start in range(0, samples, per_shard):
-        name = f"train-{shard:06d}.tar"
-        with wds.TarWriter(str(root / name)) as w:
-            for i in range(start, min(samples, start + per_shard)):
-                lines = np.array([[0.6, 0.8, -10.0]] * k, np.float32)
-                valid = np.ones(k, np.uint8)
-                if i % 4 == 0:
-                    lines[0], valid[0] = np.nan, 0
-                w.write({"__key__": f"subj{i // 50:04d}_ser_s000_f{i % 50:03d}", "image.npy": image,
-                         "lines.npy": lines, "valid.npy": valid, "loc.npy": np.array(i % 7, np.float32),
-                         "meta.json": {"subject": f"subj{i // 50:04d}", "frame": i % 50}})
-        sizes[name] = min(samples, start + per_shard) - start
-        shard += 1
-    (root / "sizes.json").write_text(json.dumps(sizes))
-    return str(root / f"train-{{000000..{shard - 1:06d}}}.tar")
 
 
 def raw_read(urls: list[str]) -> int:
@@ -99,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        pattern = args.shards or write_synthetic(Path(tmp), args.samples, args.per_shard, args.size)
+        sizes = [min(args.per_shard, args.samples - i) for i in range(0, args.samples, args.per_shard)]
+        pattern = args.shards or write_shards(tmp, sizes, size=args.size)
         urls = all_urls(parse_sources(pattern))
         raw_read(urls)  # page cache warm-up, like the loader runs will have
         n_raw = raw_read(urls)

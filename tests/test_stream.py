@@ -1,19 +1,16 @@
 """The shard stream on tiny real WebDataset tars (built here with webdataset.TarWriter)."""
 from __future__ import annotations
 
-import collections
 import io
-import json
 import logging
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
+from anatplane_dist.data import synthetic
+from anatplane_dist.data.synthetic import all_keys, sample_key
 from anatplane_dist.data.shardlist import ShardList, derive_seed
 from anatplane_dist.data.stats import StreamStats
 from anatplane_dist.data.shardspec import parse_sources, read_sizes, shard_probabilities
@@ -24,50 +21,8 @@ H = W = 8
 K = 2
 
 
-def sample_key(prefix: str, shard: int, i: int) -> str:
-    return f"{prefix}{shard:02d}_ser_s000_f{i:03d}"
-
-
-def make_sample(prefix: str, shard: int, i: int, rng: np.random.Generator) -> dict:
-    """One schema-conformant sample; line 0 is invalid (NaN) every 3rd sample, loc absent every 2nd."""
-    theta = rng.uniform(0, np.pi, size=K)
-    lines = np.stack([np.cos(theta), np.sin(theta), rng.uniform(-4, 4, size=K)], axis=1).astype(np.float32)
-    valid = np.ones(K, dtype=np.uint8)
-    if i % 3 == 0:
-        lines[0] = np.nan
-        valid[0] = 0
-    loc = np.array(np.nan if i % 2 else float(shard * 100 + i), dtype=np.float32)
-    return {"__key__": sample_key(prefix, shard, i),
-            "image.npy": rng.random((H, W)).astype(np.float16) * np.float16(i + 1),
-            "lines.npy": lines, "valid.npy": valid, "loc.npy": loc,
-            "meta.json": {"subject": f"{prefix}{shard:02d}", "frame": i}}
-
-
-def write_shards(root: Path, sizes: list[int], *, prefix: str = "train", seed: int = 0,
-                 sizes_json: bool = True, corrupt: dict[tuple[int, int], dict] | None = None) -> str:
-    """Write ``len(sizes)`` shards + sizes.json + manifest.json; return the brace pattern.
-
-    ``corrupt[(shard, i)]`` overrides members of that sample (e.g. garbage bytes).
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    table = {}
-    for s, n in enumerate(sizes):
-        name = f"{prefix}-{s:06d}.tar"
-        with wds.TarWriter(str(root / name)) as writer:
-            for i in range(n):
-                sample = make_sample(prefix, s, i, rng)
-                sample.update((corrupt or {}).get((s, i), {}))
-                writer.write(sample)
-        table[name] = n
-    if sizes_json:
-        (root / "sizes.json").write_text(json.dumps(table))
-    (root / "manifest.json").write_text(json.dumps({"shards": sorted(table)}))
-    return str(root / f"{prefix}-{{000000..{len(sizes) - 1:06d}}}.tar")
-
-
-def all_keys(prefix: str, sizes: list[int]) -> set[str]:
-    return {sample_key(prefix, s, i) for s, n in enumerate(sizes) for i in range(n)}
+def write_shards(root, sizes, **kw) -> str:
+    return synthetic.write_shards(root, sizes, size=(H, W), k=K, **kw)
 
 
 def epoch_keys(loader, epoch: int) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.multiprocessing as tmp
 from anatplane_dist.stream import (DataConfig, MetricSums, SharedEpoch, assert_same_across_ranks, make_train_loader,
                                    make_val_loader)
 from anatplane_dist.dist import free_port
-from test_stream import all_keys, write_shards
+from anatplane_dist.data.synthetic import all_keys, write_shards
 
 SIZES = [3, 7, 11, 2, 9]  # 32 samples in 5 shards of different sizes
 WORLD = 2
@@ -70,9 +71,12 @@ def _rank_main(rank: int, port: int, pattern: str, out: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_two_gloo_ranks_equal_steps_and_exact_validation(tmp_path):
+def test_two_gloo_ranks_equal_steps_and_exact_validation(tmp_path, monkeypatch):
     pattern = write_shards(tmp_path / "shards", SIZES)
-    tmp.spawn(_rank_main, args=(free_port(), pattern, str(tmp_path)), nprocs=WORLD, join=True)
+    # spawned ranks unpickle their entry point by module name: make this file importable as one
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    rank_main = importlib.import_module("test_stream_dist")._rank_main
+    tmp.spawn(rank_main, args=(free_port(), pattern, str(tmp_path)), nprocs=WORLD, join=True)
     res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert all(r["mismatch_detected"] for r in res)
     for resampled in (True, False):
