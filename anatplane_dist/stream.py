@@ -267,6 +267,8 @@ def make_train_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
         ValueError / FileNotFoundError: bad shard spec, missing shards, no size information,
             weights without resampling, or too few shards for ``permute`` mode.
     """
+    if not cfg.shards:
+        raise ValueError("data.shards is not set")
     sources = parse_sources(cfg.shards, cfg.weights)
     urls = all_urls(sources)
     check_exist(urls)
@@ -343,9 +345,12 @@ class MetricSums:
         self.names = tuple(names)
         self.sums = np.zeros(len(names), dtype=np.float64)
         self.counts = np.zeros(len(names), dtype=np.float64)
+        self._reduced = False
 
     def add(self, name: str, total: float, count: float = 1.0) -> None:
         """Add a sum over ``count`` items (e.g. a batch's summed error and its number of valid items)."""
+        if self._reduced:
+            raise RuntimeError("MetricSums already reduced")
         i = self.names.index(name)
         self.sums[i] += float(total)
         self.counts[i] += float(count)
@@ -353,8 +358,12 @@ class MetricSums:
     def reduce(self, group: Any = None) -> dict[str, float]:
         """Means over all ranks (NaN where no rank counted anything); ``counts`` become global.
 
-        Without an initialised process group this just returns the local means.
+        Without an initialised process group this just returns the local means. Reducing twice
+        is an error (it would count every rank's sums again).
         """
+        if self._reduced:
+            raise RuntimeError("MetricSums.reduce() was already called; make a new one per evaluation")
+        self._reduced = True
         if dist.is_available() and dist.is_initialized():
             both = torch.from_numpy(np.concatenate([self.sums, self.counts])).to(_reduce_device(group))
             dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)

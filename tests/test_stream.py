@@ -110,6 +110,8 @@ def test_data_config_rejects_bad_values():
         DataConfig(num_workers=-1)
     with pytest.raises(ValueError, match="val_shards"):
         make_val_loader(DataConfig(shards="x.tar"))
+    with pytest.raises(ValueError, match="data.shards is not set"):
+        make_train_loader(DataConfig())
 
 
 # ---------------------------------------------------------------- epoch arithmetic, ranks
@@ -255,6 +257,8 @@ def test_metric_sums_without_process_group():
     m = MetricSums(["angle", "loc"])
     m.add("angle", 6.0, 3)
     assert m.reduce() == {"angle": 2.0, "loc": pytest.approx(float("nan"), nan_ok=True)}
+    with pytest.raises(RuntimeError, match="already"):
+        m.reduce()
     with pytest.raises(ValueError):
         MetricSums(["a", "a"])
     assert_same_across_ranks(5)  # no process group: nothing to compare
