@@ -42,11 +42,12 @@ import webdataset as wds
 
 from .data.decode import SampleError, collate, decode_sample, wanted_member
 from .data.shardlist import SAMPLE_SHUFFLE_TAG, SharedEpoch, ShardList, derive_seed
-from .data.shardspec import ShardSpec, all_urls, check_exist, parse_sources, shard_probabilities, total_samples
+from .data.shardspec import (ShardSpec, all_urls, check_exist, parse_sources, read_sizes, shard_probabilities,
+                             total_samples)
 from .data.stats import CountRaw, CountingHandler, RateLimitedWarner, StatsSnapshot, StreamStats, worker_slot
 
 __all__ = ["DataConfig", "EpochPlan", "EpochReport", "MetricSums", "SharedEpoch", "StreamLoader",
-           "assert_same_across_ranks", "make_train_loader", "make_val_loader", "total_samples"]
+           "assert_same_across_ranks", "make_train_loader", "make_val_loader", "read_sizes", "total_samples"]
 
 log = logging.getLogger(__name__)
 
