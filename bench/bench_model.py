@@ -88,7 +88,32 @@ def time_steps(step: Callable[[], None], iters: int, device: torch.device) -> tu
     return first, (time.perf_counter() - t) / iters
 
 
+def make_step(cfg: ModelConfig, batch: dict, loss_fn: MultitaskLoss, bf16: bool, compiled: bool,
+              channels_last: bool, device: torch.device) -> tuple[Callable[[], None], nn.Module, float]:
+    """One training step closure (forward, loss, backward, SGD) and its model and FLOPs."""
+    torch.manual_seed(0)
+    model = build_model(cfg, 2).to(device).train()
+    x = batch["image"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    flops = conv_flops(model, x) * 3.0            # backward ~ 2x forward
+    run = torch.compile(model) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = run(x)
+        loss, _ = loss_fn(out, batch)
+        loss.backward()
+        opt.step()
+    return step, model, flops
+
+
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """All variants of one architecture, timed in interleaved rounds (one step of each per round,
+    median per variant) so that load from other processes hits every variant alike."""
     cfg = ModelConfig(name=name, width=args.width, depth=args.depth)
     batch = make_batch(args.batch, 2, args.size, device)
     loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
@@ -99,27 +124,26 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
         variants.append(("compile", False, True))
         if not args.no_bf16:
             variants.append(("compile+bf16", True, True))
+    steps, firsts, times = [], [], []
+    for _, bf16, compiled in variants:
+        step, model, flops = make_step(cfg, batch, loss_fn, bf16, compiled, args.channels_last, device)
+        t = time.perf_counter()
+        step()                                    # includes compilation for compiled variants
+        sync(device)
+        firsts.append(time.perf_counter() - t)
+        step()
+        steps.append((step, model, flops))
+        times.append([])
+    for _ in range(args.iters):
+        for i, (step, _, _) in enumerate(steps):
+            sync(device)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times[i].append(time.perf_counter() - t)
     rows = []
-    for label, bf16, compiled in variants:
-        torch.manual_seed(0)
-        model = build_model(cfg, 2).to(device).train()
-        x = batch["image"]
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        flops = conv_flops(model, x) * 3.0            # backward ~ 2x forward
-        run = torch.compile(model) if compiled else model
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = run(x)
-            loss, _ = loss_fn(out, batch)
-            loss.backward()
-            opt.step()
-
-        first, dt = time_steps(step, args.iters, device)
+    for (label, _, _), (_, model, flops), first, ts in zip(variants, steps, firsts, times):
+        dt = float(np.median(ts))
         row = {"model": name, "variant": label, "size": args.size, "batch": args.batch,
                "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "channels_last": args.channels_last, "first_step_s": round(first, 2),
