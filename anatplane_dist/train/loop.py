@@ -37,7 +37,7 @@ from anatplane_dist.dist import DistEnv, barrier, device_for
 from anatplane_dist.losses import MultitaskLoss
 from anatplane_dist.model import build_model
 from anatplane_dist.train.backends import Backend, CheckpointLoadError, choose_backend, make_backend
-from anatplane_dist.train.metrics import MetricsWriter, Progress
+from anatplane_dist.train.metrics import MetricsWriter, Progress, truncate_metrics
 from anatplane_dist.train.schedule import LRSchedule, build_optimizer, make_schedule, set_lr
 from anatplane_dist.train.validate import evaluate
 
@@ -287,6 +287,10 @@ class Trainer:
                      opt_per_epoch, micro_per_epoch, micro_per_epoch * self.micro, total, n_epochs,
                      f"; resumed at step {start_step} (epoch {state.epoch})" if resumed else "")
 
+        if self.is_main:
+            dropped = truncate_metrics(self.run_dir, start_step)
+            if dropped:
+                log.info("dropped %d metric rows logged after step %d by the interrupted run", dropped, start_step)
         metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
         progress = Progress(total, start_step, enabled=self.is_main, mode=t.progress)
         summary = RunSummary(self.run_dir, backend.name, self.world, self.gbs, peak, total, start_step,

@@ -53,6 +53,29 @@ class MetricsWriter:
             self._tb = None
 
 
+def truncate_metrics(run_dir: Path, last_step: int) -> int:
+    """Drop rows logged after ``last_step`` (by a run killed after its last checkpoint).
+
+    On resume from step N the history must read as one run: steps N+1... are trained again
+    and would otherwise appear twice. Rewritten atomically; returns the rows dropped.
+    """
+    from anatplane_dist.config import atomic_write_text
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a torn last line from a kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    return len(lines) - len(keep)
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

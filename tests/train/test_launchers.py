@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist.cli import main as anatplane
@@ -37,11 +38,21 @@ def test_deepspeed_launcher_two_ranks_and_rerun_resumes(tmp_path, shards, monkey
     assert "resumed at step 3" in second.stdout + second.stderr
 
 
-def test_anatplane_pretrain_subcommand(tmp_path, shards, clean_env):
+def test_anatplane_pretrain_subcommand_publishes_at_the_end(tmp_path, shards, clean_env):
+    from anatplane_dist.publish import load_pretrained
+
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(config_yaml(shards, train={"epochs": 1, "progress": "none"}))
-    assert anatplane(["pretrain", "--config", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert ckpt.step_of(ckpt.find_latest_complete(tmp_path / "run")) == 8
+    assert anatplane(["pretrain", "--config", str(cfg), "--run-dir", str(tmp_path / "run"),
+                      f"publish.dir={tmp_path / 'pub'}", "publish.name=tiny"]) == 0
+    final = ckpt.find_latest_complete(tmp_path / "run")
+    assert ckpt.step_of(final) == 8
+    versions = [p for p in (tmp_path / "pub" / "tiny").iterdir() if p.is_dir()]
+    assert versions
+    encoder = load_pretrained(versions[0], part="encoder")
+    exported = ckpt.load_weights(final / "fp32" / "encoder.pt")["state_dict"]
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v.float(), exported[k]), k
 
 
 def test_half_set_environment_is_refused(tmp_path, shards):
