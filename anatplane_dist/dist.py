@@ -209,11 +209,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Barrier + destroy_process_group: without it, ranks can abort at exit (rc -6)."""
+def shutdown(clean: bool = True) -> None:
+    """Barrier + destroy_process_group: without it, ranks can abort at exit (rc -6).
+
+    ``clean=False`` (leaving on an exception) skips the barrier: the other ranks may be dead
+    or stuck elsewhere, and waiting for them would turn a crash into a hang.
+    """
     import torch.distributed as dist
     if dist.is_initialized():
         try:
-            dist.barrier()
+            if clean:
+                dist.barrier()
         finally:
             dist.destroy_process_group()

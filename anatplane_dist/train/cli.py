@@ -94,19 +94,26 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or (Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(config_path).stem)
 
     init_distributed(denv)
+    clean = False
     try:
         if demo and not any(o.startswith("data.shards=") for o in overrides):
             if denv.rank == 0:
                 ensure_demo_shards(demo_data_dir())
             barrier()
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=str(demo_data_dir() / "shards")))
-        cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
+        try:
+            cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
+        except ConfigError as e:  # every rank sees the same files
+            print(f"anatplane pretrain: config error: {e}", file=sys.stderr)
+            clean = True
+            return EXIT_CONFIG
 
         from anatplane_dist.train.loop import NonFiniteLossError, train
         try:
             summary = train(cfg, run_dir, denv)
-        except NonFiniteLossError as e:
+        except NonFiniteLossError as e:  # raised on every rank together
             log.error("%s", e)
+            clean = True
             return EXIT_NONFINITE
         if cfg.publish.dir:
             barrier()
@@ -116,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
                 log.info("published to %s", dest)
         if denv.rank == 0:
             log.info("done: %d steps, last checkpoint %s", summary.steps, summary.last_checkpoint)
+        clean = True
         return 0
     finally:
-        shutdown()
+        shutdown(clean)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,6 +202,7 @@ class Trainer:
                 log.warning("rank %d: cannot resume from %s (%s)", self.denv.rank, cand, e)
                 ok, state = torch.tensor([0.0]), None
             if dist.is_initialized() and self.world > 1:
+                ok = ok.to(self.device)  # nccl reduces CUDA tensors only
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)
             if ok.item() == 1.0 and state is not None:
                 return state
