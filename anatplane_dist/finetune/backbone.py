@@ -20,7 +20,7 @@ from torch import nn
 
 from ..model import ModelConfig, build_model
 
-__all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "read_pretrained_info", "make_backbone",
+__all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "BackboneFactory", "read_pretrained_info", "make_backbone",
            "grid_from_pretrained"]
 
 INITS = ("random", "pretrained")
@@ -192,3 +192,19 @@ def make_backbone(init: str, *, pretrained: str | Path | None = None, transfer: 
                                       f"unexpected {unexpected}")
             transferred.append("decoder")
     return Backbone(net.encoder, net.decoder, cfg, num_channels, init, transferred)
+
+
+@dataclass(frozen=True)
+class BackboneFactory:
+    """``factory(init, seed) -> Backbone`` with the rest fixed: what the protocol calls per run
+    (a plain, picklable object, so runs can go to worker processes)."""
+
+    pretrained: str | None = None
+    transfer: str = "encoder+decoder"
+    model_config: ModelConfig | None = None
+    num_channels: int | None = None
+
+    def __call__(self, init: str, seed: int) -> Backbone:
+        return make_backbone(init, pretrained=self.pretrained, transfer=self.transfer,
+                             model_config=self.model_config, num_channels=self.num_channels, seed=seed)
+

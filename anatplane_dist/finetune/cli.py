@@ -10,12 +10,15 @@ Results: ``DIR/results.{json,md,png}`` and one file per run in ``DIR/runs/`` (re
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..model import ModelConfig
-from .backbone import INITS, TRANSFERS, PretrainedError, grid_from_pretrained, make_backbone, read_pretrained_info
+from .backbone import INITS, TRANSFERS, BackboneFactory, PretrainedError, grid_from_pretrained, read_pretrained_info
 from .classification import ClsTrainConfig
 from .data import FinetuneDataError, GridSpec, load_acdc, load_knee
 from .protocol import ClsTask, ProtocolConfig, SegTask, run_protocol
@@ -65,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-channels", type=int, default=2,
                         help="heatmap channels K of that architecture (random-only runs)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs trained at once, in separate processes of --threads each "
+                             "(default: 2, or 1 on a single core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: the tiny CPU models gain little from more, "
+                             "and oversubscribed cores slow every thread down several-fold)")
 
 
 def _resolve_grid(args: argparse.Namespace, recorded: tuple[int, float] | None) -> GridSpec:
@@ -88,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.threads < 1 or args.workers < 1:
+        raise ValueError(f"--threads and --workers must be >= 1, got {args.threads}, {args.workers}")
+    torch.set_num_threads(args.threads)
     inits = _csv(args.init)
     seeds = [int(s) for s in _csv(args.seeds)]
     transfer = args.transfer if args.task == "seg" else "encoder"
@@ -132,11 +144,10 @@ def _run(args: argparse.Namespace) -> int:
     for s in skipped[:10]:
         print(f"  skipped {s.subject} {s.path}: {s.reason}")
 
-    def backbone(init: str, seed: int):
-        return make_backbone(init, pretrained=args.pretrained, transfer=transfer, model_config=model_config,
-                             num_channels=num_channels, seed=seed)
-
-    results = run_protocol(task, proto, backbone, args.out, skipped=skipped, provenance=provenance)
+    factory = BackboneFactory(str(args.pretrained) if args.pretrained else None, transfer, model_config,
+                              num_channels)
+    results = run_protocol(task, proto, factory, args.out, skipped=skipped, provenance=provenance,
+                           workers=args.workers)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'results.png'}")
     return 0 if results["runs"] else 1

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from ..checkpoint import atomic_write_bytes
 from ..sources.base import Skip
@@ -179,14 +180,42 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+# one task and backbone factory per worker process, handed over once (not once per run)
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(task: Task, make_backbone: Callable[[str, int], Backbone], threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(task=task, make_backbone=make_backbone)
+
+
+def _execute(init: str, seed: int, train: list[str], test: list[str], desc: str,
+             task: Task | None = None, make_backbone: Callable[[str, int], Backbone] | None = None
+             ) -> dict[str, Any]:
+    """One run (in this process or a worker): fresh backbone, fine-tune, score."""
+    task = task or _WORKER["task"]
+    make_backbone = make_backbone or _WORKER["make_backbone"]
+    t0 = time.perf_counter()
+    backbone = make_backbone(init, seed)
+    result = task.run(backbone, train, test, seed, desc=desc)
+    return {"transferred": backbone.transferred, "seconds": round(time.perf_counter() - t0, 2),
+            "summary": result["summary"], "final_loss": float(np.mean(result["losses"][-10:])),
+            "rows": result["rows"]}
+
+
 def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, int], Backbone],
                  out: str | Path, *, skipped: Sequence[Skip] = (), provenance: dict[str, Any] | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 workers: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every (count, seed, init) of the protocol and write the results under ``out``.
 
     ``make_backbone(init, seed)`` returns a fresh network for one run.  ``provenance`` (the
     pretrained weights, grid, data root...) is stored with the results and is part of each
     run's fingerprint, so a cached run is only reused for the same question.
+
+    ``workers > 1`` runs that many runs at once in spawned processes, each with this
+    process's torch thread count (runs are independent and seeded, so the results do not depend on the schedule);
+    ``task`` and ``make_backbone`` must then be picklable (e.g. a ``functools.partial`` of a
+    module-level function).
     """
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -198,7 +227,9 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
     provenance = dict(provenance or {})
     log(f"{task.name}: {len(task.subjects)} subjects -> {len(pool)} labelled pool, {len(test)} test; "
         f"counts {counts}, seeds {cfg.seeds}, inits {cfg.inits}, transfer {cfg.transfer}")
-    runs: list[dict[str, Any]] = []
+    done: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[dict[str, Any], Path]] = []
+    order: list[str] = []
     for n in counts:
         for seed in cfg.seeds:
             train = labelled_subset(pool, n, seed)
@@ -206,28 +237,42 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
                 key = {"task": task.name, "init": init, "transfer": cfg.transfer if init == "pretrained" else None,
                        "n_labelled": n, "seed": seed, "train": train, "test": test,
                        "train_config": task.config(), "provenance": provenance}
-                fp = _fingerprint(key)
+                key["fingerprint"] = _fingerprint(key)
                 path = out / "runs" / f"{init}-n{n:03d}-seed{seed}.json"
-                if path.is_file():
-                    try:
-                        cached = json.loads(path.read_text())
-                    except ValueError:
-                        cached = {}
-                    if cached.get("fingerprint") == fp:
-                        runs.append(cached)
-                        log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}="
-                            f"{_num(cached['summary'].get(task.metric)):.3f} (cached)")
-                        continue
-                t0 = time.perf_counter()
-                backbone = make_backbone(init, seed)
-                result = task.run(backbone, train, test, seed, desc=f"{init} n={n} seed={seed}")
-                record = {**key, "fingerprint": fp, "transferred": backbone.transferred,
-                          "seconds": round(time.perf_counter() - t0, 2), "summary": result["summary"],
-                          "final_loss": float(np.mean(result["losses"][-10:])), "rows": result["rows"]}
-                _write_json(path, record)
-                runs.append(record)
-                log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}={result['summary'][task.metric]:.3f} "
-                    f"({record['seconds']:.1f} s)")
+                order.append(path.name)
+                cached = _read_cached(path, key["fingerprint"])
+                if cached is not None:
+                    done[path.name] = cached
+                    log(f"  {init:<10} n={n:<3} seed={seed}: {task.metric}="
+                        f"{_num(cached['summary'].get(task.metric)):.3f} (cached)")
+                else:
+                    pending.append((key, path))
+
+    def finish(key: dict[str, Any], path: Path, result: dict[str, Any]) -> None:
+        record = {**key, **result}
+        _write_json(path, record)
+        done[path.name] = record
+        log(f"  {key['init']:<10} n={key['n_labelled']:<3} seed={key['seed']}: "
+            f"{task.metric}={_num(result['summary'].get(task.metric)):.3f} ({result['seconds']:.1f} s)")
+
+    def desc(key: dict[str, Any]) -> str:
+        return f"{key['init']} n={key['n_labelled']} seed={key['seed']}"
+
+    if workers <= 1 or len(pending) <= 1:
+        for key, path in pending:
+            finish(key, path, _execute(key["init"], key["seed"], key["train"], test, desc(key), task, make_backbone))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = torch.get_num_threads()
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(task, make_backbone, threads)) as ex:
+            futures = {ex.submit(_execute, key["init"], key["seed"], key["train"], test, desc(key)): (key, path)
+                       for key, path in pending}
+            for fut in as_completed(futures):
+                finish(*futures[fut], fut.result())
+    runs = [done[name] for name in order]
     table = aggregate(runs, task)
     results = {"task": task.name, "metric": task.metric, "protocol": asdict(cfg),
                "train_config": task.config(), "provenance": provenance,
@@ -237,6 +282,17 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
     atomic_write_bytes(out / "results.md", results_markdown(results, task).encode())
     plot_results(results, out / "results.png")
     return results
+
+
+def _read_cached(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """A finished run's record when it answers the same question (same fingerprint)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except ValueError:          # a torn or foreign file: run again (it is rewritten atomically)
+        return None
+    return cached if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint else None
 
 
 def aggregate(runs: Sequence[dict[str, Any]], task: Task) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ def test_launcher_runs_classification(knee_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "cls"
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "finetune.py"), "cls", "--data", str(knee_root),
                            "--init", "random", "--model-config", str(tmp_path / "m.yaml"), "--grid", "32",
-                           "--spacing", "1.5", "--labels", "all", "--seeds", "0", "--steps", "4", "--out", str(out)],
+                           "--spacing", "1.5", "--labels", "all", "--seeds", "0", "--steps", "4", "--workers", "1", "--out", str(out)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())

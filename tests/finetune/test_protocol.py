@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anatplane_dist.finetune.backbone import make_backbone
+from anatplane_dist.finetune.backbone import BackboneFactory
 from anatplane_dist.finetune.classification import ClsTrainConfig
 from anatplane_dist.finetune.data import GridSpec, load_acdc, load_knee
 from anatplane_dist.finetune.protocol import (ClsTask, ProtocolConfig, SegTask, label_counts, labelled_subset,
@@ -45,8 +45,7 @@ def test_label_counts_and_nested_subsets() -> None:
         ProtocolConfig(inits=["imagenet"])
 
 
-def _random_backbone(init: str, seed: int):
-    return make_backbone(init, model_config=TINY, num_channels=2, seed=seed)
+_random_backbone = BackboneFactory(model_config=TINY, num_channels=2)
 
 
 def test_segmentation_protocol_outputs_and_resume(acdc_root: Path, tmp_path: Path) -> None:
@@ -118,3 +117,18 @@ def test_classification_protocol(knee_root: Path, tmp_path: Path) -> None:
         assert set(run["summary"]) >= {"auc_abnormal", "acc_abnormal", "auc_mean", "acc_mean"}
         assert [r["subject"] for r in run["rows"]] == res["split"]["test"]
     assert "AUC abnormal" in (tmp_path / "cls" / "results.md").read_text()
+
+
+def test_worker_processes_give_the_same_results(acdc_root: Path, tmp_path: Path) -> None:
+    """Runs are seeded and independent: two spawned workers reproduce the in-process numbers."""
+    subjects, _ = load_acdc(acdc_root, GridSpec(64, 1.5))
+    task = SegTask(subjects, SegTrainConfig(steps=6, batch_size=4))
+    cfg = ProtocolConfig(labels=["1", "2"], seeds=[0], inits=["random"])
+    one = run_protocol(task, cfg, _random_backbone, tmp_path / "one", workers=1, log=lambda _: None)
+    two = run_protocol(task, cfg, _random_backbone, tmp_path / "two", workers=2, log=lambda _: None)
+    assert [r["n_labelled"] for r in two["runs"]] == [1, 2]           # protocol order, not finish order
+    for a, b in zip(one["runs"], two["runs"]):
+        assert a["fingerprint"] == b["fingerprint"]
+        assert a["summary"]["dice_mean"] == pytest.approx(b["summary"]["dice_mean"], abs=1e-6)
+        assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-5)
+
