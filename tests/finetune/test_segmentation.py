@@ -80,10 +80,10 @@ def test_fine_tuning_learns_the_phantom(acdc_root: Path) -> None:
     torch.manual_seed(0)
     net = build_model(TINY, num_channels=2)
     seg = SegNet(net.encoder, net.decoder, num_classes=4)
-    cfg = SegTrainConfig(steps=120, batch_size=8, lr=3e-3)
+    cfg = SegTrainConfig(steps=200, batch_size=8, lr=3e-3)
     before = summarise_segmentation(evaluate_segmentation(seg, test, cfg))
     losses = train_segmentation(seg, train, cfg, seed=0)
-    assert len(losses) == 120
+    assert len(losses) == 200
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
     rows = evaluate_segmentation(seg, test, cfg)
     assert {(r["subject"], r["phase"]) for r in rows} == {(s.subject, p) for s in test for p in ("ED", "ES")}
