@@ -46,16 +46,14 @@ class PretrainedInfo:
 
 @dataclass
 class Backbone:
+    """A target network's starting point and how it was made (recorded with each run)."""
+
     encoder: nn.Module
     decoder: nn.Module | None
     model_config: ModelConfig
     num_channels: int
     init: str
     transferred: list[str]
-
-    def describe(self) -> dict[str, Any]:
-        return {"init": self.init, "transferred": list(self.transferred),
-                "model_config": dataclasses.asdict(self.model_config), "num_channels": self.num_channels}
 
 
 def read_pretrained_info(path: str | Path) -> PretrainedInfo:

@@ -65,8 +65,9 @@ def test_grid_to_native_round_trip(acdc_root: Path) -> None:
         assert dice_score(pred == value, vol.native_label == value) > 0.85, value
 
 
-def test_segnet_swaps_the_head_and_keeps_the_encoder() -> None:
-    net = build_model(TINY, num_channels=2)
+@pytest.mark.parametrize("arch", ["unet", "resnet"])
+def test_segnet_swaps_the_head_and_keeps_the_encoder(arch: str) -> None:
+    net = build_model(ModelConfig(name=arch, width=8, depth=3), num_channels=2)
     old_head = net.decoder.head
     seg = SegNet(net.encoder, net.decoder, num_classes=4)
     assert seg.decoder.head is not old_head and seg.decoder.head.out_channels == 4
