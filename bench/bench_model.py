@@ -160,22 +160,23 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
 
 
 def bench_renderer(args: argparse.Namespace, device: torch.device) -> None:
+    """numpy reference vs torch renderer on the same lines, alternated per round (median)."""
     b, k, size = args.render_batch, 2, args.render_size
     batch = make_batch(b, k, size, torch.device("cpu"), seed=1)
     lines_np, valid_np = batch["lines"].numpy(), batch["valid"].numpy() > 0
-    reps = 3
-    t = time.perf_counter()
-    for _ in range(reps):
-        ref = render_heatmaps(lines_np, valid_np, (size, size), args.sigma_px)
-    numpy_s = (time.perf_counter() - t) / reps
     lines, valid = batch["lines"].to(device), batch["valid"].to(device)
-    out = render_heatmaps_torch(lines, valid, size, size, args.sigma_px)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
+    out = render_heatmaps_torch(lines, valid, size, size, args.sigma_px)       # warm-up
+    t_np, t_torch = [], []
+    for _ in range(max(3, args.iters)):
+        t = time.perf_counter()
+        ref = render_heatmaps(lines_np, valid_np, (size, size), args.sigma_px)
+        t_np.append(time.perf_counter() - t)
+        sync(device)
+        t = time.perf_counter()
         out = render_heatmaps_torch(lines, valid, size, size, args.sigma_px)
-    sync(device)
-    torch_s = (time.perf_counter() - t) / reps
+        sync(device)
+        t_torch.append(time.perf_counter() - t)
+    numpy_s, torch_s = float(np.median(t_np)), float(np.median(t_torch))
     err = float(np.abs(out.cpu().numpy() - ref).max())
     print(f"heatmaps {b}x{k}x{size}^2: numpy {b / numpy_s:,.0f} samples/s, torch ({device.type}) "
           f"{b / torch_s:,.0f} samples/s, torch / numpy = {numpy_s / torch_s:.2f}x, max |diff| {err:.1e}",
@@ -188,8 +189,9 @@ def bench_loss(args: argparse.Namespace, device: torch.device) -> None:
     batch = make_batch(b, 2, size, device, seed=3)
     pred = torch.rand(b, 2, size, size, device=device, requires_grad=True)
     loc = torch.rand(b, device=device, requires_grad=True)
-    loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
-    variants = [("eager", loss_fn)] + ([("compile", torch.compile(loss_fn))] if args.compile else [])
+    variants = [("eager", MultitaskLoss(LossConfig(sigma_px=args.sigma_px)))]
+    if args.compile:
+        variants.append(("compile", MultitaskLoss(LossConfig(sigma_px=args.sigma_px, compile=True))))
     base = None
     for label, fn in variants:
         def step() -> None:
