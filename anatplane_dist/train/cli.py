@@ -96,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(denv)
     clean = False
     try:
+        demo_shards = demo_data_dir() / "shards"
         if demo and not any(o.startswith("data.shards=") for o in overrides):
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=str(demo_shards)))
+        # the tiny preset points at the built-in phantom shards: generate them on first use
+        if isinstance(cfg.data.shards, str) and Path(cfg.data.shards) == demo_shards:
             if denv.rank == 0:
                 ensure_demo_shards(demo_data_dir())
             barrier()
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=str(demo_data_dir() / "shards")))
         try:
             cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
         except ConfigError as e:  # every rank sees the same files
