@@ -189,9 +189,8 @@ def bench_loss(args: argparse.Namespace, device: torch.device) -> None:
     batch = make_batch(b, 2, size, device, seed=3)
     pred = torch.rand(b, 2, size, size, device=device, requires_grad=True)
     loc = torch.rand(b, device=device, requires_grad=True)
-    variants = [("eager", MultitaskLoss(LossConfig(sigma_px=args.sigma_px)))]
-    if args.compile:
-        variants.append(("compile", MultitaskLoss(LossConfig(sigma_px=args.sigma_px, compile=True))))
+    loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
+    variants = [("eager", loss_fn)] + ([("compile", torch.compile(loss_fn))] if args.compile else [])
     base = None
     for label, fn in variants:
         def step() -> None:
@@ -235,8 +234,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {load:.1f} (timings are only comparable within a run)",
           flush=True)
-    for name in args.models.split(","):
-        bench_model(name.strip(), args, device)
+    for name in filter(None, (n.strip() for n in args.models.split(","))):   # --models "" skips
+        bench_model(name, args, device)
     bench_renderer(args, device)
     bench_loss(args, device)
     bench_augment(args, device)
