@@ -184,20 +184,36 @@ def bench_renderer(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def bench_loss(args: argparse.Namespace, device: torch.device) -> None:
-    """Multitask loss (device heatmaps + masked MSE, forward + backward): eager vs compiled."""
+    """Multitask loss (device heatmaps + masked MSE, forward + backward): eager vs compiled,
+    alternated per round (median)."""
     b, size = args.render_batch, args.render_size
     batch = make_batch(b, 2, size, device, seed=3)
     pred = torch.rand(b, 2, size, size, device=device, requires_grad=True)
     loc = torch.rand(b, device=device, requires_grad=True)
-    loss_fn = MultitaskLoss(LossConfig(sigma_px=args.sigma_px))
-    variants = [("eager", loss_fn)] + ([("compile", torch.compile(loss_fn))] if args.compile else [])
-    base = None
-    for label, fn in variants:
-        def step() -> None:
+    variants = [("eager", MultitaskLoss(LossConfig(sigma_px=args.sigma_px)))]
+    if args.compile:      # the LossConfig.compile path: the orientation term compiled
+        variants.append(("compile", MultitaskLoss(LossConfig(sigma_px=args.sigma_px, compile=True))))
+    steps, firsts, times = [], [], []
+    for _, fn in variants:
+        def step(fn=fn) -> None:
             total, _ = fn({"heatmaps": pred, "location": loc}, batch)
             total.backward()
-        first, dt = time_steps(step, args.iters, device)
-        base = base or dt
+        t = time.perf_counter()
+        step()
+        sync(device)
+        firsts.append(time.perf_counter() - t)
+        steps.append(step)
+        times.append([])
+    for _ in range(max(3, args.iters)):
+        for i, step in enumerate(steps):
+            sync(device)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times[i].append(time.perf_counter() - t)
+    base = float(np.median(times[0]))
+    for (label, _), first, ts in zip(variants, firsts, times):
+        dt = float(np.median(ts))
         print(f"loss {b}x2x{size}^2 {label}: {b / dt:,.0f} samples/s (first call {first:.1f} s), "
               f"{label} / eager = {base / dt:.2f}x", flush=True)
 

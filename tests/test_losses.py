@@ -147,6 +147,23 @@ def test_loss_has_no_graph_break():
     assert explanation.graph_break_count == 0
 
 
+def test_compiled_orientation_term_equals_eager():
+    """The opt-in compiled path (inductor) gives the eager values and gradients."""
+    batch = _batch(size=16)
+    torch.manual_seed(0)
+    heat = torch.rand(3, 2, 16, 16, requires_grad=True)
+    loc = torch.rand(3, requires_grad=True)
+    results = []
+    for compiled in (False, True):
+        heat.grad = None
+        total, parts = MultitaskLoss(LossConfig(sigma_px=2.0, compile=compiled))(
+            {"heatmaps": heat, "location": loc}, batch)
+        total.backward()
+        results.append((total.detach(), parts["loss_ori"], heat.grad.clone()))
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-7)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="sigma_px, or spacing_mm"):
         MultitaskLoss(LossConfig())
