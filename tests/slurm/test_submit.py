@@ -69,7 +69,9 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tm
     TrainJob.checkpoint on rank 0 and requeues) or an admin's ``scontrol requeue``; it comes back under
     the same job id, resumes from the newest complete checkpoint and finishes."""
     run_dir = tmp_path / "run"
-    epochs, per_epoch = 6, 4  # 64 samples / (8 per rank x 2 ranks)
+    # 64 samples / (8 per rank x 2 ranks) = 4 steps per epoch; long enough that the requeue always
+    # lands before the last step, however fast this machine happens to be at the time
+    epochs, per_epoch = 30, 4
     proc, job_id = run_submit(slurm_cluster, [
         *CPU_JOB, "--run-dir", run_dir, f"data.shards={tiny_shards}", f"train.epochs={epochs}",
         "data.samples_per_epoch=64", "train.ckpt_every=2", "train.keep_last=20", "train.log_every=1",
@@ -96,6 +98,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tm
     assert len(starts) == 2 and starts[0] == "scratch", log0
     resumed = ckpt.step_of(Path(starts[1]))
     assert resumed is not None and resumed >= 4
+    assert resumed < epochs * per_epoch, "the job finished before the requeue reached it"
     if how == "signal":
         assert "Calling checkpoint method" in log0 and f"Requeued job {job_id}" in log0
 
