@@ -1,9 +1,16 @@
 """Reading DICOM files for the readers: lazy headers, geometry, pixels, series grouping.
 
-Readers of whole data sets (``dsbcc``, ``knee``) only ever read *headers* while they scan a
-study (``dcmread(stop_before_pixels=True)``: a few kB per file); pixels are read when a
-``Slice`` is loaded.  Every problem with one file becomes a ``ReaderError`` with the file and
-the reason, which the reader turns into a recorded ``Skip`` -- one bad file never stops a scan.
+Readers of whole data sets (``dsbcc``, ``knee``) parse every file exactly once: the scan that
+groups a study's files into slices reads each whole file, and keeps, next to its header, the
+Pixel Data *as stored* (still encoded bytes, with the few tags that describe them; see
+``DicomHeader.pixels``).  ``Slice.load()`` then decodes from memory instead of parsing the file
+a second time -- measured as the largest cost of sharding besides resampling.  Decoding stays
+lazy (one slice at a time), and the kept bytes live as long as the study: a study of a few
+hundred images holds tens of MB at most, and the sharder drops it once written.  A header read
+without pixels (``read_header(path)``, e.g. for inspection) loads from the file instead.
+
+Every problem with one file becomes a ``ReaderError`` with the file and the reason, which the
+reader turns into a recorded ``Skip`` -- one bad file never stops a scan.
 
 Grouping rules shared by the readers live here too, so the DSBCC and knee readers apply the
 same definition of "the same slice":
@@ -16,13 +23,15 @@ same definition of "the same slice":
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
+from pydicom.pixels import pixel_array
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -31,7 +40,7 @@ from .base import Frame, ReaderError, Slice, Study
 
 __all__ = [
     "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
-    "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
+    "decode_pixels", "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
     "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "iter_subjects",
 ]
 
@@ -45,7 +54,12 @@ _SPACING_TOL = 1e-4
 
 @dataclass(frozen=True)
 class DicomHeader:
-    """What the readers need from one image file, read without its pixels."""
+    """What the readers need from one image file.
+
+    ``pixels`` is the file's pixel part still encoded (groups 0028 and 7FE0 and the transfer
+    syntax, as parsed: no decoded array), kept by ``read_header(..., keep_pixels=True)`` so
+    that the file is never parsed twice; None after a header-only read.
+    """
 
     path: Path
     plane: Plane
@@ -55,6 +69,7 @@ class DicomHeader:
     series_number: int | None
     instance_number: int | None
     trigger_time: float | None
+    pixels: pydicom.Dataset | None = field(default=None, repr=False, compare=False)
 
     @property
     def frame_sort_key(self) -> tuple:
@@ -66,9 +81,9 @@ class DicomHeader:
 def read_dataset(path: str | os.PathLike, *, pixels: bool = False) -> pydicom.Dataset:
     """Parse one DICOM file (headers only unless ``pixels``).
 
-    A header-only read also checks, from the element header of Pixel Data and the file size,
-    that the pixels are all there -- pydicom silently returns a partial dataset for a file
-    cut short, which would otherwise surface much later as "missing tag" or a decode error.
+    Both reads check that the pixels are all there (from the declared length of Pixel Data
+    and the bytes present) -- pydicom silently returns a partial dataset for a file cut
+    short, which would otherwise surface much later as "missing tag" or a decode error.
 
     Raises:
         ReaderError: the file is missing, not DICOM, truncated, or too damaged to parse.
@@ -76,7 +91,9 @@ def read_dataset(path: str | os.PathLike, *, pixels: bool = False) -> pydicom.Da
     path = Path(path)
     try:
         if pixels:
-            return pydicom.dcmread(path)
+            ds = pydicom.dcmread(path)
+            _check_pixel_data_read(ds, path)
+            return ds
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             _check_pixel_data_complete(fp, ds, path)
@@ -120,6 +137,30 @@ def _check_pixel_data_complete(fp: BinaryIO, ds: pydicom.Dataset, path: Path) ->
         raise ReaderError(f"{path}: truncated pixel data ({max(0, size - start)} of {length} bytes present)")
 
 
+def _check_pixel_data_read(ds: pydicom.Dataset, path: Path) -> None:
+    """After a full read: the Pixel Data element exists and holds its declared length (pydicom
+    keeps the declared length on the still-raw element, whatever the transfer syntax)."""
+    tag = next((t for t in _PIXEL_TAGS if t in ds), None)
+    if tag is None:
+        raise ReaderError(f"{path}: no pixel data element: truncated file (ends at byte "
+                          f"{path.stat().st_size}), or not an image")
+    elem = ds.get_item(tag)
+    if (isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF
+            and len(elem.value or b"") < elem.length):
+        raise ReaderError(f"{path}: truncated pixel data ({len(elem.value or b'')} of {elem.length} bytes present)")
+
+
+def _encoded_pixels(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The pixel part of a fully read dataset, still encoded: the Image Pixel and rescale
+    tags (group 0028), the pixel elements (group 7FE0) and the file meta (transfer syntax).
+    Raw elements are moved as they are, so nothing is converted or decoded here."""
+    part = ds[0x00280000:0x00290000]
+    for tag in ds[0x7FE00000:0x7FE10000].keys():
+        part[tag] = ds.get_item(tag)
+    part.file_meta = ds.file_meta
+    return part
+
+
 def _optional_float(ds: pydicom.Dataset, keyword: str, path: Path) -> float | None:
     value = ds.get(keyword)
     if value in (None, ""):
@@ -141,8 +182,9 @@ def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None     # a malformed InstanceNumber only loses a tie-breaker
 
 
-def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> DicomHeader:
-    """The ``DicomHeader`` of a parsed dataset.
+def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike, *, keep_pixels: bool = False) -> DicomHeader:
+    """The ``DicomHeader`` of a parsed dataset (with its encoded pixel part if ``keep_pixels``:
+    ``ds`` must then be a full read).
 
     Raises:
         ReaderError: geometry missing or invalid (the ``GeometryError`` text names the tag),
@@ -167,12 +209,18 @@ def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> DicomHe
         series_number=_optional_int(ds, "SeriesNumber"),
         instance_number=_optional_int(ds, "InstanceNumber"),
         trigger_time=_optional_float(ds, "TriggerTime", path),
+        pixels=_encoded_pixels(ds) if keep_pixels else None,
     )
 
 
-def read_header(path: str | os.PathLike) -> DicomHeader:
-    """Header and geometry of one file, without reading its pixels."""
-    return header_from_dataset(read_dataset(path), path)
+def read_header(path: str | os.PathLike, *, keep_pixels: bool = False) -> DicomHeader:
+    """Header and geometry of one file: without its pixels (a few kB read), or, with
+    ``keep_pixels``, from one full read that also keeps the encoded pixels for later decoding.
+
+    Raises:
+        ReaderError: unreadable, truncated or not DICOM; missing or invalid geometry.
+    """
+    return header_from_dataset(read_dataset(path, pixels=keep_pixels), path, keep_pixels=keep_pixels)
 
 
 def load_pixels(path: str | os.PathLike) -> np.ndarray:
@@ -184,9 +232,18 @@ def load_pixels(path: str | os.PathLike) -> np.ndarray:
             Rows/Columns, a non-finite rescale, or NaN/inf pixel values (float pixel data).
     """
     path = Path(path)
-    ds = read_dataset(path, pixels=True)
+    return decode_pixels(read_dataset(path, pixels=True), path)
+
+
+def decode_pixels(ds: pydicom.Dataset, path: str | os.PathLike) -> np.ndarray:
+    """What :func:`load_pixels` returns, from a dataset already in memory (a full read, or
+    the encoded pixel part kept in ``DicomHeader.pixels``); ``path`` names it in errors.
+
+    The decoded array is not cached on ``ds``: a kept pixel part stays encoded bytes.
+    """
+    path = Path(path)
     try:
-        arr = ds.pixel_array
+        arr = pixel_array(ds)
     except Exception as exc:  # noqa: BLE001 -- truncated data, missing tags, unknown syntax
         raise ReaderError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -205,13 +262,26 @@ def load_pixels(path: str | os.PathLike) -> np.ndarray:
     return out
 
 
-def load_frames(paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Frames of one slice as float32 (n_frames, rows, cols), in the order given."""
-    frames = [load_pixels(p) for p in paths]
+def load_frames(sources: Sequence[DicomHeader | str | os.PathLike]) -> np.ndarray:
+    """Frames of one slice as float32 (n_frames, rows, cols), in the order given.
+
+    A source is a file path, or a ``DicomHeader``: decoded from its kept pixels when it has
+    them (no file access), else from its file.
+    """
+    frames = [_load_one(s) for s in sources]
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
-        raise ReaderError(f"frames of one slice have different shapes {sorted(shapes)}: {paths[0]}")
+        first = sources[0].path if isinstance(sources[0], DicomHeader) else sources[0]
+        raise ReaderError(f"frames of one slice have different shapes {sorted(shapes)}: {first}")
     return np.stack(frames)
+
+
+def _load_one(source: DicomHeader | str | os.PathLike) -> np.ndarray:
+    if not isinstance(source, DicomHeader):
+        return load_pixels(source)
+    if source.pixels is None:
+        return load_pixels(source.path)
+    return decode_pixels(source.pixels, source.path)
 
 
 def list_dicom_files(folder: Path, *, recursive: bool = False) -> list[Path]:
@@ -222,13 +292,17 @@ def list_dicom_files(folder: Path, *, recursive: bool = False) -> list[Path]:
                   and p.suffix.lower() in DICOM_SUFFIXES)
 
 
-def scan_headers(files: Iterable[Path], study: Study) -> list[DicomHeader]:
-    """Headers of ``files``; unreadable ones and repeated SOPInstanceUIDs become skips on ``study``."""
+def scan_headers(files: Iterable[Path], study: Study, *, keep_pixels: bool = True) -> list[DicomHeader]:
+    """Headers of ``files``; unreadable ones and repeated SOPInstanceUIDs become skips on ``study``.
+
+    With ``keep_pixels`` (the readers' scan) each file is read whole, once, and its encoded
+    pixels are kept with its header for ``Slice.load()``; without, only headers are read.
+    """
     out: list[DicomHeader] = []
     seen: dict[str, Path] = {}
     for f in files:
         try:
-            h = read_header(f)
+            h = read_header(f, keep_pixels=keep_pixels)
         except ReaderError as exc:
             study.skip(_relative_reason(str(exc), study.root), relpath(f, study.root), "file")
             continue
@@ -270,13 +344,14 @@ def group_by_plane(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
 
 
 def slice_from_group(view: str, series: str, group: Sequence[DicomHeader], root: Path) -> Slice:
-    """A lazily loaded ``Slice`` from one group made by :func:`group_by_plane`."""
+    """A lazily loaded ``Slice`` from one group made by :func:`group_by_plane` (decoded from
+    the headers' kept pixels, or read from the files when the scan kept none)."""
     first = group[0]
     frames = [Frame(path=relpath(h.path, root), index=i, sop_uid=h.sop_uid, trigger_time=h.trigger_time)
               for i, h in enumerate(group)]
     return Slice(view=view, series=series, plane=first.plane, frames=frames,
                  frame_of_reference=first.frame_of_reference, series_uid=first.series_uid,
-                 loader=partial(load_frames, tuple(h.path for h in group)))
+                 loader=partial(load_frames, tuple(group)))
 
 
 def angle_between_normals_deg(n1: np.ndarray, n2: np.ndarray) -> float:

@@ -52,7 +52,10 @@ def iter_studies(root: str | Path, subjects: Iterable[str] | None = None) -> Ite
 
 def read_study(study_dir: str | Path, root: str | Path | None = None,
                subject: str | None = None) -> Study:
-    """Read one subject's headers and build its views (pixels stay on disk until ``load``).
+    """Read one subject's files and build its views.
+
+    Each file is parsed once: its header places it in a slice, its pixels are kept encoded
+    and decoded only by ``Slice.load()`` (see ``dicom_read``).
 
     Args:
         study_dir: the subject folder (``<root>/<subject>``, holding ``study/``) or the
@@ -109,7 +112,7 @@ def _read_view(view: str, folders: list[tuple[int, Path]], study: Study) -> list
     """All slices of a view's folders, each tagged with its folder number."""
     out: list[tuple[int, Slice]] = []
     for number, folder in folders:
-        headers = scan_headers(list_dicom_files(folder), study)
+        headers = scan_headers(list_dicom_files(folder), study, keep_pixels=True)
         if not headers:
             study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
             continue

@@ -49,11 +49,12 @@ def iter_studies(root: str | Path, subjects: Iterable[str] | None = None) -> Ite
 
 
 def read_study(subject_dir: str | Path, root: str | Path | None = None, subject: str | None = None) -> Study:
-    """Read one subject's headers; group, classify and sort its series (pixels stay on disk)."""
+    """Read one subject's files once (pixels kept encoded until ``Slice.load()``); group,
+    classify and sort its series."""
     subject_dir = Path(subject_dir)
     root = Path(root) if root is not None else subject_dir.parent
     study = Study(subject=subject or subject_dir.name, root=root, views={})
-    headers = scan_headers(list_dicom_files(subject_dir, recursive=True), study)
+    headers = scan_headers(list_dicom_files(subject_dir, recursive=True), study, keep_pixels=True)
 
     # one stack per (folder, series UID, orientation): files are grouped by exact plane first
     stacks: dict[tuple[str, str], list[list[Slice]]] = {}

@@ -1,6 +1,8 @@
 """dicom_read: headers, geometry, pixels and grouping on real files written with pydicom."""
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +70,36 @@ def test_not_dicom_and_empty(tmp_path: Path):
 @pytest.mark.parametrize("cut, match", [(100, r"truncated pixel data \(\d+ of 1152 bytes"),
                                         (1300, "no pixel data element: truncated file")])
 def test_truncated(one_file: Path, cut: int, match: str):
+    """Header-only read, single full read and pixel load all name the truncation."""
     data = one_file.read_bytes()
     one_file.write_bytes(data[:-cut])
-    with pytest.raises(ReaderError, match=match):
-        read_header(one_file)
-    with pytest.raises(ReaderError, match="cannot decode pixel data"):
-        load_pixels(one_file)
+    for read in (read_header, partial(read_header, keep_pixels=True), load_pixels):
+        with pytest.raises(ReaderError, match=match):
+            read(one_file)
+
+
+def test_kept_pixels_decode_without_the_file(one_file: Path, kit):
+    """A full read keeps the pixels encoded; loading them needs no second read of the file."""
+    expected = kit.stored(kit.image_of(kit.sax_planes(1)[0]))
+    h = read_header(one_file, keep_pixels=True)
+    lean = read_header(one_file)
+    assert lean.pixels is None
+    assert (h.sop_uid, h.instance_number, h.trigger_time) == (lean.sop_uid, lean.instance_number, lean.trigger_time)
+    np.testing.assert_array_equal(h.plane.origin, lean.plane.origin)
+    assert isinstance(h.pixels.PixelData, bytes) and len(h.pixels.PixelData) == expected.size * 2
+    one_file.unlink()
+    frames = load_frames([h, h])
+    np.testing.assert_array_equal(frames, np.stack([expected, expected]))
+    assert getattr(h.pixels, "_pixel_array", None) is None      # still encoded bytes, nothing cached
+    with pytest.raises(ReaderError, match="cannot read file"):   # no kept pixels: read from the file
+        load_frames([dataclasses.replace(h, pixels=None)])
+
+
+def test_kept_pixels_rescale(one_file: Path, kit):
+    expected = kit.stored(kit.image_of(kit.sax_planes(1)[0]))
+    _edit(one_file, RescaleSlope="0.5", RescaleIntercept="-100")
+    np.testing.assert_allclose(load_frames([read_header(one_file, keep_pixels=True)])[0],
+                               expected * 0.5 - 100, rtol=1e-6)
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -102,8 +128,11 @@ def test_nan_float_pixels(tmp_path: Path, one_file: Path, kit):
     ds.FloatPixelData = arr.tobytes()
     ds.save_as(one_file, enforce_file_format=True)
     read_header(one_file)      # the header is fine: only the pixels are bad
+    kept = read_header(one_file, keep_pixels=True)
     with pytest.raises(ReaderError, match="1 non-finite"):
         load_pixels(one_file)
+    with pytest.raises(ReaderError, match="a.dcm: 1 non-finite"):
+        load_frames([kept])
 
 
 def test_nan_rescale_slope(one_file: Path):
@@ -112,6 +141,8 @@ def test_nan_rescale_slope(one_file: Path):
     ds.save_as(one_file, enforce_file_format=True)
     with pytest.raises(ReaderError, match="RescaleSlope is not finite"):
         load_pixels(one_file)
+    with pytest.raises(ReaderError, match="RescaleSlope is not finite"):
+        load_frames([read_header(one_file, keep_pixels=True)])
 
 
 def test_frames_ordered_by_trigger_time_then_instance(tmp_path: Path, kit):
@@ -126,9 +157,11 @@ def test_frames_ordered_by_trigger_time_then_instance(tmp_path: Path, kit):
     groups = group_by_plane(scan_headers(list_dicom_files(tmp_path), study))
     assert len(groups) == 1 and not study.skipped
     assert [h.instance_number for h in groups[0]] == [2, 3, 4, 5, 1]
-    frames = load_frames([h.path for h in groups[0]])
+    assert all(h.pixels is not None for h in groups[0])         # the scan read each file once, whole
+    frames = load_frames(groups[0])
     assert frames.shape == (5, 24, 24)
     np.testing.assert_array_equal(frames[0], kit.stored(kit.image_of(plane, 2)))
+    np.testing.assert_array_equal(load_frames([h.path for h in groups[0]]), frames)
 
 
 def test_grouping_splits_positions_and_sizes(tmp_path: Path, kit):
