@@ -13,11 +13,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from .atomic import atomic_path, atomic_write_bytes
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
@@ -115,22 +116,6 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_meta(ckpt_dir: Path, meta: Mapping[str, Any]) -> Path:
     """``meta.json``: step, epoch, samples_seen, data_seed, world_size, backend, metrics."""
     return atomic_write_bytes(ckpt_dir / META, json.dumps(dict(meta), indent=1, sort_keys=True).encode())
@@ -141,19 +126,10 @@ def read_meta(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` through :func:`anatplane_dist.atomic.atomic_path` (never a truncated .pt)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def split_parts(state_dict: Mapping[str, torch.Tensor], parts: tuple[str, ...] = PARTS) -> dict[str, dict[str, torch.Tensor]]:

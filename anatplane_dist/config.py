@@ -12,7 +12,6 @@ import collections.abc
 import dataclasses
 import math
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from anatplane_dist.atomic import atomic_write_text
 from anatplane_dist.augment import AugmentConfig
 from anatplane_dist.losses import LossConfig
 from anatplane_dist.model import ModelConfig
@@ -233,23 +233,6 @@ def validate(cfg: PretrainConfig) -> None:
 def write_config(cfg: PretrainConfig, run_dir: str | os.PathLike) -> Path:
     """Write the resolved config to ``<run_dir>/config.yaml`` atomically."""
     return atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """tmp file in the same directory + fsync + os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def resolve_shard_dir(data: DataConfig) -> DataConfig:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from anatplane_dist.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -96,9 +98,7 @@ def _write_report(path: Path, out: Path, run_dir: Path, log: list[dict]) -> None
         if ft.exists():
             lines += ["", "## Fine-tuning", "", ft.read_text()]
             break
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

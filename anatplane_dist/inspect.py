@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .atomic import atomic_path
 from .geometry import clip_lines, intersection_lines, line_angle_deg
 from .sources.base import ReaderError
 from .sources.dicom_read import DicomHeader, angle_between_normals_deg, list_dicom_files, load_pixels, read_header
@@ -121,12 +121,9 @@ def render_png(image: DicomHeader, reports: Sequence[dict[str, Any]], out: Path,
         else:
             label += " (no line)"
         draw.text((4, 4 + 12 * i), label, fill=colour)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
+    with atomic_path(out) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..sources.base import Skip
 from .backbone import INITS, Backbone
 from .classification import ClsTrainConfig, fit_and_evaluate_classifier

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .writer import write_json_atomic
+from ..atomic import atomic_write_json
 
 __all__ = ["MergeError", "part_path", "write_part", "merge_parts", "PARTS_DIR"]
 
@@ -38,7 +38,7 @@ def write_part(out_dir: Path, record: dict[str, Any]) -> Path:
     part, parts = record["part"]
     path = part_path(out_dir, part, parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, dict(record, package_version=__version__))
+    atomic_write_json(path, dict(record, package_version=__version__))
     return path
 
 
@@ -100,7 +100,7 @@ def merge_parts(out_dir: Path) -> dict[str, Any]:
         "counts": {"subjects": len(subjects), "subjects_with_samples": sum(v > 0 for v in subject_samples.values()),
                    "samples": sum(s["count"] for s in shards), "shards": len(shards), "skipped": len(skipped)},
     }
-    write_json_atomic(out_dir / "sizes.json", {s["name"]: s["count"] for s in shards})
-    write_json_atomic(out_dir / "skipped.jsonl", skipped, lines=True)
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    atomic_write_json(out_dir / "sizes.json", {s["name"]: s["count"] for s in shards})
+    atomic_write_json(out_dir / "skipped.jsonl", skipped, lines=True)
+    atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest

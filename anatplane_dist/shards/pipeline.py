@@ -30,7 +30,8 @@ from .profiles import ShardConfig
 from .samples import StudySamples
 from .splits import assign_splits, part_subjects
 from .worker import SubjectTask, list_subjects, process_subject, resolve_reader
-from .writer import Journal, ResumeState, ShardRecord, SplitWriter, write_json_atomic
+from ..atomic import atomic_write_json
+from .writer import Journal, ResumeState, ShardRecord, SplitWriter
 
 __all__ = ["ShardRun", "PartBusy", "shard_dataset"]
 
@@ -285,7 +286,7 @@ def _finish(plan: _Plan, cfg: ShardConfig, journal: Journal, shards: dict[str, l
         if plan.part[1] == 1 and run.complete:
             run.manifest = merge_parts(plan.out)
         elif plan.part[1] == 1:          # no manifest for an incomplete set, but say what is missing
-            write_json_atomic(plan.out / "skipped.jsonl", skipped, lines=True)
+            atomic_write_json(plan.out / "skipped.jsonl", skipped, lines=True)
     except OSError as exc:
         run.complete = False
         run.error = run.error or f"output error writing metadata: {exc}"

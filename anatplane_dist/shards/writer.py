@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
+from ..atomic import atomic_write_json
 from .samples import Sample
 
 if TYPE_CHECKING:                  # webdataset imports torch: seconds, only paid once a shard opens
     import webdataset as wds
 
-__all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "write_json_atomic",
+__all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "atomic_write_json",
            "TAR_MTIME"]
 
 #: fixed tar header fields (reproducible shards); an int, since tarfile adds a 1 kB PAX header
@@ -37,23 +38,6 @@ _TAR_USER = "anatplane"
 
 class ResumeMismatch(RuntimeError):
     """The output folder holds shards of another configuration or another subject list."""
-
-
-def write_json_atomic(path: Path, obj: Any, *, lines: bool = False) -> None:
-    """Write JSON (or JSON lines from a list) to ``path`` through a temporary file + rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        if lines:
-            for item in obj:
-                fh.write(json.dumps(item, sort_keys=True) + "\n")
-        else:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 class _HashingFile:
@@ -264,7 +248,7 @@ class Journal:
         for split in state.shards:
             rows += [asdict(r) for r in state.shards[split]]
             rows += state.subjects[split]
-        write_json_atomic(self.path, rows, lines=True)
+        atomic_write_json(self.path, rows, lines=True)
 
 
 def _remove_stale(out_dir: Path, prefix: str, first_stale: int) -> None:

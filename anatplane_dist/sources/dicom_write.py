@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
 
+from ..atomic import atomic_path
 from ..geometry import Plane
 
 __all__ = ["SeriesInfo", "deterministic_uid", "write_mr_image", "format_ds"]
@@ -59,7 +60,7 @@ class SeriesInfo:
 def write_mr_image(path: str | os.PathLike, pixels: np.ndarray, plane: Plane, series: SeriesInfo,
                    *, instance_number: int, sop_uid: str | None = None,
                    trigger_time_ms: float | None = None, bits_stored: int = 12) -> Path:
-    """Write one 2D MR image; atomic (written to ``path.tmp`` then renamed).
+    """Write one 2D MR image, atomically.
 
     Args:
         pixels: (rows, cols) array; stored as unsigned ``bits_stored``-bit integers (values
@@ -137,8 +138,6 @@ def write_mr_image(path: str | os.PathLike, pixels: np.ndarray, plane: Plane, se
     ds.WindowWidth = format_ds(max(1.0, float(np.percentile(data, 99.5) - np.percentile(data, 0.5))))
     now = _dt.datetime(2026, 1, 1)
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     return path

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import stream
 from anatplane_dist.augment import augment_batch
-from anatplane_dist.config import PretrainConfig, atomic_write_text, global_batch, micro_batch, scaled_lr, write_config
+from anatplane_dist.atomic import atomic_write_text
+from anatplane_dist.config import PretrainConfig, global_batch, micro_batch, scaled_lr, write_config
 from anatplane_dist.data.decode import load_npy
 from anatplane_dist.data.shardlist import SharedEpoch, derive_seed
 from anatplane_dist.data.shardspec import all_urls, is_local, parse_sources

@@ -15,19 +15,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from ...atomic import atomic_path, atomic_write_json, atomic_write_text
+
 __all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "merge_truth", "save_nifti",
            "parse_range", "subject_rng", "map_subjects"]
 
 T = TypeVar("T")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 @contextmanager
@@ -56,10 +49,6 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
 def save_nifti(path: str | os.PathLike, data: np.ndarray, affine_ras: np.ndarray,
                zooms: Sequence[float] | None = None) -> Path:
     """Write a NIfTI-1 file atomically (the tmp keeps the ``.nii.gz`` suffix so it is compressed)."""
@@ -71,9 +60,8 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine_ras: np.ndarray
     img.header.set_xyzt_units("mm", "msec")
     if zooms is not None:
         img.header.set_zooms(tuple(float(z) for z in zooms))
-    tmp = path.with_name(".tmp-" + path.name)
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 
