@@ -6,6 +6,10 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 DEMO_DIR    ?= demo
 PY          := $(VENV)/bin/python
+SHELL       := /bin/bash
+# pip on these machines warns about every configured local index it cannot find: keep the noise out
+PIP         := set -o pipefail; $(PY) -m pip install -q
+QUIET_PIP   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 STAMP       := $(VENV)/.installed
 # Debian packages the tests use: a real one-node SLURM (+ accounting), a DICOM validator,
 # and real anatomy (Colin27 brain) for the reslicer tests.
@@ -17,9 +21,9 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) --upgrade pip $(QUIET_PIP)
+	$(PIP) $(TORCH_SPEC) $(QUIET_PIP)
+	$(PIP) -e '.[test]' $(QUIET_PIP)
 	touch $(STAMP)
 
 debs:
