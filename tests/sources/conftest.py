@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from anatplane_dist.geometry import Plane
@@ -111,6 +112,18 @@ class Kit:
     series_info = staticmethod(series_info)
     write_series = staticmethod(write_series)
     write_heart_study = staticmethod(write_heart_study)
+
+    @staticmethod
+    def edit_dicom(path: Path, **changes) -> Path:
+        """Rewrite a DICOM file with some tags changed (``None`` deletes the tag)."""
+        ds = pydicom.dcmread(path)
+        for k, v in changes.items():
+            if v is None:
+                delattr(ds, k)
+            else:
+                setattr(ds, k, v)
+        ds.save_as(path, enforce_file_format=True)
+        return path
 
     @staticmethod
     def stored(values: np.ndarray) -> np.ndarray:

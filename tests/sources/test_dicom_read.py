@@ -22,18 +22,6 @@ def one_file(tmp_path: Path, kit) -> Path:
                           instance_number=7, trigger_time_ms=123.5)
 
 
-def _edit(path: Path, **changes) -> Path:
-    """Rewrite a file with some tags changed (None deletes the tag)."""
-    ds = pydicom.dcmread(path)
-    for k, v in changes.items():
-        if v is None:
-            delattr(ds, k)
-        else:
-            setattr(ds, k, v)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_header_round_trip(one_file: Path, kit):
     plane = kit.sax_planes(1)[0]
     h = read_header(one_file)
@@ -49,7 +37,7 @@ def test_header_round_trip(one_file: Path, kit):
 def test_pixels_round_trip_and_rescale(one_file: Path, kit):
     expected = kit.stored(kit.image_of(kit.sax_planes(1)[0]))
     np.testing.assert_array_equal(load_pixels(one_file), expected)
-    _edit(one_file, RescaleSlope="0.5", RescaleIntercept="-100")
+    kit.edit_dicom(one_file, RescaleSlope="0.5", RescaleIntercept="-100")
     got = load_pixels(one_file)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected * 0.5 - 100, rtol=1e-6)
@@ -97,7 +85,7 @@ def test_kept_pixels_decode_without_the_file(one_file: Path, kit):
 
 def test_kept_pixels_rescale(one_file: Path, kit):
     expected = kit.stored(kit.image_of(kit.sax_planes(1)[0]))
-    _edit(one_file, RescaleSlope="0.5", RescaleIntercept="-100")
+    kit.edit_dicom(one_file, RescaleSlope="0.5", RescaleIntercept="-100")
     np.testing.assert_allclose(load_frames([read_header(one_file, keep_pixels=True)])[0],
                                expected * 0.5 - 100, rtol=1e-6)
 
@@ -110,8 +98,8 @@ def test_kept_pixels_rescale(one_file: Path, kit):
     ({"PixelSpacing": ["0", "1.5"]}, "PixelSpacing must be positive"),
     ({"ImageOrientationPatient": ["1", "0", "0", "0", "1"]}, "ImageOrientationPatient must be 6 numbers"),
 ])
-def test_bad_geometry(one_file: Path, changes: dict, match: str):
-    _edit(one_file, **changes)
+def test_bad_geometry(one_file: Path, changes: dict, match: str, kit):
+    kit.edit_dicom(one_file, **changes)
     with pytest.raises(ReaderError, match=match):
         read_header(one_file)
 
