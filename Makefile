@@ -21,9 +21,9 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip $(QUIET_PIP)
-	$(PIP) $(TORCH_SPEC) $(QUIET_PIP)
-	$(PIP) -e '.[test]' $(QUIET_PIP)
+	@echo "pip install --upgrade pip"; $(PIP) --upgrade pip $(QUIET_PIP)
+	@echo "pip install $(TORCH_SPEC)"; $(PIP) $(TORCH_SPEC) $(QUIET_PIP)
+	@echo "pip install -e '.[test]'"; $(PIP) -e '.[test]' $(QUIET_PIP)
 	touch $(STAMP)
 
 debs:
