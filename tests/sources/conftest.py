@@ -126,6 +126,20 @@ class Kit:
         return path
 
     @staticmethod
+    def to_float_pixels_with_nan(path: Path, pixels: np.ndarray, row: int, col: int) -> Path:
+        """Rewrite a file as Float Pixel Data (7FE0,0008) holding ``pixels`` with one NaN."""
+        ds = pydicom.dcmread(path)
+        arr = np.asarray(pixels, dtype=np.float32).copy()
+        arr[row, col] = np.nan
+        del ds.PixelData
+        for k in ("BitsStored", "HighBit", "PixelRepresentation"):
+            delattr(ds, k)
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = arr.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    @staticmethod
     def stored(values: np.ndarray) -> np.ndarray:
         """What a 12-bit unsigned file stores for ``values`` (write_mr_image rounds and clips)."""
         return np.clip(np.rint(values), 0, 4095)

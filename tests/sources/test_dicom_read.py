@@ -106,15 +106,7 @@ def test_bad_geometry(one_file: Path, changes: dict, match: str, kit):
 
 def test_nan_float_pixels(tmp_path: Path, one_file: Path, kit):
     """Float Pixel Data (7FE0,0008) with a NaN: a specific error, not NaNs in a shard."""
-    ds = pydicom.dcmread(one_file)
-    arr = kit.image_of(kit.sax_planes(1)[0]).astype(np.float32)
-    arr[3, 4] = np.nan
-    del ds.PixelData
-    for k in ("BitsStored", "HighBit", "PixelRepresentation"):
-        delattr(ds, k)
-    ds.BitsAllocated = 32
-    ds.FloatPixelData = arr.tobytes()
-    ds.save_as(one_file, enforce_file_format=True)
+    kit.to_float_pixels_with_nan(one_file, kit.image_of(kit.sax_planes(1)[0]), 3, 4)
     read_header(one_file)      # the header is fine: only the pixels are bad
     kept = read_header(one_file, keep_pixels=True)
     with pytest.raises(ReaderError, match="1 non-finite"):

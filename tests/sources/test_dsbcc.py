@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from anatplane_dist.geometry import Plane, heart_locations, stack_positions
@@ -225,20 +226,6 @@ def _mutate_first(folder: Path, kit, **changes) -> None:
     kit.edit_dicom(sorted(folder.glob("*.dcm"))[0], **changes)
 
 
-def _float_nan_first(folder: Path) -> None:
-    import pydicom
-    f = sorted(folder.glob("*.dcm"))[0]
-    ds = pydicom.dcmread(f)
-    arr = ds.pixel_array.astype(np.float32)
-    arr[5, 5] = np.nan
-    del ds.PixelData
-    for k in ("BitsStored", "HighBit", "PixelRepresentation"):
-        delattr(ds, k)
-    ds.BitsAllocated = 32
-    ds.FloatPixelData = arr.tobytes()
-    ds.save_as(f, enforce_file_format=True)
-
-
 def test_every_bad_input_in_one_data_set(tmp_path: Path, kit):
     """One subject per known problem: iterating the data set and loading every slice never
     raises anything but a specific ReaderError, and every problem is named somewhere."""
@@ -265,7 +252,8 @@ def test_every_bad_input_in_one_data_set(tmp_path: Path, kit):
     multi = subject("two_positions", "", n_sax=0)
     kit.write_series(multi / "sax_5", kit.sax_planes(3), kit.series_info("two_positions", "sax_5", 5), frames=2)
     subject("one_slice", "single slice position", n_sax=1)
-    _float_nan_first(subject("nan_pixels", "non-finite (NaN/inf) pixel") / "sax_11")
+    first = sorted((subject("nan_pixels", "non-finite (NaN/inf) pixel") / "sax_11").glob("*.dcm"))[0]
+    kit.to_float_pixels_with_nan(first, pydicom.dcmread(first).pixel_array, 5, 5)
     (root / "garbage" / "study" / "sax_1").mkdir(parents=True)
     (root / "garbage" / "study" / "sax_1" / "x.dcm").write_bytes(b"\xff" * 500)
     expected["garbage"] = "no usable series"
