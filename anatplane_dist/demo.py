@@ -9,7 +9,6 @@ also the quickest way to learn the CLI.  Re-running resumes: finished stages are
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from anatplane_dist.atomic import atomic_write_text
+from anatplane_dist.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write_report(path: Path, out: Path, run_dir: Path, log: list[dict]) -> None:
     lines = ["# anatplane_dist demo report", "", "| stage | seconds | command |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['seconds']} | `{r['command']}` |" for r in log]
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = read_metrics(run_dir)          # [] before the pretraining stage has logged anything
+    if rows:
         train = [r for r in rows if "loss" in r]
         val = [r for r in rows if any(k.startswith("val/") for k in r)]
         if train:

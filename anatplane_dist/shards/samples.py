@@ -42,10 +42,6 @@ class Sample:
     key: str
     members: dict[str, bytes]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(v) for v in self.members.values())
-
 
 @dataclass
 class StudySamples:

@@ -65,9 +65,6 @@ class Points:
     def shifted(self, offset: np.ndarray) -> "Points":
         return Points(self.x + offset[0], self.y + offset[1], self.z + offset[2])
 
-    def stacked(self) -> np.ndarray:
-        """Back to an (..., 3) array."""
-        return np.stack([self.x, self.y, self.z], axis=-1)
 
 
 PointsLike = Union[np.ndarray, Points]
