@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,9 +80,15 @@ def test_unprivileged_user_gets_a_skip_reason():
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
         pytest.skip("no system python3 to run as an unprivileged user")
-    code = "from anatplane_dist.testing.slurm_cluster import unavailable_reason as r; print(r())"
-    out = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", code], cwd="/",
-                         capture_output=True, text=True, timeout=120,
-                         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(sc.__file__).parents[2])})
+    # a copy in a world-readable folder: the checkout itself may sit under a 0700 directory
+    # (mktemp -d) that the unprivileged user cannot enter
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        shutil.copy(sc.__file__, Path(tmp) / "slurm_cluster.py")
+        os.chmod(Path(tmp) / "slurm_cluster.py", 0o644)
+        code = "from slurm_cluster import unavailable_reason as r; print(r())"
+        out = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", code], cwd="/",
+                             capture_output=True, text=True, timeout=120,
+                             env={"PATH": os.environ["PATH"], "PYTHONPATH": tmp})
     assert out.returncode == 0, out.stderr
     assert "needs root" in out.stdout
