@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from anatplane_dist.errors import AnatplaneError, one_line
+
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("anatplane_dist.sources.phantom.cli", "write a built-in phantom data set (DICOM/NIfTI)"),
@@ -38,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"anatplane {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    return run_guarded(f"anatplane {name}", module.run, parser.parse_args(rest))
+
+
+def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
+    """``run(args)`` with every :class:`AnatplaneError` turned into one stderr line and its exit code."""
+    try:
+        return int(run(args) or 0)
+    except AnatplaneError as e:
+        print(f"{prog}: {one_line(e)}", file=sys.stderr)
+        return int(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 _TORCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -205,7 +206,7 @@ def init_distributed(denv: DistEnv | None = None, *, timeout_min: float = 30.0) 
 
 def barrier() -> None:
     import torch.distributed as dist
-    if dist.is_initialized():
+    if is_enabled():
         dist.barrier()
 
 
@@ -222,3 +223,158 @@ def shutdown(clean: bool = True) -> None:
                 dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- queries and collectives
+# The one home of every collective the package runs. Each works without a process group (one
+# process: the local value) and on any backend; "nccl reduces CUDA tensors only" is handled
+# once, in :func:`reduce_device`.
+
+def is_enabled() -> bool:
+    """A process group exists (also for a world of one)."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Ranks in the default group; 1 without one."""
+    import torch.distributed as dist
+    return dist.get_world_size() if is_enabled() else 1
+
+
+def rank() -> int:
+    """This process's global rank; 0 without a group."""
+    import torch.distributed as dist
+    return dist.get_rank() if is_enabled() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def is_multi_rank() -> bool:
+    """More than one rank takes part: collectives have something to combine."""
+    return world_size() > 1
+
+
+def reduce_device(group: Any = None) -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo and others take CPU tensors."""
+    import torch.distributed as dist
+    if is_enabled() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum", group: Any = None) -> torch.Tensor:
+    """``op`` (sum | max | min) of ``t`` over all ranks, on ``t``'s device; ``t`` itself without a group."""
+    import torch.distributed as dist
+    if not is_enabled():
+        return t
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    work = t.to(reduce_device(group))
+    dist.all_reduce(work, op=ops[op], group=group)
+    return work.to(t.device)
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True on every rank iff ``flag`` is true on every rank (so all ranks decide together)."""
+    return bool(all_reduce(torch.tensor([0.0 if flag else 1.0]), "max").item() == 0.0)
+
+
+def any_rank_true(flag: bool) -> bool:
+    """True on every rank iff ``flag`` is true on some rank."""
+    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), "max").item() == 1.0)
+
+
+def all_finite(value: torch.Tensor) -> bool:
+    """True on every rank iff ``value`` is finite on every rank (one host sync)."""
+    bad = (~torch.isfinite(value.detach())).any().to(torch.float32).reshape(1)
+    return bool(all_reduce(bad, "max").item() == 0)
+
+
+def gather_ints(value: int) -> list[int]:
+    """``value`` of every rank, in rank order (e.g. micro-batches each rank trained on)."""
+    import torch.distributed as dist
+    if not is_multi_rank():
+        return [int(value)]
+    t = torch.tensor([int(value)], dtype=torch.int64, device=reduce_device())
+    out = [torch.zeros_like(t) for _ in range(world_size())]
+    dist.all_gather(out, t)
+    return [int(x.item()) for x in out]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (a small picklable value: a path, a decision)."""
+    import torch.distributed as dist
+    if not is_multi_rank():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def params_in_sync(module: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters (elementwise MAX == MIN across ranks).
+
+    Run at each checkpoint: a silent divergence (a rank that skipped a step, a missed
+    all-reduce) would otherwise only show up as a bad published model. Buffers are left out:
+    BatchNorm running statistics are per rank by design (DDP re-broadcasts rank 0's at each
+    forward; the exported weights are rank 0's).
+    """
+    if not is_multi_rank():
+        return True
+    flat = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()])
+    return bool(torch.equal(all_reduce(flat.clone(), "max"), all_reduce(flat.clone(), "min")))
+
+
+def assert_same_across_ranks(value: int, what: str = "steps per epoch", group: Any = None) -> None:
+    """Collective check that every rank computed the same integer (e.g. steps per epoch).
+
+    A mismatch (ranks started with different data configs) would hang the first collective
+    after the shortest epoch; this turns it into an immediate error. Call it on every rank.
+    """
+    if not is_enabled():
+        return
+    t = all_reduce(torch.tensor([value, -value], dtype=torch.int64), "max", group)
+    hi, lo = int(t[0]), -int(t[1])
+    if hi != lo:
+        raise RuntimeError(f"{what} differs across ranks: min {lo}, max {hi} (this rank: {value})")
+
+
+class MetricSums:
+    """Sums and counts of named metrics, reduced across ranks once, after an uneven loop.
+
+    Every rank must create it with the same names (so the reduced tensor has the same layout
+    everywhere, also on a rank that saw no batch) and call :meth:`reduce`, a single collective.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"metric names must be unique and non-empty, got {list(names)}")
+        self.names = tuple(names)
+        self.sums = np.zeros(len(names), dtype=np.float64)
+        self.counts = np.zeros(len(names), dtype=np.float64)
+        self._reduced = False
+
+    def add(self, name: str, total: float, count: float = 1.0) -> None:
+        """Add a sum over ``count`` items (e.g. a batch's summed error and its number of valid items)."""
+        if self._reduced:
+            raise RuntimeError("MetricSums already reduced")
+        i = self.names.index(name)
+        self.sums[i] += float(total)
+        self.counts[i] += float(count)
+
+    def reduce(self, group: Any = None) -> dict[str, float]:
+        """Means over all ranks (NaN where no rank counted anything); ``counts`` become global.
+
+        Without an initialised process group this just returns the local means. Reducing twice
+        is an error (it would count every rank's sums again).
+        """
+        if self._reduced:
+            raise RuntimeError("MetricSums.reduce() was already called; make a new one per evaluation")
+        self._reduced = True
+        both = all_reduce(torch.from_numpy(np.concatenate([self.sums, self.counts])), "sum", group).numpy()
+        self.sums, self.counts = both[: len(self.names)].copy(), both[len(self.names):].copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1e-300), np.nan)
+        return {n: float(m) for n, m in zip(self.names, means)}

@@ -32,11 +32,10 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.utils.data
 import webdataset as wds
 
@@ -324,67 +323,3 @@ def make_val_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> S
              len(urls[rank::world_size]), len(urls), workers)
     return StreamLoader(_dataloader(pipeline, workers, cfg), name="val", rank=rank, stats=stats,
                         epoch_state=epoch_state)
-
-
-def _reduce_device(group: Any = None) -> torch.device:
-    """NCCL reduces CUDA tensors only; gloo and others take CPU tensors."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-class MetricSums:
-    """Sums and counts of named metrics, reduced across ranks once, after an uneven loop.
-
-    Every rank must create it with the same names (so the reduced tensor has the same layout
-    everywhere, also on a rank that saw no batch) and call :meth:`reduce`, a single collective.
-    """
-
-    def __init__(self, names: Sequence[str]) -> None:
-        if len(set(names)) != len(names) or not names:
-            raise ValueError(f"metric names must be unique and non-empty, got {list(names)}")
-        self.names = tuple(names)
-        self.sums = np.zeros(len(names), dtype=np.float64)
-        self.counts = np.zeros(len(names), dtype=np.float64)
-        self._reduced = False
-
-    def add(self, name: str, total: float, count: float = 1.0) -> None:
-        """Add a sum over ``count`` items (e.g. a batch's summed error and its number of valid items)."""
-        if self._reduced:
-            raise RuntimeError("MetricSums already reduced")
-        i = self.names.index(name)
-        self.sums[i] += float(total)
-        self.counts[i] += float(count)
-
-    def reduce(self, group: Any = None) -> dict[str, float]:
-        """Means over all ranks (NaN where no rank counted anything); ``counts`` become global.
-
-        Without an initialised process group this just returns the local means. Reducing twice
-        is an error (it would count every rank's sums again).
-        """
-        if self._reduced:
-            raise RuntimeError("MetricSums.reduce() was already called; make a new one per evaluation")
-        self._reduced = True
-        if dist.is_available() and dist.is_initialized():
-            both = torch.from_numpy(np.concatenate([self.sums, self.counts])).to(_reduce_device(group))
-            dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
-            both = both.cpu().numpy()
-            self.sums, self.counts = both[: len(self.names)].copy(), both[len(self.names):].copy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1e-300), np.nan)
-        return {n: float(m) for n, m in zip(self.names, means)}
-
-
-def assert_same_across_ranks(value: int, what: str = "steps per epoch", group: Any = None) -> None:
-    """Collective check that every rank computed the same integer (e.g. steps per epoch).
-
-    A mismatch (ranks started with different data configs) would hang the first collective
-    after the shortest epoch; this turns it into an immediate error. Call it on every rank.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    t = torch.tensor([value, -value], dtype=torch.int64, device=_reduce_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    hi, lo = int(t[0]), -int(t[1])
-    if hi != lo:
-        raise RuntimeError(f"{what} differs across ranks: min {lo}, max {hi} (this rank: {value})")

@@ -14,7 +14,8 @@ from anatplane_dist.data.synthetic import all_keys, sample_key
 from anatplane_dist.data.shardlist import ShardList, derive_seed
 from anatplane_dist.data.stats import StreamStats
 from anatplane_dist.data.shardspec import parse_sources, read_sizes, shard_probabilities
-from anatplane_dist.stream import (DataConfig, EpochPlan, MetricSums, SharedEpoch, assert_same_across_ranks,
+from anatplane_dist.dist import MetricSums, assert_same_across_ranks
+from anatplane_dist.stream import (DataConfig, EpochPlan, SharedEpoch,
                                    make_train_loader, make_val_loader, total_samples)
 
 H = W = 8

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
 
-from anatplane_dist.stream import (DataConfig, MetricSums, SharedEpoch, assert_same_across_ranks, make_train_loader,
+from anatplane_dist.dist import MetricSums, assert_same_across_ranks
+from anatplane_dist.stream import (DataConfig, SharedEpoch, make_train_loader,
                                    make_val_loader)
 from anatplane_dist.dist import free_port
 from anatplane_dist.data.synthetic import all_keys, write_shards

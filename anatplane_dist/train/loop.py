@@ -252,7 +252,7 @@ class Trainer:
         total = t.max_steps if t.max_steps > 0 else t.epochs * opt_per_epoch
         n_epochs = -(-total // opt_per_epoch)
 
-        stream.assert_same_across_ranks(loader_steps, "micro-batches per epoch")
+        assert_same_across_ranks(loader_steps, "micro-batches per epoch")
         self.num_channels = num_channels(cfg.data)
         model = build_model(cfg.model, self.num_channels).to(self.device)
         if t.channels_last:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from anatplane_dist.stream import MetricSums
+from anatplane_dist.dist import MetricSums
 
 #: reported means (every rank reduces the same names, also a rank that saw no batch)
 NAMES = ("val/loss", "val/loss_ori", "val/loss_loc", "val/angle_err_deg", "val/offset_err_px", "val/loc_mae")
