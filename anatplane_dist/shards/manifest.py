@@ -5,7 +5,9 @@ part 0 of 1 and merges itself.  The merge is the only writer of the three files 
 
 * ``sizes.json``: ``{shard file name: sample count}`` (the convention WebDataset users know);
 * ``manifest.json``: profile and config (+ hash), input root, package version, per-split shard
-  lists and counts, per-shard sha256 and size, ``subject -> split``;
+  lists and counts, per-shard sha256 and size, ``subject -> split``, and the facts a trainer
+  needs without opening a tar (``num_channels``, ``channels``, ``grid``, ``spacing_mm``:
+  :func:`read_shard_facts`);
 * ``skipped.jsonl``: one JSON object per input left out or partially used, with its reason.
 
 It refuses to combine parts made with different configs or subject lists, incomplete parts,
@@ -13,20 +15,127 @@ or an incomplete set of parts: a merged manifest always describes one coherent s
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .. import __version__
 from ..atomic import atomic_write_json
+from ..errors import AnatplaneError
 
-__all__ = ["MergeError", "part_path", "write_part", "merge_parts", "PARTS_DIR"]
+__all__ = ["MergeError", "part_path", "write_part", "merge_parts", "PARTS_DIR", "ShardFacts",
+           "ShardFactsError", "read_shard_facts", "shard_facts_of_config"]
 
 PARTS_DIR = "_parts"
+MANIFEST = "manifest.json"
 
 
-class MergeError(RuntimeError):
+class MergeError(AnatplaneError):
     """Part records that cannot form one shard set (with the specific reason)."""
+
+
+class ShardFactsError(AnatplaneError):
+    """No manifest, or one that does not state the facts, or shard sets that disagree."""
+
+
+@dataclass(frozen=True)
+class ShardFacts:
+    """What a consumer of a shard set needs to know before opening any tar.
+
+    Attributes:
+        num_channels: K, the number of reference views (heatmap channels, rows of ``lines``).
+        grid: model grid size in pixels (square: every image is ``(grid, grid)``).
+        spacing_mm: model grid spacing in mm.
+        channels: the reference views in channel order (e.g. ``("2ch", "4ch")``).
+        manifest_sha256: sha256 of the ``manifest.json`` bytes (several shard folders: sha256 of
+            their manifests' sha256s, joined by newlines in the order first listed), so a run can
+            record exactly which shard set it trained on.
+    """
+
+    num_channels: int
+    grid: int
+    spacing_mm: float
+    channels: tuple[str, ...]
+    manifest_sha256: str
+
+
+def shard_facts_of_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The explicit ``manifest.json`` keys for a sharder config (``ShardConfig.to_dict()``)."""
+    channels = list(config["profile"]["references"])
+    return {"num_channels": len(channels), "channels": channels, "grid": int(config["grid"]),
+            "spacing_mm": float(config["spacing"])}
+
+
+def _manifest_folders(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The shard folders named by a folder, a manifest path, or a list of shard paths (in order)."""
+    if isinstance(shards, (str, os.PathLike)):
+        p = Path(shards)
+        return [p.parent if p.name == MANIFEST or p.suffix == ".tar" else p]
+    folders: list[Path] = []
+    for url in shards:
+        url = str(url)
+        if "://" in url or url.startswith("pipe:"):
+            raise ShardFactsError(f"shard {url!r} is not a local file: its {MANIFEST} cannot be read here; "
+                                  "pass the local shard folder instead")
+        folder = Path(url).parent
+        if folder not in folders:
+            folders.append(folder)
+    if not folders:
+        raise ShardFactsError("no shards given: cannot read their manifest")
+    return folders
+
+
+def _facts_of(folder: Path) -> tuple[dict[str, Any], str]:
+    path = folder / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ShardFactsError(f"{path}: not found; a shard folder gets its {MANIFEST} once "
+                              "`anatplane shard` (or `--merge` of all parts) completed") from None
+    except OSError as exc:
+        raise ShardFactsError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise ShardFactsError(f"{path}: not a shard manifest ({exc})") from None
+    try:
+        facts = {"num_channels": int(manifest["num_channels"]), "grid": int(manifest["grid"]),
+                 "spacing_mm": float(manifest["spacing_mm"]), "channels": tuple(manifest.get("channels", ()))}
+    except (KeyError, TypeError, ValueError):
+        raise ShardFactsError(f"{path}: does not state num_channels, grid and spacing_mm (written by an older "
+                              "anatplane shard? re-run it, or `anatplane shard --merge`, to rewrite it)") from None
+    if facts["num_channels"] < 1 or facts["grid"] < 1 or not facts["spacing_mm"] > 0:
+        raise ShardFactsError(f"{path}: implausible facts {facts}")
+    return facts, hashlib.sha256(raw).hexdigest()
+
+
+def read_shard_facts(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> ShardFacts:
+    """K, grid and spacing of a shard set, from its ``manifest.json`` alone (no tar opened).
+
+    Args:
+        shards: a shard folder (or its ``manifest.json``, or one ``.tar`` in it), or a list of
+            local shard paths (their folders' manifests are read; they must agree).
+
+    Raises:
+        ShardFactsError (an ``AnatplaneError``): a manifest missing, unreadable or without the
+            facts, remote shard URLs, or shard folders with different channels/grid/spacing.
+    """
+    folders = _manifest_folders(shards)
+    read = [(f, *_facts_of(f)) for f in folders]
+    first_folder, first, sha = read[0]
+    for folder, facts, _ in read[1:]:
+        if facts != first:
+            raise ShardFactsError(f"shard sets disagree: {first_folder} has {first}, {folder} has {facts}; "
+                                  "one run trains on one grid and channel layout")
+    if len(read) > 1:
+        sha = hashlib.sha256("\n".join(r[2] for r in read).encode()).hexdigest()
+    return ShardFacts(num_channels=first["num_channels"], grid=first["grid"], spacing_mm=first["spacing_mm"],
+                      channels=first["channels"], manifest_sha256=sha)
 
 
 def part_path(out_dir: Path, part: int, parts: int) -> Path:
@@ -95,6 +204,7 @@ def merge_parts(out_dir: Path) -> dict[str, Any]:
         "format": first["config"]["format"], "package_version": __version__,
         "profile": first["config"]["profile"], "config": first["config"], "config_hash": first["config_hash"],
         "subjects_hash": first["subjects_hash"], "input_root": first["input_root"], "parts": n_parts,
+        **shard_facts_of_config(first["config"]),
         "splits": splits, "shards": shards, "subjects": dict(sorted(subjects.items())),
         "subject_samples": dict(sorted(subject_samples.items())),
         "counts": {"subjects": len(subjects), "subjects_with_samples": sum(v > 0 for v in subject_samples.values()),
