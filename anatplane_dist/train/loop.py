@@ -34,7 +34,7 @@ from anatplane_dist.config import PretrainConfig, global_batch, micro_batch, sca
 from anatplane_dist.data.decode import load_npy
 from anatplane_dist.data.shardlist import SharedEpoch, derive_seed
 from anatplane_dist.data.shardspec import all_urls, is_local, parse_sources
-from anatplane_dist.dist import DistEnv, barrier, device_for
+from anatplane_dist.dist import DistEnv, assert_same_across_ranks, barrier, device_for
 from anatplane_dist.losses import MultitaskLoss
 from anatplane_dist.model import build_model
 from anatplane_dist.train.backends import Backend, CheckpointLoadError, choose_backend, make_backend

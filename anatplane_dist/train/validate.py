@@ -59,6 +59,30 @@ def line_errors(heat: torch.Tensor, lines: torch.Tensor, valid: torch.Tensor) ->
     return torch.rad2deg(diff), offset, mask
 
 
+def pretext_sums(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
+                 loss_fn: Callable) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each of :data:`NAMES` over one batch: the per-batch half of :func:`evaluate`.
+
+    Pretraining objectives with heatmap / location heads report these; a head the model
+    does not have is left out (its names then count nothing).
+    """
+    total, parts = loss_fn(out, batch)
+    n = float(batch["image"].shape[0])
+    sums: dict[str, tuple[float, float]] = {"val/loss": (float(total) * n, n)}
+    for k, v in parts.items():
+        sums[f"val/{k}"] = (float(v) * n, n)
+    if "heatmaps" in out:
+        ang, off, mask = line_errors(out["heatmaps"], batch["lines"], batch["valid"])
+        count = float(mask.sum())
+        sums["val/angle_err_deg"] = (float(ang[mask].sum()), count)
+        sums["val/offset_err_px"] = (float(off[mask].sum()), count)
+    if "location" in out:
+        loc_mask = batch["loc_valid"] > 0.5
+        sums["val/loc_mae"] = (float((out["location"].float() - batch["loc"]).abs()[loc_mask].sum()),
+                               float(loc_mask.sum()))
+    return sums
+
+
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], batches: Iterable[Mapping[str, Any]],
              loss_fn: Callable, device: torch.device, max_batches: int = 0) -> dict[str, float]:
@@ -72,21 +96,8 @@ def evaluate(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], batc
         if max_batches and i >= max_batches:
             break
         batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        out = forward(batch["image"])
-        total, parts = loss_fn(out, batch)
-        n = float(batch["image"].shape[0])
-        sums.add("val/loss", float(total) * n, n)
-        for k, v in parts.items():
-            sums.add(f"val/{k}", float(v) * n, n)
-        if "heatmaps" in out:
-            ang, off, mask = line_errors(out["heatmaps"], batch["lines"], batch["valid"])
-            count = float(mask.sum())
-            sums.add("val/angle_err_deg", float(ang[mask].sum()), count)
-            sums.add("val/offset_err_px", float(off[mask].sum()), count)
-        if "location" in out:
-            loc_mask = batch["loc_valid"] > 0.5
-            sums.add("val/loc_mae", float((out["location"].float() - batch["loc"]).abs()[loc_mask].sum()),
-                     float(loc_mask.sum()))
+        for name, (total, count) in pretext_sums(forward(batch["image"]), batch, loss_fn).items():
+            sums.add(name, total, count)
     means = sums.reduce()
     means["val/samples"] = float(sums.counts[sums.names.index("val/loss")])
     return means
