@@ -1,4 +1,4 @@
-"""Atomic checkpoint directories, the newest-complete lookup, and fp32 weight exports.
+"""Atomic checkpoint directories and the newest-complete lookup.
 
 Layout under ``<run_dir>/checkpoints/``: ``step_00000123.tmp/`` while being written (by every
 rank for DeepSpeed), renamed by rank 0 to ``step_00000123/`` after a barrier, and then a
@@ -6,6 +6,9 @@ rank for DeepSpeed), renamed by rank 0 to ``step_00000123/`` after a barrier, an
 full disk) is ignored by :func:`find_latest_complete`, which both the trainer (``resume:
 auto``) and the SLURM launcher use, so the two can never disagree about which checkpoint
 is "latest".
+
+The fp32 weight exports inside a checkpoint (``fp32/<part>.safetensors``) are written by
+:func:`anatplane_dist.weights.export_fp32`: the weights file format has one home.
 """
 from __future__ import annotations
 
@@ -16,14 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from .atomic import atomic_path, atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
-WEIGHTS_FORMAT = "anatplane-weights/1"
-PARTS = ("encoder", "decoder", "location_head")
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 
 
@@ -123,53 +122,3 @@ def write_meta(ckpt_dir: Path, meta: Mapping[str, Any]) -> Path:
 
 def read_meta(ckpt_dir: Path) -> dict[str, Any]:
     return json.loads((ckpt_dir / META).read_text())
-
-
-def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` through :func:`anatplane_dist.atomic.atomic_path` (never a truncated .pt)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
-def split_parts(state_dict: Mapping[str, torch.Tensor], parts: tuple[str, ...] = PARTS) -> dict[str, dict[str, torch.Tensor]]:
-    """Split a whole-model state dict by top-level submodule (``encoder.*`` → encoder)."""
-    out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in parts}
-    leftovers = []
-    for name, t in state_dict.items():
-        head, _, rest = name.partition(".")
-        if head in out and rest:
-            out[head][rest] = t
-        else:
-            leftovers.append(name)
-    if leftovers:
-        raise ValueError(f"model tensors outside {parts}: {leftovers[:5]} — they would be missing from the export")
-    return {p: sd for p, sd in out.items() if sd}  # a disabled head has no tensors and no file
-
-
-def export_fp32(ckpt_dir: Path, state_dict: Mapping[str, torch.Tensor], *, model_config_yaml: str,
-                num_channels: int, step: int) -> dict[str, Path]:
-    """Write ``fp32/<part>.pt`` for each part: world-size independent, ``weights_only``-loadable."""
-    written = {}
-    for part, sd in split_parts(state_dict).items():
-        if not sd:  # a head switched off in the config (single-task pretraining): no file
-            continue
-        payload = {
-            "format": WEIGHTS_FORMAT,
-            "part": part,
-            "state_dict": {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
-                           for k, v in sd.items()},
-            "model_config": model_config_yaml,
-            "num_channels": int(num_channels),
-            "step": int(step),
-        }
-        written[part] = atomic_torch_save(payload, ckpt_dir / "fp32" / f"{part}.pt")
-    return written
-
-
-def load_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an fp32 export with ``weights_only=True`` and check its format tag."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not an {WEIGHTS_FORMAT} file")
-    return obj

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import weights
 from anatplane_dist import stream
 from anatplane_dist.augment import augment_batch
 from anatplane_dist.atomic import atomic_write_text
@@ -229,7 +230,7 @@ class Trainer:
                         backend=backend.name, global_batch=self.gbs, metrics=metrics,
                         params_in_sync=in_sync, rank_micro_steps=rank_micro)
             ckpt.write_meta(tmp, meta)
-            ckpt.export_fp32(tmp, backend.fp32_state_dict(tmp), model_config_yaml=self.model_yaml,
+            weights.export_fp32(tmp, backend.fp32_state_dict(tmp), model_config_yaml=self.model_yaml,
                              num_channels=self.num_channels, step=state.step)
             final = ckpt.finalize(tmp)
             ckpt.prune(self.run_dir, self.cfg.train.keep_last)
