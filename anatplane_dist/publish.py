@@ -4,7 +4,7 @@
 *version* under ``<to>/<name>/``:
 
 1. everything is written into ``<to>/<name>/.staging-<uuid>/`` - on the destination
-   filesystem, so the final step is a same-filesystem rename: fp32 part files, the resolved
+   filesystem, so the final step is a same-filesystem rename: fp32 part files (safetensors), the resolved
    ``config.yaml``, ``model_card.json``, ``README.md`` and, last, ``SHA256SUMS``;
 2. the staging dir is renamed to ``<to>/<name>/<version>/`` with ``RENAME_NOREPLACE``, so an
    existing version is never overwritten and readers never see a half-written one.  The
@@ -16,7 +16,7 @@
 
 Files are 0644 and directories 0755 (``mkstemp``-style 0600 files would be unreadable for the
 group on a shared filesystem, pitfall P15).  ``load_pretrained`` verifies ``SHA256SUMS``, refuses
-partial or tampered versions, reads with ``weights_only=True`` and rebuilds the module from the
+partial or tampered versions, reads the safetensors parts (no pickle on the load path) and rebuilds the module from the
 stored ``ModelConfig``.
 """
 from __future__ import annotations
@@ -43,13 +43,15 @@ import yaml
 
 import anatplane_dist
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import weights
 
 CARD_FORMAT = "anatplane-published/1"
 SUMS = "SHA256SUMS"
 CARD = "model_card.json"
 LATEST = "latest"
 STAGING_PREFIX = ".staging-"
-LOADABLE_PARTS = (*ckpt.PARTS, "full")
+#: parts every published version may hold, plus "full"; any other part a version lists loads too
+LOADABLE_PARTS = (*weights.CORE_PARTS, "full")
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
@@ -298,7 +300,7 @@ def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, An
                      "global_batch": meta.get("global_batch"), "steps": meta.get("step"),
                      "samples_seen": meta.get("samples_seen"),
                      "train_time_s": train_s, "train_time_source": train_src},
-        "parts": {p: {"file": f"{p}.pt", "tensors": info["tensors"], "parameters": info["parameters"]}
+        "parts": {p: {"file": f"{p}{weights.SUFFIX}", "tensors": info["tensors"], "parameters": info["parameters"]}
                   for p, info in parts.items()},
     }
 
@@ -350,9 +352,9 @@ def _check_name(name: str) -> str:
 
 def _load_part(path: Path) -> dict[str, Any]:
     try:
-        obj = ckpt.load_weights(path)
-    except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
-        raise PublishError(f"{path}: not a loadable {ckpt.WEIGHTS_FORMAT} weights file ({e})") from e
+        obj = weights.load_weights(path)
+    except (weights.WeightsFormatError, OSError) as e:
+        raise PublishError(f"{path}: not a loadable {weights.WEIGHTS_FORMAT} weights file ({e})") from e
     sd = obj.get("state_dict")
     if not isinstance(sd, dict) or not sd:
         raise PublishError(f"{path}: empty state_dict")
@@ -371,15 +373,16 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
         raise PublishError(f"{run_dir}: no complete checkpoint (checkpoints/step_*/COMPLETE) to publish")
     name = _check_name(name or run_dir.resolve().name)
     fp32 = ck / "fp32"
-    if not (fp32 / "encoder.pt").is_file():
-        raise PublishError(f"{ck}: no fp32/encoder.pt export")
+    sources = weights.find_parts(fp32)
+    if "encoder" not in sources:
+        raise PublishError(f"{ck}: no fp32/encoder{weights.SUFFIX} export")
     parts: dict[str, dict[str, Any]] = {}
-    for part in ckpt.PARTS:
-        if (fp32 / f"{part}.pt").is_file():
-            obj = _load_part(fp32 / f"{part}.pt")
-            parts[part] = {"tensors": len(obj["state_dict"]),
-                           "parameters": int(sum(t.numel() for t in obj["state_dict"].values())),
-                           "model_config": obj["model_config"], "num_channels": obj["num_channels"]}
+    loaded: dict[str, dict[str, Any]] = {}
+    for part, src in sources.items():
+        obj = loaded[part] = _load_part(src)
+        parts[part] = {"tensors": len(obj["state_dict"]),
+                       "parameters": int(sum(t.numel() for t in obj["state_dict"].values())),
+                       "model_config": obj["model_config"], "num_channels": obj["num_channels"]}
     step = int(ckpt.read_meta(ck).get("step", ckpt.step_of(ck) or 0))
 
     name_dir = Path(to) / name
@@ -392,12 +395,20 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
     staging = name_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir(mode=DIR_MODE)
     try:
-        for part in parts:
-            _copy(fp32 / f"{part}.pt", staging / f"{part}.pt")
+        for part, src in sources.items():
+            dst = staging / f"{part}{weights.SUFFIX}"
+            if src.suffix == weights.SUFFIX:
+                _copy(src, dst)
+            else:  # a run from before safetensors: published as safetensors all the same
+                obj = loaded[part]
+                weights.save_part(dst, obj["state_dict"], part=part, model_config_yaml=obj["model_config"],
+                                  num_channels=obj["num_channels"], step=obj.get("step", step))
         if (run_dir / "config.yaml").is_file():
             _copy(run_dir / "config.yaml", staging / "config.yaml")
+        # of the content, not the file bytes: the same weights are the same version whichever
+        # container the run wrote (safetensors does not fix the order of its metadata on disk)
         weights_hash = hashlib.sha256("".join(
-            f"{sha256_file(staging / f'{p}.pt')}{p}" for p in sorted(parts)).encode()).hexdigest()
+            f"{weights.content_digest(loaded[p])}{p}" for p in sorted(parts)).encode()).hexdigest()
         version = f"step{step:08d}-{weights_hash[:10]}"
         card = build_card(run_dir, ck, name, parts)
         card["version"] = version
@@ -479,17 +490,17 @@ def load_pretrained(path_or_dir: str | os.PathLike, part: str = "encoder"):
     """
     from anatplane_dist.model import ModelConfig, build_model, load_parts
 
-    if part not in LOADABLE_PARTS:
-        raise ValueError(f"part must be one of {LOADABLE_PARTS}, got {part!r}")
     version = resolve_version(path_or_dir)
     verify(version)
     card = json.loads((version / CARD).read_text())
     available = list(card.get("parts", {}))
+    if part != "full" and part not in (*LOADABLE_PARTS, *available):
+        raise ValueError(f"part must be one of {(*available, 'full')}, got {part!r}")
     wanted = available if part == "full" else [part]
     missing = [p for p in wanted if p not in available]
     if missing:
         raise ValueError(f"{version} has no {missing[0]} (published parts: {available})")
-    loaded = {p: ckpt.load_weights(version / f"{p}.pt") for p in wanted}
+    loaded = {p: weights.load_part(version, p) for p in wanted}
     first = next(iter(loaded.values()))
     model = build_model(ModelConfig.from_yaml(first["model_config"]), int(first["num_channels"]))
     load_parts(model, {p: obj["state_dict"] for p, obj in loaded.items()})

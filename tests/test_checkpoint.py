@@ -1,10 +1,7 @@
-"""checkpoint.py: atomic directories, newest-complete lookup, pruning, fp32 exports."""
+"""checkpoint.py: atomic directories, newest-complete lookup, pruning (weights files: test_weights.py)."""
 from __future__ import annotations
 
 import json
-
-import pytest
-import torch
 
 from anatplane_dist import checkpoint as ckpt
 
@@ -61,29 +58,6 @@ def test_prune_keeps_last_k(tmp_path):
     removed = ckpt.prune(tmp_path, 2)
     assert sorted(ckpt.step_of(p) for p in removed) == [1, 2, 3]
     assert [ckpt.step_of(p) for p in ckpt.list_complete(tmp_path)] == [5, 4]
-
-
-def test_fp32_export_is_weights_only_loadable(tmp_path):
-    sd = {"encoder.conv.weight": torch.randn(2, 1, 3, 3, dtype=torch.bfloat16),
-          "encoder.bn.num_batches_tracked": torch.tensor(3),
-          "decoder.out.weight": torch.randn(2, 2), "location_head.fc.bias": torch.zeros(1)}
-    files = ckpt.export_fp32(tmp_path, sd, model_config_yaml="name: unet\n", num_channels=2, step=7)
-    assert set(files) == {"encoder", "decoder", "location_head"}
-    enc = torch.load(files["encoder"], weights_only=True)
-    assert enc["format"] == ckpt.WEIGHTS_FORMAT and enc["part"] == "encoder" and enc["step"] == 7
-    assert enc["num_channels"] == 2 and enc["model_config"] == "name: unet\n"
-    assert enc["state_dict"]["conv.weight"].dtype == torch.float32
-    assert torch.equal(enc["state_dict"]["conv.weight"], sd["encoder.conv.weight"].float())
-    assert enc["state_dict"]["bn.num_batches_tracked"].dtype == torch.int64
-    assert ckpt.load_weights(files["decoder"])["state_dict"].keys() == {"out.weight"}
-
-
-def test_export_skips_absent_heads_and_refuses_stray_tensors(tmp_path):
-    files = ckpt.export_fp32(tmp_path, {"encoder.w": torch.ones(1)}, model_config_yaml="", num_channels=1, step=0)
-    assert set(files) == {"encoder"}
-    with pytest.raises(ValueError, match="outside"):
-        ckpt.export_fp32(tmp_path, {"encoder.w": torch.ones(1), "extra": torch.ones(1)},
-                         model_config_yaml="", num_channels=1, step=0)
 
 
 def test_meta_is_json(tmp_path):

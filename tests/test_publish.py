@@ -17,6 +17,7 @@ import yaml
 
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import publish as pub
+from anatplane_dist import weights
 from anatplane_dist.cli import main as anatplane
 from anatplane_dist.model import ModelConfig, build_model, export_parts
 
@@ -39,13 +40,15 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (4,), seed: int = 0) -> dic
     for step in steps:
         torch.manual_seed(seed * 1000 + step)
         model = build_model(MODEL, K)
+        models[step] = model
+        if (run_dir / "checkpoints" / ckpt.step_name(step)).exists():
+            continue  # written by an earlier call: checkpoints are never replaced
         state = {f"{p}.{k}": v for p, sd in export_parts(model).items() for k, v in sd.items()}
         tmp = ckpt.prepare_tmp(run_dir, step)
         ckpt.write_meta(tmp, dict(step=step, epoch=0, samples_seen=step * 8, data_seed=seed, world_size=2,
                                   backend="ddp", global_batch=8, metrics={"loss": 1.0 / step}))
-        ckpt.export_fp32(tmp, state, model_config_yaml=MODEL.to_yaml(), num_channels=K, step=step)
+        weights.export_fp32(tmp, state, model_config_yaml=MODEL.to_yaml(), num_channels=K, step=step)
         ckpt.finalize(tmp)
-        models[step] = model
         rows += [{"step": step, "epoch": 0, "lr": 1e-3, "loss": 1.0 / step, "loss_ori": 0.5,
                   "loss_loc": 0.5, "samples_per_s": 10.0, "samples_seen": step * 8},
                  {"step": step, "val/loss": 2.0 / step, "val/loss_ori": 1.0 / step}]
@@ -63,7 +66,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     assert version.parent == name_dir and version.name.startswith("step00000004-")
     assert os.readlink(name_dir / "latest") == version.name
     assert sorted(p.name for p in version.iterdir()) == sorted(
-        ["encoder.pt", "decoder.pt", "location_head.pt", "config.yaml", "model_card.json", "README.md",
+        ["encoder.safetensors", "decoder.safetensors", "location_head.safetensors", "config.yaml", "model_card.json", "README.md",
          "SHA256SUMS"])
     assert not list(name_dir.glob(".staging-*"))
     for p in version.iterdir():
@@ -98,7 +101,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     with torch.no_grad():
         a, b = full(x), models[4](x)
     assert torch.allclose(a["heatmaps"], b["heatmaps"]) and torch.allclose(a["location"], b["location"])
-    head = pub.load_pretrained(version / "encoder.pt", part="location_head")
+    head = pub.load_pretrained(version / "encoder.safetensors", part="location_head")
     assert isinstance(head, torch.nn.Module) and head.training
     with pytest.raises(ValueError, match="part must be one of"):
         pub.load_pretrained(version, part="head")
@@ -113,7 +116,7 @@ def test_same_checkpoint_twice_is_one_version_new_step_moves_latest(tmp_path):
     assert again == first and (first / "SHA256SUMS").stat().st_mtime_ns == mtime  # not rewritten
     assert len(pub.list_versions(tmp_path / "pub" / "m")) == 1
 
-    make_run(run, steps=(3, 6))  # training went on (step 3 rewritten identically, step 6 new)
+    make_run(run, steps=(3, 6))  # training went on (step 6 new)
     newer = pub.publish(run, tmp_path / "pub", name="m")
     assert newer != first and newer.name.startswith("step00000006-")
     assert os.readlink(tmp_path / "pub" / "m" / "latest") == newer.name
@@ -126,20 +129,20 @@ def test_tampered_partial_and_foreign_versions_are_refused(tmp_path):
     make_run(run)
     version = pub.publish(run, tmp_path / "pub", name="m")
 
-    enc = version / "encoder.pt"
+    enc = version / "encoder.safetensors"
     original = enc.read_bytes()
     flipped = bytearray(original)
     flipped[len(flipped) // 2] ^= 0xFF  # one bit-flipped byte in the middle of the tensors
     enc.write_bytes(bytes(flipped))
-    with pytest.raises(pub.VerificationError, match="encoder.pt: checksum mismatch"):
+    with pytest.raises(pub.VerificationError, match="encoder.safetensors: checksum mismatch"):
         pub.load_pretrained(version)
     enc.write_bytes(original)
     pub.verify(version)  # restored: accepted again
 
-    (version / "decoder.pt").rename(tmp_path / "decoder.pt")
-    with pytest.raises(pub.VerificationError, match=r"partial: missing \['decoder.pt'\]"):
+    (version / "decoder.safetensors").rename(tmp_path / "decoder.safetensors")
+    with pytest.raises(pub.VerificationError, match=r"partial: missing \['decoder.safetensors'\]"):
         pub.load_pretrained(version, part="encoder")
-    (tmp_path / "decoder.pt").rename(version / "decoder.pt")
+    (tmp_path / "decoder.safetensors").rename(version / "decoder.safetensors")
 
     (version / "extra.pt").write_bytes(b"x")
     with pytest.raises(pub.VerificationError, match=r"not covered by SHA256SUMS: \['extra.pt'\]"):
@@ -161,7 +164,7 @@ def test_publish_refuses_runs_without_a_complete_checkpoint(tmp_path):
     with pytest.raises(pub.PublishError, match="no complete checkpoint"):
         pub.publish(run, tmp_path / "pub")
     make_run(run)
-    (ckpt.find_latest_complete(run) / "fp32" / "encoder.pt").write_bytes(b"not torch")
+    (ckpt.find_latest_complete(run) / "fp32" / "encoder.safetensors").write_bytes(b"not torch")
     with pytest.raises(pub.PublishError, match="not a loadable"):
         pub.publish(run, tmp_path / "pub")
     with pytest.raises(pub.PublishError, match="invalid publish name"):
@@ -257,3 +260,22 @@ def test_racing_publishers_never_collide(tmp_path):
     assert not list(name_dir.glob(".staging-*"))
     for v in (outs[0], outs[2]):
         pub.verify(v)
+
+
+def test_run_with_legacy_pt_exports_publishes_safetensors_same_version(tmp_path):
+    """Runs written before safetensors (fp32/<part>.pt) publish as safetensors, and the same
+    weights are the same version whichever container the run holds."""
+    run = tmp_path / "run"
+    models = make_run(run)
+    modern = pub.publish(run, tmp_path / "a", name="m")
+    fp32 = ckpt.find_latest_complete(run) / "fp32"
+    for part, f in weights.find_parts(fp32).items():
+        torch.save(weights.load_weights(f), fp32 / f"{part}.pt")
+        f.unlink()
+    legacy = pub.publish(run, tmp_path / "b", name="m")
+    assert legacy.name == modern.name
+    assert sorted(p.name for p in legacy.glob("*.safetensors")) == [
+        "decoder.safetensors", "encoder.safetensors", "location_head.safetensors"]
+    assert not list(legacy.glob("*.pt"))
+    enc = pub.load_pretrained(legacy, part="encoder")
+    assert all(torch.equal(enc.state_dict()[k], v) for k, v in models[4].encoder.state_dict().items())

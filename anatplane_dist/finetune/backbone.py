@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import weights
 from ..model import ModelConfig, build_model
 
 __all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "BackboneFactory", "read_pretrained_info", "make_backbone",
@@ -25,7 +26,6 @@ __all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone"
 
 INITS = ("random", "pretrained")
 TRANSFERS = ("encoder", "encoder+decoder")
-_WEIGHTS_FORMAT = "anatplane-weights/1"
 
 
 class PretrainedError(ValueError):
@@ -62,7 +62,8 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
     accepts: a version directory, a name directory (its ``latest``), or a file in a version.
 
     Raises:
-        PretrainedError: missing, or no ``anatplane-weights/1`` encoder in the version.
+        PretrainedError: missing, or no ``anatplane-weights/1`` encoder (``encoder.safetensors``,
+            or the legacy ``encoder.pt``) in the version.
     """
     from ..publish import CARD, resolve_version
 
@@ -70,16 +71,14 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
         version = resolve_version(path)
     except FileNotFoundError as exc:
         raise PretrainedError(f"pretrained weights {path} do not exist") from exc
-    f = version / "encoder.pt"
-    if not f.is_file():
-        raise PretrainedError(f"{version}: no encoder.pt (expected a published version, see "
+    f = weights.part_file(version, "encoder")
+    if f is None:
+        raise PretrainedError(f"{version}: no encoder{weights.SUFFIX} (expected a published version, see "
                               f"'anatplane publish')")
     try:
-        obj = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; name the file
-        raise PretrainedError(f"{f}: unreadable weights file ({exc})") from exc
-    if not isinstance(obj, dict) or obj.get("format") != _WEIGHTS_FORMAT:
-        raise PretrainedError(f"{f}: not an {_WEIGHTS_FORMAT} weights file")
+        obj = weights.load_weights(f)
+    except (weights.WeightsFormatError, OSError) as exc:
+        raise PretrainedError(str(exc)) from exc
     if obj.get("part") != "encoder":
         raise PretrainedError(f"{f}: holds the {obj.get('part')!r} part; fine-tuning needs the encoder")
     try:
@@ -93,7 +92,7 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
             card = json.loads((version / CARD).read_text())
         except ValueError:
             card = {}
-    parts = list(card.get("parts", {})) or [q.stem for q in sorted(version.glob("*.pt"))]
+    parts = list(card.get("parts", {})) or list(weights.find_parts(version))
     return PretrainedInfo(f, cfg, k, int(obj.get("step", -1)), parts, card)
 
 

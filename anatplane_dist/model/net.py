@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import weights
 from .config import ModelConfig
 from .heads import LocationHead
 from .layers import init_weights
@@ -20,8 +21,9 @@ from .registry import get_builder
 
 __all__ = ["MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model", "PARTS"]
 
-#: Exportable parts, in a fixed order (also the fp32 file names: ``<part>.pt``).
-PARTS = ("encoder", "decoder", "location_head")
+#: The parts every network has (when enabled), in their listed order; a network may have more
+#: (any top-level submodule is a part).  Also the weights file names: ``<part>.safetensors``.
+PARTS = weights.CORE_PARTS
 
 
 class MultitaskNet(nn.Module):
@@ -83,19 +85,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def export_parts(model: nn.Module) -> dict[str, dict[str, Tensor]]:
-    """fp32 CPU copies of the state dict of each present part (``encoder``, ``decoder``,
-    ``location_head``), with part-local names, independent of wrappers and of the training
-    precision; ready for ``torch.save`` and ``torch.load(weights_only=True)``."""
-    net = unwrap_model(model)
-    parts: dict[str, dict[str, Tensor]] = {}
-    for name in PARTS:
-        part = getattr(net, name, None)
-        if part is None:
-            continue
-        parts[name] = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point()
-                           else v.detach().to("cpu")).clone()
-                       for k, v in part.state_dict().items()}
-    return parts
+    """fp32 CPU copies of the state dict of each present part (every top-level submodule:
+    ``encoder``, ``decoder``, ``location_head``, then any head an objective adds), with
+    part-local names, independent of wrappers and of the training precision; what
+    :func:`anatplane_dist.weights.save_part` writes."""
+    return weights.split_parts(weights.fp32_cpu(unwrap_model(model).state_dict()))
 
 
 def load_parts(model: nn.Module, parts: Mapping[str, Mapping[str, Tensor]], *,
@@ -103,17 +97,17 @@ def load_parts(model: nn.Module, parts: Mapping[str, Mapping[str, Tensor]], *,
     """Load exported parts into ``model``; returns the names loaded.
 
     Raises:
-        ValueError: an unknown part name, or a part the model does not have.
+        ValueError: a part the model does not have (unknown, or disabled in its config).
         RuntimeError: (``strict``) missing or unexpected tensors, from ``load_state_dict``.
     """
     net = unwrap_model(model)
+    present = dict(net.named_children())
     loaded = []
     for name, sd in parts.items():
-        if name not in PARTS:
-            raise ValueError(f"unknown part {name!r}; parts are {PARTS}")
-        part = getattr(net, name, None)
-        if part is None:
-            raise ValueError(f"model has no {name} (disabled in its config) to load weights into")
-        part.load_state_dict(dict(sd), strict=strict)
+        if name not in present:
+            known = weights.order_parts([*present, *PARTS])
+            raise ValueError(f"model has no part {name!r} (disabled in its config, or unknown); "
+                             f"parts are {known}")
+        present[name].load_state_dict(dict(sd), strict=strict)
         loaded.append(name)
     return loaded

@@ -132,6 +132,7 @@ def publish_weights(tmp_path: Path, model_config, num_channels: int = 2, grid: i
     import yaml
 
     from anatplane_dist import checkpoint as ckpt
+    from anatplane_dist import weights
     from anatplane_dist.model import build_model, export_parts
     from anatplane_dist.publish import publish
 
@@ -149,7 +150,7 @@ def publish_weights(tmp_path: Path, model_config, num_channels: int = 2, grid: i
     tmp = ckpt.prepare_tmp(run_dir, 10)
     ckpt.write_meta(tmp, dict(step=10, epoch=1, samples_seen=80, data_seed=seed, world_size=1, backend="single",
                               metrics={}))
-    ckpt.export_fp32(tmp, state, model_config_yaml=model_config.to_yaml(), num_channels=num_channels, step=10)
+    weights.export_fp32(tmp, state, model_config_yaml=model_config.to_yaml(), num_channels=num_channels, step=10)
     ckpt.finalize(tmp)
     publish(run_dir, tmp_path / "published", name)
     return tmp_path / "published" / name

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from anatplane_dist import weights
 from anatplane_dist.finetune.backbone import (PretrainedError, grid_from_pretrained, make_backbone,
                                               read_pretrained_info)
 from anatplane_dist.model import ModelConfig
@@ -76,16 +77,18 @@ def test_unusable_weights_are_clear_errors(tmp_path: Path) -> None:
     assert make_backbone("pretrained", pretrained=name_dir, transfer="encoder").transferred == ["encoder"]
     # a tampered version is refused by the verified loader
     version = read_pretrained_info(name_dir).path.parent
-    enc = version / "encoder.pt"
-    obj = torch.load(enc, weights_only=True)
+    enc = version / "encoder.safetensors"
+    obj = weights.load_weights(enc)
     next(iter(obj["state_dict"].values())).add_(1.0)
     enc.chmod(0o644)
-    torch.save(obj, enc)
+    enc.unlink()
+    weights.save_part(enc, obj["state_dict"], part="encoder", model_config_yaml=obj["model_config"],
+                      num_channels=obj["num_channels"], step=obj["step"])
     with pytest.raises(PretrainedError, match="checksum"):
         make_backbone("pretrained", pretrained=name_dir, transfer="encoder")
     # a file that is not a weights file
     bad = tmp_path / "bad" / "v"
     bad.mkdir(parents=True)
-    (bad / "encoder.pt").write_bytes(b"not torch")
+    (bad / "encoder.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(PretrainedError, match="unreadable"):
         read_pretrained_info(bad)

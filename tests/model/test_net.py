@@ -1,12 +1,11 @@
 """MultitaskNet for every registered architecture: outputs, heads, export, device-friendliness."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import yaml
 
+from anatplane_dist import weights
 from anatplane_dist.model import (ModelConfig, available_models, build_model, export_parts, load_parts,
                                   unwrap_model)
 
@@ -88,20 +87,20 @@ def test_single_graph_without_breaks(name):
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_export_parts_roundtrip_through_weights_only_file(name):
+def test_export_parts_roundtrip_through_safetensors_files(name, tmp_path):
     torch.manual_seed(0)
     src = build_model(tiny(name), 2)
     src.train()(torch.randn(4, 1, 32, 32))          # move BN running stats off their init
     src = src.to(torch.bfloat16).eval()
     parts = export_parts(torch.nn.DataParallel(torch.compile(src, backend="eager")))   # wrappers
-    assert set(parts) == {"encoder", "decoder", "location_head"}
+    assert list(parts) == ["encoder", "decoder", "location_head"]
     assert all(v.dtype == torch.float32 for sd in parts.values() for v in sd.values() if v.is_floating_point())
-    buf = io.BytesIO()
-    torch.save({"format": "anatplane-weights/1", "parts": parts, "model_config": src.config.to_yaml()}, buf)
-    buf.seek(0)
-    blob = torch.load(buf, weights_only=True)
-    dst = build_model(ModelConfig.from_yaml(blob["model_config"]), 2).eval()
-    assert load_parts(dst, blob["parts"]) == ["encoder", "decoder", "location_head"]
+    for part, sd in parts.items():
+        weights.save_part(tmp_path / f"{part}.safetensors", sd, part=part,
+                          model_config_yaml=src.config.to_yaml(), num_channels=2, step=3)
+    blob = {p: weights.load_part(tmp_path, p) for p in weights.find_parts(tmp_path)}
+    dst = build_model(ModelConfig.from_yaml(blob["encoder"]["model_config"]), 2).eval()
+    assert load_parts(dst, {p: b["state_dict"] for p, b in blob.items()}) == ["encoder", "decoder", "location_head"]
     x = torch.randn(2, 1, 32, 32)
     ref = src.float()(x)
     out = dst(x)
@@ -109,11 +108,24 @@ def test_export_parts_roundtrip_through_weights_only_file(name):
         torch.testing.assert_close(out[k], ref[k])
 
 
+def test_extra_heads_are_parts_too():
+    """A head a pretraining objective adds (any top-level submodule) exports and loads like the
+    core parts, listed after them."""
+    net = build_model(tiny("unet"), 2)
+    net.projection = torch.nn.Linear(4, 3)
+    parts = export_parts(net)
+    assert list(parts) == ["encoder", "decoder", "location_head", "projection"]
+    other = build_model(tiny("unet"), 2)
+    other.projection = torch.nn.Linear(4, 3)
+    assert load_parts(other, {"projection": parts["projection"]}) == ["projection"]
+    assert torch.equal(other.projection.weight, net.projection.weight)
+
+
 def test_load_parts_errors():
     net = build_model(tiny("unet", location_head=False), 2)
-    with pytest.raises(ValueError, match="unknown part"):
+    with pytest.raises(ValueError, match="no part 'backbone'"):
         load_parts(net, {"backbone": {}})
-    with pytest.raises(ValueError, match="no location_head"):
+    with pytest.raises(ValueError, match="no part 'location_head'"):
         load_parts(net, {"location_head": {}})
     with pytest.raises(RuntimeError, match="Missing key"):
         load_parts(net, {"encoder": {}})

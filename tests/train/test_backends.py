@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist.weights import load_part
 from anatplane_dist.dist import DistEnv
 from anatplane_dist.train.backends import ENGINE_TAG, choose_backend
 from anatplane_dist.train.cli import main
@@ -25,7 +26,7 @@ def test_deepspeed_bf16_exports_fp32_master_weights(tmp_path, shards):
                           env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, tail(proc)
     final = ckpt.find_latest_complete(tmp_path / "run")
-    enc = ckpt.load_weights(final / "fp32" / "encoder.pt")["state_dict"]
+    enc = load_part(final / "fp32", "encoder")["state_dict"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     master = get_fp32_state_dict_from_zero_checkpoint(str(final), tag=ENGINE_TAG)
     weights = [k for k in enc if k.endswith("weight")]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import weights
 from anatplane_dist.train.backends import ENGINE_TAG
 from anatplane_dist.train.loop import FAULT_ENV
 from anatplane_dist.train.metrics import read_metrics
@@ -14,7 +15,7 @@ from .synth import config_yaml
 
 
 def _weights(ckpt_dir):
-    return {p: ckpt.load_weights(ckpt_dir / "fp32" / f"{p}.pt")["state_dict"]
+    return {p: weights.load_part(ckpt_dir / "fp32", p)["state_dict"]
             for p in ("encoder", "decoder", "location_head")}
 
 

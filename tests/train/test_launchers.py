@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import weights
 from anatplane_dist.cli import main as anatplane
 from anatplane_dist.train.loop import FAULT_ENV
 from anatplane_dist.train.metrics import read_metrics
@@ -50,7 +51,7 @@ def test_anatplane_pretrain_subcommand_publishes_at_the_end(tmp_path, shards, cl
     versions = [p for p in (tmp_path / "pub" / "tiny").iterdir() if p.is_dir()]
     assert versions
     encoder = load_pretrained(versions[0], part="encoder")
-    exported = ckpt.load_weights(final / "fp32" / "encoder.pt")["state_dict"]
+    exported = weights.load_part(final / "fp32", "encoder")["state_dict"]
     for k, v in encoder.state_dict().items():
         assert torch.equal(v.float(), exported[k]), k
 
@@ -76,4 +77,4 @@ def test_no_arguments_trains_on_generated_phantom_shards(tmp_path):
     meta = ckpt.read_meta(ckpt.find_latest_complete(run))
     assert meta["step"] == 8 and meta["metrics"]["val/samples"] > 0
     for part in ("encoder", "decoder", "location_head"):
-        assert ckpt.load_weights(ckpt.find_latest_complete(run) / "fp32" / f"{part}.pt")["num_channels"] == 2
+        assert weights.load_part(ckpt.find_latest_complete(run) / "fp32", part)["num_channels"] == 2

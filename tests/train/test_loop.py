@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anatplane_dist import checkpoint as ckpt
+from anatplane_dist import weights
 from anatplane_dist.train.cli import EXIT_NONFINITE, main
 from anatplane_dist.train.metrics import read_metrics
 
@@ -20,7 +21,7 @@ def _run(tmp_path, shards, run_dir, *overrides, **sections) -> int:
 
 
 def _weights(ckpt_dir):
-    return {part: ckpt.load_weights(ckpt_dir / "fp32" / f"{part}.pt")["state_dict"]
+    return {part: weights.load_part(ckpt_dir / "fp32", part)["state_dict"]
             for part in ("encoder", "decoder", "location_head")}
 
 
