@@ -2,18 +2,35 @@
 
 Everything here runs in the DataLoader workers. A sample that breaks the shard schema raises
 :class:`SampleError` with the reason; the stream counts and skips it instead of stopping.
+
+Two layouts are read (``shards/FORMAT.md``):
+
+* ``anatplane-shard/2`` (what ``anatplane shard`` writes): ``image.npy`` + ``meta.json``, the
+  targets inside ``meta.json`` and the whole sample sealed by a crc32 (:mod:`..shards.seal`)
+  that is checked **before** anything else is parsed: a changed byte in either member is a
+  ``"checksum"`` skip, counted like any corrupt member, and never reaches the model;
+* ``anatplane-shard/1``: ``image.npy``, ``lines.npy``, ``valid.npy``, ``loc.npy`` (no checksum;
+  still what the synthetic test/benchmark shard writer produces).
+
+Both give the same batch fields.
 """
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import numpy.lib.format as npformat
 import torch
 
-#: tar members a sample must have (``meta.json`` is not needed for training and is not read).
-REQUIRED = ("image.npy", "lines.npy", "valid.npy", "loc.npy")
+from ..shards.seal import seal_error
+
+#: members of a format-1 sample (the arrays as separate ``.npy`` members, no checksum)
+REQUIRED_V1 = ("image.npy", "lines.npy", "valid.npy", "loc.npy")
+#: members of a format-2 sample (targets and checksum in ``meta.json``)
+REQUIRED = ("image.npy", "meta.json")
+_WANTED = tuple(set(REQUIRED_V1) | set(REQUIRED))
 _STD_FLOOR = 1e-6
 
 
@@ -30,8 +47,8 @@ class SampleError(ValueError):
 
 
 def wanted_member(fname: str) -> bool:
-    """Tar member filter: read only the members the batch needs (skips ``meta.json`` bytes)."""
-    return fname.endswith(REQUIRED)
+    """Tar member filter: read only the members a batch can need."""
+    return fname.endswith(_WANTED)
 
 
 _MAGIC = b"\x93NUMPY"
@@ -117,13 +134,10 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
         SampleError: missing member, wrong dtype/shape, non-finite image, inconsistent flags.
     """
     key = raw.get("__key__", "?")
-    missing = [m for m in REQUIRED if m not in raw]
-    if missing:
-        raise SampleError("missing", f"{key}: missing member(s) {missing}")
-    image = load_npy(raw["image.npy"], f"{key}.image.npy")
-    lines = load_npy(raw["lines.npy"], f"{key}.lines.npy")
-    valid = load_npy(raw["valid.npy"], f"{key}.valid.npy")
-    loc = load_npy(raw["loc.npy"], f"{key}.loc.npy")
+    if "lines.npy" in raw:
+        image, lines, valid, loc = _arrays_v1(raw, key)
+    else:
+        image, lines, valid, loc = _arrays_v2(raw, key)
     if image.ndim != 2 or image.dtype.kind != "f" or 0 in image.shape:
         raise SampleError("shape", f"{key}: image must be a non-empty float (H, W) array, got {image.dtype} {image.shape}")
     if lines.ndim != 2 or lines.shape[1] != 3 or lines.dtype.kind != "f":
@@ -148,6 +162,36 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
         "loc_valid": np.float32(loc_ok),
         "key": str(key),
     }
+
+
+def _arrays_v1(raw: Mapping[str, Any], key: str) -> tuple[np.ndarray, ...]:
+    missing = [m for m in REQUIRED_V1 if m not in raw]
+    if missing:
+        raise SampleError("missing", f"{key}: missing member(s) {missing}")
+    return tuple(load_npy(raw[m], f"{key}.{m}") for m in REQUIRED_V1)
+
+
+def _arrays_v2(raw: Mapping[str, Any], key: str) -> tuple[np.ndarray, ...]:
+    """Checksum first, then the targets out of ``meta.json`` (see the module docstring)."""
+    missing = [m for m in REQUIRED if m not in raw]
+    if missing:
+        raise SampleError("missing", f"{key}: missing member(s) {missing}")
+    image_b, meta_b = raw["image.npy"], raw["meta.json"]
+    bad = seal_error(image_b, meta_b)
+    if bad:
+        raise SampleError("checksum", f"{key}: {bad}")
+    try:
+        meta = json.loads(meta_b)
+        rows = meta["lines"]
+        valid = np.array([bool(r["valid"]) for r in meta["references"]], dtype=np.uint8)
+        value = meta["location"]["value"]
+        lines = np.array([[np.nan] * 3 if r is None else r for r in rows], dtype=np.float32).reshape(len(rows), -1)
+        loc = np.array(np.nan if value is None else value, dtype=np.float32)
+    except (ValueError, KeyError, TypeError) as exn:
+        raise SampleError("meta", f"{key}: meta.json without valid targets ({type(exn).__name__}: {exn})") from None
+    if len(rows) != len(valid) or any((r is None) == bool(v) for r, v in zip(rows, valid)):
+        raise SampleError("flags", f"{key}: meta.json lines and references[].valid disagree")
+    return load_npy(image_b, f"{key}.image.npy"), lines, valid, loc
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import yaml
 __all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile", "FORMAT_VERSION"]
 
 #: bumped whenever the sample layout or the target computation changes
-FORMAT_VERSION = "anatplane-shard/1"
+FORMAT_VERSION = "anatplane-shard/2"
 
 _PICKS = ("first", "central")
 _LOCATIONS = ("heart", "symmetric", "none")

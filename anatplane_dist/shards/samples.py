@@ -13,7 +13,6 @@ out, an unreadable slice is left out -- and every one of these is a ``Skip`` wit
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,23 +23,31 @@ from ..geometry import (Plane, heart_locations, intersection_lines, resample_to_
                         symmetric_locations, target_grid)
 from ..sources.base import Skip, Slice, Study
 from .profiles import ShardConfig
+from .seal import seal_meta
 
-__all__ = ["Sample", "StudySamples", "study_samples", "sample_key", "npy_bytes", "MEMBERS"]
+__all__ = ["Sample", "StudySamples", "study_samples", "sample_key", "key_part", "npy_bytes", "MEMBERS",
+           "MAX_KEY_BYTES"]
 
-#: tar members of one sample, in the order the writer stores them (TarWriter sorts them)
-MEMBERS = ("image.npy", "lines.npy", "loc.npy", "meta.json", "valid.npy")
+#: tar members of one sample, in the order the writer stores them (TarWriter sorts them); the
+#: targets (lines, valid flags, location) live in meta.json, which also seals the sample (``seal``)
+MEMBERS = ("image.npy", "meta.json")
 
 #: |values| of a rescaled image are clipped here so that float16 never overflows to inf
 _FLOAT16_SAFE = 1.0e4
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+#: a USTAR member name holds 100 bytes; the longest member suffix is ``.image.npy``
+MAX_KEY_BYTES = 100 - len(".image.npy")
+_SUBJECT_KEEP = re.compile(r"[A-Za-z0-9]")
+_SERIES_KEEP = re.compile(r"[A-Za-z0-9_]")
 
 
 @dataclass
 class Sample:
-    """One encoded sample: its ``__key__`` and the bytes of each tar member."""
+    """One encoded sample: its ``__key__``, the bytes of each tar member, and its source file
+    (relative to the input root; for skip records, not written as a member)."""
 
     key: str
     members: dict[str, bytes]
+    source: str = ""
 
 
 @dataclass
@@ -52,11 +59,23 @@ class StudySamples:
     skipped: list[Skip] = field(default_factory=list)
 
 
+def key_part(name: str, keep: re.Pattern[str]) -> str:
+    """``name`` with every character outside ``keep`` written as ``-XX`` per UTF-8 byte (upper
+    hex). Injective: ``-`` is always the start of an escape, so the name can be read back."""
+    return "".join(c if keep.fullmatch(c) else "".join(f"-{b:02X}" for b in c.encode("utf-8")) for c in name)
+
+
 def sample_key(subject: str, series: str, slice_index: int, frame: int) -> str:
-    """``<subject>_<series>_s<slice:03d>_f<frame:03d>`` with every character but ``[A-Za-z0-9_-]``
-    replaced by ``-`` (WebDataset splits member names at the first dot; ``/`` would make folders)."""
-    return (f"{_KEY_UNSAFE.sub('-', subject)}_{_KEY_UNSAFE.sub('-', series)}"
-            f"_s{slice_index:03d}_f{frame:03d}")
+    """``<subject>_<series>_s<slice:03d>_f<frame:03d>``, unique by construction.
+
+    WebDataset splits member names at the first dot and ``/`` would make folders, so names are
+    escaped (:func:`key_part`), never replaced: the subject keeps only ``[A-Za-z0-9]`` (so the
+    first ``_`` ends it), the series also keeps ``_`` (the fixed ``_sNNN_fNNN`` tail ends it).
+    Distinct ``(subject, series, slice, frame)`` thus always give distinct keys: ``p.1``,
+    ``p-1``, ``p 1`` and ``pé1`` become ``p-2E1``, ``p-2D1``, ``p-201`` and ``p-C3-A91``. DSBCC
+    names (``1``, ``sax_20``) are unchanged.
+    """
+    return f"{key_part(subject, _SUBJECT_KEEP)}_{key_part(series, _SERIES_KEEP)}_s{slice_index:03d}_f{frame:03d}"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -191,9 +210,34 @@ def study_samples(study: Study, cfg: ShardConfig) -> StudySamples:
                 continue
             out.samples.extend(samples)
             out.skipped.extend(skips)
+    _refuse_bad_keys(out)
     if not out.samples:
         out.skipped.append(Skip(subj, "study gave no sample", "", "study"))
     return out
+
+
+def _refuse_bad_keys(out: StudySamples) -> None:
+    """Drop (with a record) samples whose key a tar cannot hold or another sample already has.
+
+    Keys are injective in (subject, series, slice, frame) and subjects are distinct folders, so
+    a repeat can only come from one study holding two stacks with the same series name (e.g.
+    two knee folders ``a/T1`` and ``b/T1``); the first one keeps the key, nothing is overwritten.
+    """
+    seen: set[str] = set()
+    kept: list[Sample] = []
+    for smp in out.samples:
+        where = smp.source or smp.key
+        if len(smp.key.encode()) > MAX_KEY_BYTES:
+            out.skipped.append(Skip(out.subject, f"sample left out: key {smp.key[:40]}... is {len(smp.key.encode())} "
+                                    f"bytes, a tar member name holds {MAX_KEY_BYTES} (shorten the subject or "
+                                    "series name)", where, "file"))
+        elif smp.key in seen:
+            out.skipped.append(Skip(out.subject, f"sample left out: key {smp.key} already used by another "
+                                    "sample of this study (two stacks with the same series name)", where, "file"))
+        else:
+            seen.add(smp.key)
+            kept.append(smp)
+    out.samples = kept
 
 
 def _stack_lines(ordered: list[Slice], grids: Plane, refs: list[Slice | None], cfg: ShardConfig
@@ -281,15 +325,14 @@ def _slice_samples(study: Study, sl: Slice, index: int, grid: Plane, lines: np.n
         "location": {"value": None if np.isnan(loc) else loc, **loc_info},
         "intensity": {"percentiles": list(cfg.percentiles), "values": [lo, hi]},
     }
-    lines_b = npy_bytes(lines.astype(np.float32))
-    valid_b = npy_bytes(valid.astype(np.uint8))
-    loc_b = npy_bytes(np.array(loc, dtype=np.float32))
+    # the targets, folded into meta.json: per channel the line (null when masked; valid is
+    # references[k].valid) and the location (location.value); float64 here, float32 in the batch
+    common["lines"] = [[float(v) for v in row] if ok else None for row, ok in zip(lines, valid)]
     samples = []
     for j, f in enumerate(keep):
         fr = sl.frames[f]
         meta = dict(common, frame=fr.index, file=fr.path, sop_uid=fr.sop_uid, trigger_time=fr.trigger_time)
-        samples.append(Sample(sample_key(study.subject, sl.series, index, fr.index), {
-            "image.npy": npy_bytes(images[j]), "lines.npy": lines_b, "loc.npy": loc_b,
-            "meta.json": json.dumps(meta, separators=(",", ":"), allow_nan=False).encode(),
-            "valid.npy": valid_b}))
+        image = npy_bytes(images[j])
+        samples.append(Sample(sample_key(study.subject, sl.series, index, fr.index),
+                              {"image.npy": image, "meta.json": seal_meta(meta, image)}, fr.path or sl.series))
     return samples, skips

@@ -12,22 +12,17 @@ import pytest
 
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
+from anatplane_dist.shards.reader import read_samples
 from tests.shards.conftest import write_dsbcc_tree
 
 CFG = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=32, spacing=3.0, shard_size=10, val_fraction=0.2)
 
 
-def keys_and_locs(out: Path) -> dict[str, tuple]:
+def keys_and_locs(out: Path) -> dict[str, dict]:
     found = {}
     for name in json.loads((out / "sizes.json").read_text()):
-        with tarfile.open(out / name) as tf:
-            for m in tf.getmembers():
-                key, field = m.name.split(".", 1)
-                if field == "loc.npy":
-                    import io
-                    found.setdefault(key, {})["loc"] = float(np.load(io.BytesIO(tf.extractfile(m).read())))
-                if field == "valid.npy":
-                    found.setdefault(key, {})["valid"] = tf.extractfile(m).read()[-2:]
+        for key, d in read_samples(out / name).items():
+            found[key] = {"loc": d["loc"], "valid": bytes(d["valid"].astype(np.uint8))}
     return found
 
 

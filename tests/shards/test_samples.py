@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import json
 
 import numpy as np
@@ -15,9 +16,14 @@ from tests.shards.conftest import heart_study, make_slice, plane_through
 
 
 def decode(sample):
+    """(image, lines with NaN rows where masked, valid, loc, meta) as the loader reads them."""
+    from anatplane_dist.data.decode import decode_sample
     m = sample.members
-    return (np.load(io.BytesIO(m["image.npy"])), np.load(io.BytesIO(m["lines.npy"])),
-            np.load(io.BytesIO(m["valid.npy"])), np.load(io.BytesIO(m["loc.npy"])), json.loads(m["meta.json"]))
+    d = decode_sample({"__key__": sample.key, **m})
+    valid = d["valid"].astype(bool)
+    lines = np.where(valid[:, None], d["lines"], np.float32(np.nan))
+    return (np.load(io.BytesIO(m["image.npy"])), lines, valid.astype(np.uint8),
+            np.float32(d["loc"]) if d["loc_valid"] else np.float32(np.nan), json.loads(m["meta.json"]))
 
 
 def line_points_by_solve(grid: Plane, ref: Plane) -> np.ndarray:
@@ -167,5 +173,34 @@ def test_study_without_input_view_is_recorded(heart_cfg):
     assert out.samples == [] and out.skipped[0].level == "study" and "no sax slices" in out.skipped[0].reason
 
 
-def test_sample_key_sanitises():
-    assert sample_key("a.b/c", "sax 5.1", 3, 12) == "a-b-c_sax-5-1_s003_f012"
+def test_sample_key_escapes_instead_of_replacing():
+    assert sample_key("a.b/c", "sax 5.1", 3, 12) == "a-2Eb-2Fc_sax-205-2E1_s003_f012"
+    assert sample_key("1", "sax_20", 0, 1) == "1_sax_20_s000_f001"          # DSBCC names unchanged
+    for key in (sample_key("a.b/c", "sax 5.1", 3, 12), sample_key("pé1", "x", 0, 0)):
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", key)
+
+
+ADVERSARIAL = ["p.1", "p-1", "p 1", "pé1", "p_1", "p1", "p-2E1", "p--1", "p\u00e91", "pe\u03011", "p/1", "p..1",
+               "日本", "p1_", "_p1", "-", "_", " "]
+ADVERSARIAL = list(dict.fromkeys(ADVERSARIAL))        # "p\u00e91" is "pé1"; NFD "pe\u03011" is not
+
+
+def test_sample_keys_are_unique_over_adversarial_names():
+    pairs = [(a, b) for a in ADVERSARIAL for b in ADVERSARIAL]
+    keys = {sample_key(a, b, 1, 2) for a, b in pairs}
+    assert len(keys) == len(pairs)
+    # and injective across the subject/series boundary too
+    assert sample_key("a_b", "c", 0, 0) != sample_key("a", "b_c", 0, 0)
+
+
+def test_over_long_and_repeated_keys_are_refused_with_a_record(heart_cfg):
+    study = heart_study(subject="x" * 80, n_sax=2, n_frames=1)
+    out = study_samples(study, heart_cfg)
+    assert out.samples == []
+    assert any(s.level == "file" and "a tar member name holds" in s.reason for s in out.skipped)
+    study = heart_study(n_sax=3, n_frames=1)
+    for i, sl in enumerate(study.views["sax"]):    # three one-slice stacks named alike (knee a/T1, b/T1)
+        sl.series, sl.frame_of_reference = "same", f"1.2.{i}"
+    out = study_samples(study, heart_cfg)
+    assert len(out.samples) == 1 and len({s.key for s in out.samples}) == 1
+    assert sum("already used by another sample" in s.reason for s in out.skipped) == 2
