@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -104,8 +104,11 @@ def _targets(stacks: Sequence[KneeStack], names: Sequence[str]) -> Tensor:
 
 
 def train_classifier(net: StackClassifier, stacks: Sequence[KneeStack], names: Sequence[str],
-                     cfg: ClsTrainConfig, seed: int, desc: str = "cls") -> list[float]:
+                     cfg: ClsTrainConfig, seed: int, desc: str = "cls", *, every: int = 0,
+                     on_step: Callable[[int], None] | None = None) -> list[float]:
     """Fine-tune encoder + head with BCE on ``names``; one rotation per stack per step.
+
+    ``on_step(step)``: called after every ``every``-th step and the last (model selection).
 
     Positive labels are weighted by neg/pos of the training set (clamped to [0.2, 5]) so a
     rare label is not learnt as "always absent".  Returns the loss per step.
@@ -134,6 +137,10 @@ def train_classifier(net: StackClassifier, stacks: Sequence[KneeStack], names: S
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        step = len(losses)
+        if on_step is not None and ((every and step % every == 0) or step == cfg.steps):
+            on_step(step)
+            net.train()
     return losses
 
 

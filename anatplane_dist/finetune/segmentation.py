@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -154,11 +154,14 @@ def _soft_dice_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def train_segmentation(net: SegNet, subjects: Sequence[SegSubject], cfg: SegTrainConfig,
-                       seed: int, desc: str = "seg") -> list[float]:
+                       seed: int, desc: str = "seg", *, every: int = 0,
+                       on_step: Callable[[int], None] | None = None) -> list[float]:
     """Fine-tune the whole network on all labelled slices of ``subjects``.
 
     Batches are drawn with replacement from a generator seeded by ``seed`` (the subject
     subset is the caller's); Adam with a cosine decay to 0.  Returns the loss per step.
+    ``on_step(step)`` is called after every ``every``-th step and after the last one (model
+    selection on validation subjects hooks in there; it must leave the net as it found it).
     """
     device = torch.device(cfg.device)
     x_all, y_all = _stack_training_slices(subjects)
@@ -179,6 +182,10 @@ def train_segmentation(net: SegNet, subjects: Sequence[SegSubject], cfg: SegTrai
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        step = len(losses)
+        if on_step is not None and ((every and step % every == 0) or step == cfg.steps):
+            on_step(step)
+            net.train()
     return losses
 
 

@@ -1,0 +1,145 @@
+"""Pretrain and publish the arms of an experiment, each through the normal trainer CLI.
+
+Each arm is one subprocess of ``anatplane pretrain`` (or ``torchrun ... -m anatplane_dist.cli
+pretrain`` for several local ranks, or ``anatplane submit --wait`` on SLURM), exactly the
+command a user would type; the runner never trains in-process, so a crashing objective takes
+down its own arm only.  Its run directory is named by a fingerprint of everything that
+defines the pretraining (preset text, overrides, objective, ranks, shards), so changing an arm
+gives it a fresh run directory while the other arms keep theirs; re-running an unchanged arm
+resumes (the trainer's own resume) or, once published, is skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..atomic import atomic_write_json
+from .spec import ArmSpec, ExperimentSpec
+
+__all__ = ["ArmResult", "arm_fingerprint", "pretrain_command", "prepare_arm", "trainer_has_objective"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ArmResult:
+    """What became of one arm: ``ok`` with a published version, or ``failed`` with the reason."""
+    name: str
+    status: str                     # ok | failed | random
+    fingerprint: str = ""
+    published: str | None = None    # the published version directory
+    seconds: float = 0.0
+    reason: str = ""
+    log: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def trainer_has_objective() -> bool:
+    """Whether this trainer's config knows ``objective.name`` (older trainers are multitask only)."""
+    from ..config import PretrainConfig
+
+    return "objective" in {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+def _config_path(spec: ExperimentSpec) -> Path:
+    p = Path(spec.pretrain.config)
+    return p if p.is_absolute() else (REPO / p if not p.exists() else p.resolve())
+
+
+def arm_overrides(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> list[str]:
+    """Trainer overrides of one arm: the shared ones, the shards, the objective, the arm's own."""
+    over = [f"data.shards={shards}", *spec.pretrain.overrides]
+    if trainer_has_objective():
+        over.append(f"objective.name={arm.objective}")
+    elif arm.objective != "multitask":
+        # an old trainer would silently train multitask under another arm's name: refuse
+        raise RuntimeError(f"this trainer has no objective.name config key; arm {arm.name!r} "
+                           f"(objective {arm.objective}) needs it")
+    return over + list(arm.overrides)
+
+
+def arm_fingerprint(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> str:
+    manifest = shards / "manifest.json"
+    key = {"preset": _config_path(spec).read_text(), "overrides": spec.pretrain.overrides,
+           "objective": arm.objective, "arm_overrides": arm.overrides, "ranks": spec.pretrain.ranks,
+           "shards": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else str(shards)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretrain_command(spec: ExperimentSpec, run_dir: Path, overrides: list[str], *,
+                     slurm: bool = False, slurm_args: list[str] | None = None) -> list[str]:
+    """The trainer command line of one arm (printed and logged as run)."""
+    py = sys.executable
+    cfg = str(_config_path(spec))
+    if slurm:
+        return [py, "-m", "anatplane_dist.cli", "submit", *(slurm_args or []), "--wait", "--config", cfg,
+                "--run-dir", str(run_dir), "--job-name", f"anatplane-{run_dir.name}", *overrides]
+    if spec.pretrain.ranks > 1:
+        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.pretrain.ranks),
+                "-m", "anatplane_dist.cli", "pretrain", "--config", cfg, "--run-dir", str(run_dir), *overrides]
+    return [py, "-m", "anatplane_dist.cli", "pretrain", "--config", cfg, "--run-dir", str(run_dir), *overrides]
+
+
+def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, slurm: bool = False,
+                slurm_args: list[str] | None = None, log: Callable[[str], None] = print) -> ArmResult:
+    """Pretrain (or resume) and publish one arm; never raises for a failing arm."""
+    from .. import publish
+
+    if not arm.pretrained:
+        return ArmResult(arm.name, "random")
+    status_file = out / "arms" / f"{arm.name}.json"
+    try:
+        fp = arm_fingerprint(spec, arm, shards)
+        overrides = arm_overrides(spec, arm, shards)
+    except (RuntimeError, OSError) as exc:
+        res = ArmResult(arm.name, "failed", reason=str(exc))
+        atomic_write_json(status_file, res.to_dict())
+        return res
+    run_dir = out / "arms" / f"{arm.name}-{fp}"
+    if status_file.is_file():
+        try:
+            old = json.loads(status_file.read_text())
+        except ValueError:
+            old = {}
+        if old.get("status") == "ok" and old.get("fingerprint") == fp and old.get("published") \
+                and (Path(old["published"]) / "encoder.pt").is_file():
+            log(f"arm {arm.name}: pretrained and published before ({old['published']})")
+            return ArmResult(**{k: old[k] for k in ArmResult.__dataclass_fields__ if k in old})
+    cmd = pretrain_command(spec, run_dir, overrides, slurm=slurm, slurm_args=slurm_args)
+    log_path = out / "arms" / f"{arm.name}-{fp}.log"
+    log(f"arm {arm.name}: pretraining\n$ {shlex.join(cmd)}\n  (log: {log_path})")
+    t0 = time.perf_counter()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log_path, "ab") as fh:
+        try:
+            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                timeout=spec.pretrain.timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+    seconds = round(time.perf_counter() - t0, 1)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
+    if rc != 0:
+        why = "timed out" if rc == -1 else f"exit {rc}"
+        res = ArmResult(arm.name, "failed", fp, None, seconds,
+                        f"pretraining {why}: {tail[0] if tail else 'no output'}", str(log_path))
+    else:
+        try:
+            version = publish.publish(run_dir, out / "published", name=arm.name)
+            res = ArmResult(arm.name, "ok", fp, str(version), seconds, "", str(log_path))
+        except (publish.PublishError, OSError) as exc:
+            res = ArmResult(arm.name, "failed", fp, None, seconds, f"publish failed: {exc}", str(log_path))
+    atomic_write_json(status_file, res.to_dict())
+    log(f"arm {arm.name}: {res.status} in {seconds} s" + (f" ({res.reason})" if res.reason else ""))
+    return res

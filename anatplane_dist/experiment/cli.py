@@ -1,0 +1,49 @@
+"""``anatplane experiment run CONFIG --out DIR`` and ``anatplane experiment report DIR``.
+
+``run`` prepares the data, pretrains and publishes every arm (each through the trainer CLI),
+fine-tunes every cell it has not finished before, then writes results.csv, results.md and
+figures/.  ``report`` re-renders those from the stored cells without training.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = sub.add_parser("run", help="run (or resume) an experiment")
+    r.add_argument("config", type=Path, help="experiment YAML (see experiments/)")
+    r.add_argument("--out", type=Path, required=True, help="experiment directory (resumed when it exists)")
+    r.add_argument("--slurm", action="store_true", help="pretrain each arm on SLURM via 'anatplane submit --wait'")
+    r.add_argument("--slurm-args", default="", help="extra 'anatplane submit' arguments, e.g. "
+                                                   "\"--partition gpu --gpus-per-node 4 --time 240\"")
+    r.add_argument("--workers", type=int, default=None, help="fine-tune cells at once (default: the file's)")
+    p = sub.add_parser("report", help="re-render results.csv/md and figures from stored cells")
+    p.add_argument("dir", type=Path, help="experiment directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    if args.action == "report":
+        info = render_report(args.dir)
+        print((args.dir / "results.md").read_text())
+        print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)")
+        return 0
+    from .runner import run_experiment
+    from .spec import load_spec
+
+    spec = load_spec(args.config)
+    if args.workers is not None:
+        spec.workers = max(1, args.workers)
+    summary = run_experiment(spec, args.out, slurm=args.slurm, slurm_args=shlex.split(args.slurm_args))
+    info = render_report(args.out)
+    print((args.out / "results.md").read_text())
+    print(f"{summary['cells']} cells ({summary['cells_cached']} cached) in {summary['seconds']} s -> "
+          f"{info['csv']}, {info['md']}, {len(info['figures'])} figure(s)")
+    failed = [a for a, v in summary["arms"].items() if v["status"] == "failed"]
+    return 1 if failed or summary["cell_failures"] else 0

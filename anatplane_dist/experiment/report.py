@@ -1,0 +1,77 @@
+"""Render results.csv, results.md and the figures of an experiment directory from its cells."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from .results import Results, cell_stats, comparisons, load_results, results_markdown, write_csv
+
+__all__ = ["render_report", "overlay_panels"]
+
+
+def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]] | None:
+    """One test subject (the first), its ED mid slice, and every arm's prediction of it from the
+    cell with the most labels and the first seed (from the stored NIfTI predictions)."""
+    import nibabel as nib
+
+    if res.task != "seg" or not res.cells:
+        return None
+    subject = res.split["test"][0]
+    n, seed = max(res.counts), min(res.spec["protocol"]["seeds"])
+    root = Path(res.spec.get("_data_root") or "")
+    panels = []
+    gt = None
+    for arm in res.arm_names:
+        cell = next((c for c in res.cells if c["arm"] == arm and c["n_labelled"] == n and c["seed"] == seed), None)
+        if cell is None or not cell.get("predictions"):
+            continue
+        pred_rel = next((p for p in cell["predictions"] if f"/{subject}/" in f"/{p}"), None)
+        if pred_rel is None:
+            continue
+        cell_dir = res.out / "cells" / arm / f"n{n:03d}-seed{seed}"
+        pred = np.asarray(nib.load(str(cell_dir / pred_rel)).dataobj)
+        image_rel = Path(pred_rel).relative_to("predictions")
+        image_path = Path(cell["data"]["root"]) / str(image_rel).replace("_pred.nii", ".nii")
+        image = np.asarray(nib.load(str(image_path)).dataobj, float)
+        gt_path = Path(str(image_path).replace(".nii", "_gt.nii"))
+        k = image.shape[2] // 2
+        if gt is None:
+            gt = np.asarray(nib.load(str(gt_path)).dataobj)[:, :, k]
+        panels.append((arm, image[:, :, k], pred[:, :, k]))
+    if gt is None or not panels:
+        return None
+    return subject, gt, panels
+
+
+def render_report(out: str | Path) -> dict[str, Any]:
+    """Re-render everything from the stored cells; returns the paths written."""
+    from .. import figures
+
+    out = Path(out)
+    res = load_results(out)
+    stats = cell_stats(res)
+    comps = comparisons(res, stats)
+    write_csv(res, out / "results.csv")
+    metric = "Dice" if res.task == "seg" else "AUC"
+    figs = []
+    if stats:
+        figures.plot_curves(stats, out / "figures" / "curves.png", metric=f"{metric} (mean)",
+                            title=f"{res.spec['name']}: {metric} vs labelled subjects (95% CI)")
+        figs.append("figures/curves.png")
+    if comps:
+        figures.plot_paired(comps, out / "figures" / "paired.png", metric=metric)
+        figs.append("figures/paired.png")
+    ov = overlay_panels(res)
+    if ov is not None:
+        subject, gt, panels = ov
+        figures.plot_overlays(panels, gt, out / "figures" / "overlays.png", subject=subject)
+        figs.append("figures/overlays.png")
+    for extra in sorted((out / "figures").glob("heatmaps*.png")):
+        figs.append(f"figures/{extra.name}")
+    atomic_write_text(out / "results.md", results_markdown(res, stats, comps, figs))
+    return {"csv": str(out / "results.csv"), "md": str(out / "results.md"), "figures": figs,
+            "cells": len(res.cells)}

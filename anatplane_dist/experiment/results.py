@@ -1,0 +1,292 @@
+"""From finished cells to ``results.csv``, the statistics tables and ``results.md``.
+
+Everything here reads only the stored cell records (``cells/<arm>/*.json``) and the run's
+``experiment.json`` / ``arms.json`` / ``split.json``, so ``anatplane experiment report DIR``
+re-renders the same files without training anything.
+
+results.csv has one row per (arm, n_labelled, seed, subject, structure): segmentation Dice
+and HD95 (mm, averaged over the subject's labelled frames, ED and ES); classification rows
+hold each test subject's label and predicted probability per class, plus one row per
+(arm, n_labelled, seed, class) with subject ``ALL`` and the AUC over the test subjects.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from .stats import Estimate, Paired, auc, bootstrap_auc, bootstrap_ci, paired_auc_difference, paired_difference
+from .spec import RANDOM
+
+__all__ = ["Results", "load_results", "csv_rows", "write_csv", "CellStats", "cell_stats", "comparisons",
+           "results_markdown", "CSV_COLUMNS", "STRUCTURES"]
+
+CSV_COLUMNS = ["arm", "n_labelled", "seed", "subject", "structure", "dice", "hd95", "label", "prob", "auc"]
+STRUCTURES = ("RV", "MYO", "LV")
+
+
+@dataclass
+class Results:
+    """The stored state of one experiment directory."""
+    out: Path
+    spec: dict[str, Any]
+    arms: dict[str, dict[str, Any]]
+    split: dict[str, Any]
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.spec["task"]
+
+    @property
+    def arm_names(self) -> list[str]:
+        return [a["name"] for a in self.spec["arms"]]
+
+    @property
+    def counts(self) -> list[int]:
+        return list(self.spec["protocol"]["labels"])
+
+    def failed_arms(self) -> dict[str, str]:
+        return {k: v.get("reason", "") for k, v in self.arms.items() if v.get("status") == "failed"}
+
+    def of(self, arm: str, n: int) -> list[dict[str, Any]]:
+        return [c for c in self.cells if c["arm"] == arm and c["n_labelled"] == n]
+
+
+def load_results(out: str | Path) -> Results:
+    """Read an experiment directory; only cells of the stored spec's grid are used."""
+    from .spec import SpecError
+
+    out = Path(out)
+    try:
+        spec = json.loads((out / "experiment.json").read_text())
+        split = json.loads((out / "split.json").read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"{out}: not an experiment directory (no {Path(exc.filename).name}); "
+                        f"run 'anatplane experiment run' first") from exc
+    arms = json.loads((out / "arms.json").read_text()) if (out / "arms.json").is_file() else {}
+    res = Results(out, spec, arms, split)
+    seeds, counts = set(spec["protocol"]["seeds"]), set(spec["protocol"]["labels"])
+    for arm in res.arm_names:
+        if arm in res.failed_arms():
+            continue
+        for path in sorted((out / "cells" / arm).glob("n*-seed*.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if rec.get("seed") in seeds and rec.get("n_labelled") in counts and rec.get("test") == split["test"]:
+                res.cells.append(rec)
+    return res
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+# -- results.csv --------------------------------------------------------------------------------
+
+def _seg_subject_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for r in cell["rows"]:
+        by_subject.setdefault(r["subject"], []).append(r)
+    out = []
+    for subj in sorted(by_subject):
+        frames = by_subject[subj]
+        for s in STRUCTURES:
+            d = np.array([_num(f["dice"].get(s)) for f in frames])
+            h = np.array([_num(f["hd95"].get(s)) for f in frames])
+            out.append({"arm": cell["arm"], "n_labelled": cell["n_labelled"], "seed": cell["seed"], "subject": subj,
+                        "structure": s, "dice": float(np.nanmean(d)) if np.isfinite(d).any() else float("nan"),
+                        "hd95": float(np.nanmean(h)) if np.isfinite(h).any() else float("nan")})
+    return out
+
+
+def _cls_arrays(cell: dict[str, Any], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    rows = sorted(cell["rows"], key=lambda r: r["subject"])
+    y = np.array([[r["labels"][n] for n in names] for r in rows], float)
+    p = np.array([[_num(r["prob"][n]) for n in names] for r in rows], float)
+    return y, p
+
+
+def _cls_names(cell: dict[str, Any]) -> list[str]:
+    return list(cell["train_config"]["label_names"])
+
+
+def csv_rows(res: Results) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for cell in sorted(res.cells, key=lambda c: (res.arm_names.index(c["arm"]), c["n_labelled"], c["seed"])):
+        if res.task == "seg":
+            rows += _seg_subject_rows(cell)
+            continue
+        names = _cls_names(cell)
+        base = {"arm": cell["arm"], "n_labelled": cell["n_labelled"], "seed": cell["seed"]}
+        for r in sorted(cell["rows"], key=lambda r: r["subject"]):
+            for n in names:
+                rows.append({**base, "subject": r["subject"], "structure": n, "label": r["labels"][n],
+                             "prob": _num(r["prob"][n])})
+        y, p = _cls_arrays(cell, names)
+        for j, n in enumerate(names):
+            rows.append({**base, "subject": "ALL", "structure": n, "auc": auc(y[:, j], p[:, j])})
+    return rows
+
+
+def write_csv(res: Results, path: Path) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in csv_rows(res):
+        w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                        (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+@dataclass
+class CellStats:
+    """One (arm, count): the headline estimate, per-structure/class estimates, observations."""
+    arm: str
+    n_labelled: int
+    seeds: int
+    metric: Estimate
+    parts: dict[str, Estimate]
+    hd95: Estimate | None = None
+    obs: dict[Any, float] = field(default_factory=dict)       # seg: (seed, subject) -> mean Dice
+    by_seed: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # cls
+
+
+def _seg_obs(cells: list[dict[str, Any]], key: str, structures: tuple[str, ...] = STRUCTURES) -> dict[Any, float]:
+    """(seed, subject) -> the mean over ``structures`` of ``key`` (NaN-skipping for HD95)."""
+    acc: dict[Any, list[float]] = {}
+    for cell in cells:
+        for r in _seg_subject_rows(cell):
+            if r["structure"] in structures:
+                acc.setdefault((cell["seed"], r["subject"]), []).append(r[key])
+    out: dict[Any, float] = {}
+    for k, v in acc.items():
+        a = np.asarray(v, float)
+        out[k] = float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+    return out
+
+
+def cell_stats(res: Results) -> list[CellStats]:
+    out = []
+    for arm in res.arm_names:
+        for n in res.counts:
+            cells = res.of(arm, n)
+            if not cells:
+                continue
+            if res.task == "seg":
+                obs = _seg_obs(cells, "dice")
+                parts = {s: bootstrap_ci(list(_seg_obs(cells, "dice", (s,)).values())) for s in STRUCTURES}
+                hd = bootstrap_ci(list(_seg_obs(cells, "hd95").values()))
+                out.append(CellStats(arm, n, len(cells), bootstrap_ci(list(obs.values())), parts, hd, obs=obs))
+            else:
+                names = _cls_names(cells[0])
+                by_seed = {c["seed"]: _cls_arrays(c, names) for c in cells}
+                parts = {nm: bootstrap_auc({s: (y[:, j], p[:, j]) for s, (y, p) in by_seed.items()})
+                         for j, nm in enumerate(names)}
+                out.append(CellStats(arm, n, len(cells), bootstrap_auc(by_seed), parts, by_seed=by_seed))
+    return out
+
+
+def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], Paired]:
+    """Every pretrained arm against ``random`` at every count, paired on (seed, subject)."""
+    by = {(s.arm, s.n_labelled): s for s in stats}
+    out = {}
+    for (arm, n), s in by.items():
+        ref = by.get((RANDOM, n))
+        if arm == RANDOM or ref is None:
+            continue
+        out[(arm, n)] = (paired_difference(s.obs, ref.obs) if res.task == "seg"
+                         else paired_auc_difference(s.by_seed, ref.by_seed))
+    return out
+
+
+# -- results.md --------------------------------------------------------------------------------
+
+def _verdict(p: Paired) -> str:
+    d = p.diff
+    if not math.isfinite(d.lo):
+        return "undetermined"
+    if d.lo > 0:
+        return "better than random"
+    if d.hi < 0:
+        return "worse than random"
+    return "no clear difference from random"
+
+
+def _auc_warnings(res: Results) -> list[str]:
+    if res.task != "cls" or not res.cells:
+        return []
+    cell = res.cells[0]
+    names = _cls_names(cell)
+    y, _ = _cls_arrays(cell, names)
+    bad = [n for j, n in enumerate(names) if len(set(y[:, j].tolist())) < 2]
+    return [f"- **test set too small for AUC** for {', '.join(bad)}: its {y.shape[0]} test subjects hold one "
+            f"class only; those AUCs are n/a (use more test subjects)"] if bad else []
+
+
+def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str, int], Paired],
+                     figures: list[str] | None = None) -> str:
+    spec, split = res.spec, res.split
+    proto, ft = spec["protocol"], spec["finetune"]
+    metric = "Dice (mean of RV, MYO, LV)" if res.task == "seg" else "AUC (mean over labels)"
+    select = ("final model after the fixed schedule (no model selection)" if ft["select"] == "final" else
+              f"**best on validation**: the step with the best validation "
+              f"{'Dice' if res.task == 'seg' else 'AUC'} on {len(split['val'])} validation subjects "
+              f"({', '.join(split['val'])}), evaluated every {ft['val_every']} steps")
+    lines = [f"# Experiment `{spec['name']}`: {res.task}, {metric}", "",
+             f"- test subjects (fixed): {len(split['test'])} ({', '.join(split['test'])})",
+             f"- labelled pool: {len(split['pool'])} subjects; counts {res.counts}; seeds {proto['seeds']}; "
+             f"subsets per seed nested across counts (split.json)",
+             f"- fine-tuning: {ft['steps']} steps, batch {ft['batch_size']}, lr {ft['lr']}, "
+             f"transfer {ft['transfer'] if res.task == 'seg' else 'encoder'}; scored: {select}",
+             f"- pretraining: `{spec['pretrain']['config']}` {' '.join(spec['pretrain']['overrides'])} "
+             f"({spec['pretrain']['ranks']} rank(s)), one budget for every arm",
+             "- 95% CIs: percentile bootstrap over (seed, test subject) pairs" if res.task == "seg" else
+             "- 95% CIs: percentile bootstrap over test subjects (same draw for every seed)",
+             "- vs random: paired difference (same seed, subset, test subjects), bootstrap CI, "
+             "two-sided Wilcoxon signed-rank p" + (" over (seed, subject) pairs" if res.task == "seg"
+                                                   else " over seeds")]
+    lines += _auc_warnings(res)
+    failed = res.failed_arms()
+    if failed:
+        lines += ["", "## Failed arms (their cells are missing from every table)", ""]
+        lines += [f"- `{a}`: {why}" for a, why in failed.items()]
+    parts = list(STRUCTURES) if res.task == "seg" else (_cls_names(res.cells[0]) if res.cells else [])
+    head = ["arm", "n", "seeds", metric.split(" ")[0]] + [f"{'Dice' if res.task == 'seg' else 'AUC'} {p}" for p in parts]
+    if res.task == "seg":
+        head.append("HD95 mm")
+    head.append("Δ vs random [95% CI], p")
+    lines += ["", "## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in stats:
+        cells = [s.arm, str(s.n_labelled), str(s.seeds), s.metric.text()] + [s.parts[p].text() for p in parts]
+        if res.task == "seg":
+            cells.append(s.hd95.text(1) if s.hd95 else "n/a")
+        cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Reading", ""]
+    by = {(s.arm, s.n_labelled): s for s in stats}
+    for n in res.counts:
+        present = [s for s in stats if s.n_labelled == n and math.isfinite(s.metric.mean)]
+        if not present:
+            lines.append(f"- n={n}: no results")
+            continue
+        best = max(present, key=lambda s: s.metric.mean)
+        vs = [f"{a} {comps[(a, n)].text()} ({_verdict(comps[(a, n)])})"
+              for a in res.arm_names if (a, n) in comps]
+        ref = by.get((RANDOM, n))
+        lines.append(f"- n={n}: highest mean {best.arm} {best.metric.text()}"
+                     + (f"; random {ref.metric.text()}" if ref else "") + (f"; " + "; ".join(vs) if vs else ""))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"

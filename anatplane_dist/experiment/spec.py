@@ -1,0 +1,234 @@
+"""The experiment file: one declarative YAML that states the whole comparison.
+
+An experiment is a grid: arms (how the encoder was initialised) × labelled-subject counts ×
+seeds, every cell fine-tuned with one schedule and scored on one fixed test set.  Everything
+the answer depends on is in this file, so a results directory can be traced to the question
+it answers (the spec is copied next to the results and hashed into every cell).
+
+Validation happens here, before anything runs: unknown keys, a ``random`` arm missing, a
+label count larger than the pool left after the test (and validation) subjects, a data source
+that is neither a phantom recipe nor a path.  Each becomes one :class:`SpecError` line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import AnatplaneError
+
+__all__ = ["SpecError", "ArmSpec", "PhantomData", "DataSpec", "PretrainSpec", "FinetuneSpec",
+           "ProtocolSpec", "ExperimentSpec", "load_spec", "RANDOM", "TASKS", "SELECTIONS"]
+
+RANDOM = "random"
+TASKS = ("seg", "cls")
+SELECTIONS = ("final", "best-val")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SpecError(AnatplaneError):
+    """An experiment file that cannot be run (the message names the key)."""
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise SpecError(f"{where}: {exc}") from exc
+
+
+@dataclass
+class ArmSpec:
+    """One initialisation.  ``objective`` is passed to the trainer as ``objective.name=...``;
+    the arm named ``random`` has no pretraining.  ``overrides`` are extra trainer ``key=value``."""
+    name: str
+    objective: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SpecError(f"arms: bad arm name {self.name!r} (letters, digits, _ . -)")
+        if self.name == RANDOM and (self.objective or self.overrides):
+            raise SpecError("arms: the 'random' arm has no pretraining: no objective, no overrides")
+        if self.name != RANDOM and not self.objective:
+            raise SpecError(f"arms.{self.name}: needs an objective (multitask, orientation, location, "
+                            f"simclr, genesis, rotation)")
+        if not isinstance(self.overrides, list) or not all(isinstance(o, str) and "=" in o for o in self.overrides):
+            raise SpecError(f"arms.{self.name}.overrides: a list of key=value strings")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.name != RANDOM
+
+
+@dataclass
+class PhantomData:
+    """A built-in phantom cohort generated under ``OUT/data`` (same seed: same pixels)."""
+    kind: str = "heart"             # heart (ACDC segmentation) | knee (classification)
+    pretrain_subjects: int = 6      # unlabelled studies for pretraining shards
+    labelled_subjects: int = 16     # labelled cohort for fine-tuning (pool + validation + test)
+    size: int = 96                  # image matrix (pixels)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("heart", "knee"):
+            raise SpecError(f"data.phantom.kind must be heart or knee, got {self.kind!r}")
+        if self.pretrain_subjects < 2 or self.labelled_subjects < 3 or self.size < 32:
+            raise SpecError("data.phantom: pretrain_subjects >= 2, labelled_subjects >= 3, size >= 32")
+
+
+@dataclass
+class DataSpec:
+    """Where the pretraining shards and the labelled fine-tuning data come from."""
+    phantom: PhantomData | None = None
+    pretrain_shards: str | None = None    # a sharder output directory (when not a phantom)
+    finetune: str | None = None           # ACDC root (seg) or knee root with labels.csv (cls)
+    grid: int = 64                        # model grid (pixels) and spacing (mm): as in pretraining
+    spacing: float = 3.0
+    view: str = "sagittal"                # cls: the knee stack to classify
+
+    def __post_init__(self) -> None:
+        if isinstance(self.phantom, dict):
+            self.phantom = _build(PhantomData, self.phantom, "data.phantom")
+        if self.phantom is None and not (self.pretrain_shards and self.finetune):
+            raise SpecError("data: give either phantom: {...} or both pretrain_shards and finetune paths")
+
+
+@dataclass
+class PretrainSpec:
+    """The one pretraining recipe every arm shares (same encoder, same budget)."""
+    config: str = "launch/configs/tiny-cpu.yaml"
+    overrides: list[str] = field(default_factory=list)
+    ranks: int = 1                        # local processes (torchrun when > 1)
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise SpecError(f"pretrain.ranks must be >= 1, got {self.ranks}")
+
+
+@dataclass
+class FinetuneSpec:
+    """One fine-tune schedule for every arm and cell."""
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 3.0e-3
+    transfer: str = "encoder+decoder"     # seg: which pretrained parts are loaded
+    select: str = "final"                 # final | best-val (best validation Dice / AUC)
+    val_every: int = 25                   # best-val: evaluate every N steps
+    largest_component: bool = True
+    predictions: bool = True              # seg: write NIfTI predictions of the test subjects
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise SpecError(f"finetune.select must be one of {SELECTIONS}, got {self.select!r}")
+        if self.transfer not in ("encoder", "encoder+decoder"):
+            raise SpecError(f"finetune.transfer must be encoder or encoder+decoder, got {self.transfer!r}")
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.val_every < 1:
+            raise SpecError("finetune: steps, batch_size, val_every >= 1 and lr > 0")
+
+
+@dataclass
+class ProtocolSpec:
+    """Label counts, seeds, and the fixed held-out subjects."""
+    labels: list[int] = field(default_factory=lambda: [1, 2, 4])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    test_subjects: int = 10               # drawn once with split_seed, the same for every cell
+    val_subjects: int = 0                 # drawn once from the rest; needed by select: best-val
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.labels or not all(isinstance(n, int) and n >= 1 for n in self.labels):
+            raise SpecError(f"protocol.labels: positive integers, got {self.labels}")
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise SpecError(f"protocol.seeds: distinct integers, got {self.seeds}")
+        if self.test_subjects < 1 or self.val_subjects < 0:
+            raise SpecError("protocol: test_subjects >= 1, val_subjects >= 0")
+        self.labels = sorted(set(self.labels))
+
+
+@dataclass
+class ExperimentSpec:
+    name: str
+    task: str
+    data: DataSpec
+    pretrain: PretrainSpec
+    arms: list[ArmSpec]
+    finetune: FinetuneSpec
+    protocol: ProtocolSpec
+    workers: int = 2                      # fine-tune cells trained at once (1 torch thread each)
+    source: str = ""                      # the file it was read from
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise SpecError(f"task must be one of {TASKS}, got {self.task!r}")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise SpecError(f"arms: duplicate names in {names}")
+        if RANDOM not in names:
+            raise SpecError("arms: a 'random' arm (no pretraining) is required: every arm is compared with it")
+        if len(names) < 2:
+            raise SpecError("arms: at least one pretrained arm besides 'random'")
+        if self.workers < 1:
+            raise SpecError(f"workers must be >= 1, got {self.workers}")
+        if self.finetune.select == "best-val" and self.protocol.val_subjects < 1:
+            raise SpecError("finetune.select: best-val needs protocol.val_subjects >= 1")
+        if (self.task == "cls") != (self.data.phantom is not None and self.data.phantom.kind == "knee") \
+                and self.data.phantom is not None:
+            raise SpecError(f"task {self.task} does not fit data.phantom.kind {self.data.phantom.kind}")
+
+    def check_pool(self, n_subjects: int) -> None:
+        """Refuse up front a label count the labelled pool cannot provide (never drop it)."""
+        pool = n_subjects - self.protocol.test_subjects - self.protocol.val_subjects
+        if pool < 1:
+            raise SpecError(f"{n_subjects} labelled subjects leave no training pool after "
+                            f"{self.protocol.test_subjects} test + {self.protocol.val_subjects} validation subjects")
+        too_big = [n for n in self.protocol.labels if n > pool]
+        if too_big:
+            raise SpecError(f"protocol.labels {too_big} exceed the labelled pool of {pool} subjects "
+                            f"({n_subjects} - {self.protocol.test_subjects} test - "
+                            f"{self.protocol.val_subjects} validation)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate an experiment YAML (every problem is a one-line :class:`SpecError`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"experiment file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: top level must be a mapping")
+    allowed = {"name", "task", "data", "pretrain", "arms", "finetune", "protocol", "workers"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise SpecError(f"{path}: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, list) or not arms_raw:
+        raise SpecError(f"{path}: arms must be a non-empty list of {{name, objective, overrides}}")
+    arms = [_build(ArmSpec, a, f"arms[{i}]") for i, a in enumerate(arms_raw)]
+    return ExperimentSpec(
+        name=str(raw.get("name") or path.stem), task=str(raw.get("task", "seg")),
+        data=_build(DataSpec, raw.get("data"), "data"),
+        pretrain=_build(PretrainSpec, raw.get("pretrain"), "pretrain"), arms=arms,
+        finetune=_build(FinetuneSpec, raw.get("finetune"), "finetune"),
+        protocol=_build(ProtocolSpec, raw.get("protocol"), "protocol"),
+        workers=int(raw.get("workers", 2)), source=str(path))
