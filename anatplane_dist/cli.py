@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("anatplane_dist.slurm", "submit pretraining to SLURM with submitit (requeue + resume)"),
     "publish": ("anatplane_dist.publish", "publish a run's pretrained weights to a shared directory"),
     "finetune": ("anatplane_dist.finetune.cli", "fine-tune a pretrained encoder on a target task"),
+    "experiment": ("anatplane_dist.experiment.cli", "run / report a pretraining comparison (arms x labels x seeds)"),
+    "predict": ("anatplane_dist.predict", "segment a folder of NIfTI images with a fine-tuned model"),
+    "figures": ("anatplane_dist.figures", "draw figures (heatmaps: predicted vs ground truth)"),
 }
 
 
