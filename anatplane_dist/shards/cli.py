@@ -6,10 +6,12 @@ Examples::
     anatplane shard --profile knee --input data/knee --out shards/knee --workers 8
     anatplane shard ... --part 3/16          # one of 16 machines; then:
     anatplane shard --merge --out DIR        # combined sizes.json / manifest.json / skipped.jsonl
+    anatplane shard --verify DIR             # every shard against manifest.json (sha256) + sample seals
 
 Exit status: 0 when shards were written (masked or skipped inputs are normal and listed in
 ``skipped.jsonl``), 1 when nothing could be sharded or the output could not be written
-(a re-run resumes), 2 for a usage error (bad profile, input, part, or another config's output).
+(a re-run resumes), or when ``--verify`` found bad shards (they are listed), 2 for a usage
+error (bad profile, input, part, another config's output, no manifest to verify).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import os
 import sys
 
+from ..errors import ExitCode
 from .manifest import MergeError, merge_parts
 from .profiles import ShardConfig, load_profile
 from .splits import parse_part
@@ -28,7 +31,10 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="heart", help="heart | knee | a profile YAML file (default: heart)")
     parser.add_argument("--input", help="data-set root (DSBCC or knee layout)")
-    parser.add_argument("--out", required=True, help="output folder for shards and metadata")
+    parser.add_argument("--out", help="output folder for shards and metadata")
+    parser.add_argument("--verify", metavar="DIR",
+                        help="check every shard of DIR against its manifest.json (sha256, size, count) and every "
+                             "sample against its checksum; exit 1 listing the bad shards")
     parser.add_argument("--grid", type=int, default=224, help="model grid size in pixels (default 224)")
     parser.add_argument("--spacing", type=float, default=1.26, help="model grid spacing in mm (default 1.26)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of subjects in val (default 0.1)")
@@ -56,9 +62,35 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
                        require_all_views=args.require_all_views, compress=args.compress)
 
 
+def verify(args: argparse.Namespace) -> int:
+    """``--verify DIR``: exit 0 when every shard matches, else ``CHECK_FAILED`` with the list."""
+    from .verify import verify_dir
+
+    checks = verify_dir(args.verify, workers=max(1, args.workers), progress=not args.no_progress)
+    bad = [c for c in checks if not c.ok]
+    samples = sum(c.samples for c in checks)
+    if not bad:
+        print(f"{len(checks)} shard(s), {samples} samples: every shard matches manifest.json and every sample "
+              "its checksum")
+        return ExitCode.OK
+    print(f"{len(bad)} of {len(checks)} shard(s) bad:", file=sys.stderr)
+    for c in bad:
+        print(f"  {c.name}: {'; '.join(c.problems)}", file=sys.stderr)
+        for line in c.bad_samples[:5]:
+            print(f"    {line}", file=sys.stderr)
+        if len(c.bad_samples) > 5:
+            print(f"    ... and {len(c.bad_samples) - 5} more", file=sys.stderr)
+    return ExitCode.CHECK_FAILED
+
+
 def run(args: argparse.Namespace) -> int:
     from .pipeline import PartBusy, shard_dataset
 
+    if args.verify:
+        return verify(args)
+    if not args.out:
+        print("anatplane shard: --out is required (unless --verify DIR)", file=sys.stderr)
+        return 2
     if args.merge:
         try:
             m = merge_parts(args.out)

@@ -8,7 +8,8 @@
 * Resumable: after each rename a line goes to an append-only journal
   (``_state/<part>.jsonl``): the shard's name, count, sha256, size and the *resume point* (the
   position of the next sample: subject position in the split, sample offset in that subject).
-  A re-run keeps the complete shards that precede the first missing one and restarts there.
+  A re-run keeps the complete shards that precede the first missing *or changed* one (its
+  sha256 is recomputed: a same-size edit is caught, not only a truncation) and restarts there.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from ..atomic import atomic_write_json
+from ..errors import AnatplaneError
 from .samples import Sample
 
 if TYPE_CHECKING:                  # webdataset imports torch: seconds, only paid once a shard opens
     import webdataset as wds
 
 __all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "atomic_write_json",
-           "TAR_MTIME"]
+           "TAR_MTIME", "file_sha256"]
 
 #: fixed tar header fields (reproducible shards); an int, since tarfile adds a 1 kB PAX header
 #: to every member whose mtime is a float
@@ -36,8 +38,17 @@ TAR_MTIME = 0
 _TAR_USER = "anatplane"
 
 
-class ResumeMismatch(RuntimeError):
+class ResumeMismatch(AnatplaneError):
     """The output folder holds shards of another configuration or another subject list."""
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (hashlib releases the GIL: threads scale)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _HashingFile:
@@ -206,7 +217,8 @@ class Journal:
             kept: list[ShardRecord] = []
             for r in shards:
                 path = Path(out_dir) / r["name"]
-                if r["index"] != len(kept) or not path.is_file() or path.stat().st_size != r["bytes"]:
+                if r["index"] != len(kept) or not path.is_file() or path.stat().st_size != r["bytes"] \
+                        or file_sha256(path) != r["sha256"]:
                     break
                 r = {k: v for k, v in r.items() if k != "type"}
                 kept.append(ShardRecord(**dict(r, end=tuple(r["end"]))))

@@ -1,4 +1,4 @@
-"""manifest.json states K, grid and spacing; ``read_shard_facts`` reads them without a tar."""
+"""Integrity: manifest facts (K, grid, spacing), `--verify`, and the loader checking every sample."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
 
-CFG = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=24, spacing=4.0, shard_size=50, val_fraction=0.0)
+CFG = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=24, spacing=4.0, shard_size=10, val_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,53 @@ def test_shard_sets_that_disagree_are_refused(tmp_path, shard_dir):
     (other / "manifest.json").write_text(json.dumps(dict(m, grid=64)))
     with pytest.raises(AnatplaneError, match="disagree"):
         read_shard_facts([str(shard_dir / "train-000000.tar"), str(other / "train-000000.tar")])
+
+
+def flip_inside_first_image(tar: Path) -> str:
+    """Flip one byte inside the first image member's pixel data (same size); returns its key."""
+    import tarfile
+    with tarfile.open(tar) as tf:
+        m = next(m for m in tf.getmembers() if m.name.endswith(".image.npy"))
+    data = bytearray(tar.read_bytes())
+    data[m.offset_data + 200] ^= 0x10
+    tar.write_bytes(bytes(data))
+    return m.name.split(".", 1)[0]
+
+
+def test_verify_passes_a_good_set_and_lists_a_flipped_byte(tmp_path, shard_dir, capsys):
+    import shutil
+    from anatplane_dist.cli import main
+    from anatplane_dist.errors import ExitCode
+
+    assert main(["shard", "--verify", str(shard_dir), "--no-progress"]) == ExitCode.OK
+    assert "every shard matches" in capsys.readouterr().out
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    key = flip_inside_first_image(copy / "train-000000.tar")
+    (copy / "train-000001.tar").unlink()
+    assert main(["shard", "--verify", str(copy), "--no-progress", "--workers", "2"]) == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "2 of 3 shard(s) bad" in err and "train-000001.tar: missing" in err
+    assert "train-000000.tar: sha256" in err and f"{key}: checksum mismatch" in err
+    assert main(["shard", "--verify", str(tmp_path), "--no-progress"]) == ExitCode.USAGE
+    assert "manifest.json: not found" in capsys.readouterr().err
+
+
+def test_loader_skips_and_counts_a_flipped_image_byte(tmp_path, shard_dir):
+    import shutil
+    from anatplane_dist.stream import DataConfig, make_val_loader
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    key = flip_inside_first_image(copy / "train-000000.tar")
+    total = json.loads((copy / "manifest.json").read_text())["counts"]["samples"]
+    loader = make_val_loader(DataConfig(val_shards=str(copy / "train-{000000..000002}.tar"), batch_size=4,
+                                        num_workers=0))
+    keys = [k for batch in loader for k in batch["key"]]
+    assert key not in keys and len(keys) == len(set(keys)) == total - 1
+    stats = loader.last_report.stats
+    assert stats.skipped == 1 and stats.corrupt == 1 and stats.samples == total - 1
+    # the same shards unchanged: nothing skipped, every key
+    loader = make_val_loader(DataConfig(val_shards=str(shard_dir / "train-{000000..000002}.tar"), batch_size=4,
+                                        num_workers=0))
+    assert key in {k for batch in loader for k in batch["key"]} and loader.last_report.stats.skipped == 0

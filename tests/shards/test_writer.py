@@ -98,6 +98,22 @@ def test_journal_keeps_complete_prefix_and_removes_the_rest(tmp_path):
     assert state.end("train") == (4, 0) and not (tmp_path / "train-000001.tar").exists()
 
 
+def test_resume_checks_complete_shards_by_content_not_size(tmp_path):
+    header = {"config_hash": "abc", "subjects_hash": "s", "part": [0, 1]}
+    j = Journal(tmp_path / "p.jsonl", header)
+    j.load(tmp_path, {"train": "train"}, False)
+    for r in write_all(tmp_path, fake_samples(12)):
+        j.shard_done(r)
+    path = tmp_path / "train-000001.tar"
+    size = path.stat().st_size
+    data = bytearray(path.read_bytes())
+    data[700] ^= 0x01                                    # one bit, inside the first member's data
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == size
+    state = Journal(j.path, header).load(tmp_path, {"train": "train"}, False)
+    assert [r.name for r in state.shards["train"]] == ["train-000000.tar"] and not path.exists()
+
+
 def test_journal_of_another_config_is_refused_unless_overwrite(tmp_path):
     j = Journal(tmp_path / "p.jsonl", {"config_hash": "abc", "subjects_hash": "s", "part": [0, 1]})
     j.load(tmp_path, {"train": "train"}, False)
