@@ -331,3 +331,22 @@ def test_all_shards_corrupt_stops_with_a_clear_error(tmp_path):
     loader, _ = make_train_loader(DataConfig(shards=pattern, num_workers=0, batch_size=2))
     with pytest.raises(RuntimeError, match="every tar unreadable"):
         epoch_keys(loader, 0)
+
+
+def test_a_shard_listed_but_missing_is_one_line(tmp_path, capsys):
+    import argparse
+    import json
+    from anatplane_dist.cli import run_guarded
+    from anatplane_dist.errors import AnatplaneError, ExitCode
+
+    write_shards(tmp_path, [3, 4, 5])
+    (tmp_path / "train-000001.tar").unlink()
+    listed = [str(tmp_path / n) for n in json.loads((tmp_path / "sizes.json").read_text())]
+    with pytest.raises(AnatplaneError, match=r"1 of 3 shard file\(s\) not found: .*train-000001.tar"):
+        make_train_loader(DataConfig(shards=listed, num_workers=0))
+    rc = run_guarded("anatplane pretrain", lambda a: make_train_loader(DataConfig(shards=listed, num_workers=0)),
+                     argparse.Namespace())
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE and len(err.strip().splitlines()) == 1 and "train-000001.tar" in err
+    with pytest.raises(FileNotFoundError):                    # still what older callers catch
+        make_val_loader(DataConfig(val_shards=listed, num_workers=0))

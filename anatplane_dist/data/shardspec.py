@@ -19,7 +19,18 @@ from typing import Any, Mapping, Sequence
 
 import braceexpand
 
+from ..errors import AnatplaneError
+
 ShardSpec = str | Sequence[str | Mapping[str, Any]]
+
+
+class ShardSpecError(AnatplaneError, ValueError):
+    """A shard spec, weight list or ``sizes.json`` that cannot be used (a ``ValueError`` too,
+    for callers that caught those before)."""
+
+
+class MissingShardError(AnatplaneError, FileNotFoundError):
+    """Local shards named by the spec (or by ``sizes.json``) that are not on disk: one line."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ def _expand(pattern: str) -> tuple[str, ...]:
     pattern = os.path.expandvars(os.path.expanduser(pattern.strip()))
     urls = tuple(braceexpand.braceexpand(pattern))
     if not pattern or not urls:
-        raise ValueError(f"shard pattern {pattern!r} expands to no files")
+        raise ShardSpecError(f"shard pattern {pattern!r} expands to no files")
     return urls
 
 
@@ -44,7 +55,7 @@ def _weights_list(weights: str | Sequence[float] | None, n: int) -> list[float |
         return [None] * n
     values = [float(w) for w in (weights.split("::") if isinstance(weights, str) else weights)]
     if len(values) != n:
-        raise ValueError(f"{len(values)} weights given for {n} shard sources")
+        raise ShardSpecError(f"{len(values)} weights given for {n} shard sources")
     return list(values)
 
 
@@ -67,23 +78,23 @@ def parse_sources(spec: ShardSpec, weights: str | Sequence[float] | None = None)
             elif isinstance(item, Mapping):
                 unknown = set(item) - {"path", "weight"}
                 if "path" not in item or unknown:
-                    raise ValueError(f"shard source {dict(item)!r}: expected keys 'path' and optional 'weight'")
+                    raise ShardSpecError(f"shard source {dict(item)!r}: expected keys 'path' and optional 'weight'")
                 patterns.append(str(item["path"]))
                 per_source.append(None if item.get("weight") is None else float(item["weight"]))
             else:
-                raise ValueError(f"shard source {item!r}: expected a pattern string or a {{path, weight}} mapping")
+                raise ShardSpecError(f"shard source {item!r}: expected a pattern string or a {{path, weight}} mapping")
         if weights is not None:
             if any(w is not None for w in per_source):
-                raise ValueError("weights given both in the shard list and separately")
+                raise ShardSpecError("weights given both in the shard list and separately")
             per_source = _weights_list(weights, len(patterns))
     if not patterns:
-        raise ValueError("empty shard spec")
+        raise ShardSpecError("empty shard spec")
     sources = [ShardSource(p.strip(), _expand(p), w) for p, w in zip(patterns, per_source)]
     given = [s.weight for s in sources if s.weight is not None]
     if given and len(given) != len(sources):
-        raise ValueError("give a weight to every shard source or to none")
+        raise ShardSpecError("give a weight to every shard source or to none")
     if any(w < 0 for w in given) or (given and sum(given) <= 0):
-        raise ValueError(f"shard source weights must be >= 0 and not all 0, got {given}")
+        raise ShardSpecError(f"shard source weights must be >= 0 and not all 0, got {given}")
     return sources
 
 
@@ -98,11 +109,18 @@ def is_local(url: str) -> bool:
 
 
 def check_exist(urls: Sequence[str]) -> None:
-    """Fail early, naming the files, when local shards are missing (instead of a skip per read)."""
+    """Fail early, naming the files, when local shards are missing (instead of a skip per read).
+
+    Raises:
+        MissingShardError: an ``AnatplaneError``, so the CLI prints one line, not a traceback.
+    """
     missing = [u for u in urls if is_local(u) and not os.path.isfile(u)]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"{len(missing)} shard file(s) not found: {missing[:5]}{more}")
+        folder = os.path.dirname(missing[0]) or "."
+        raise MissingShardError(f"{len(missing)} of {len(urls)} shard file(s) not found: "
+                                f"{', '.join(missing[:5])}{more}; re-run `anatplane shard` into {folder} "
+                                f"(it resumes) or check it with `anatplane shard --verify {folder}`")
 
 
 def read_sizes(urls: Sequence[str]) -> dict[str, int]:
@@ -123,11 +141,14 @@ def read_sizes(urls: Sequence[str]) -> dict[str, int]:
             path = os.path.join(folder, "sizes.json")
             tables[folder] = None
             if os.path.isfile(path):
-                with open(path, encoding="utf-8") as fh:
-                    table = json.load(fh)
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        table = json.load(fh)
+                except ValueError as exc:
+                    raise ShardSpecError(f"{path}: not JSON ({exc})") from None
                 if not isinstance(table, dict) or not all(
                         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in table.values()):
-                    raise ValueError(f"{path}: expected {{\"shard.tar\": non-negative int, ...}}")
+                    raise ShardSpecError(f"{path}: expected {{\"shard.tar\": non-negative int, ...}}")
                 tables[folder] = table
         table = tables[folder]
         if table is not None and name in table:
@@ -144,7 +165,7 @@ def total_samples(urls: Sequence[str]) -> int:
     sizes = read_sizes(urls)
     unknown = [u for u in urls if u not in sizes]
     if unknown:
-        raise ValueError(f"no sizes.json entry for {len(unknown)} shard(s), e.g. {unknown[0]}; "
+        raise ShardSpecError(f"no sizes.json entry for {len(unknown)} shard(s), e.g. {unknown[0]}; "
                          "write sizes.json beside the shards or set samples_per_epoch")
     return sum(sizes[u] for u in urls)
 
@@ -169,5 +190,5 @@ def shard_probabilities(sources: Sequence[ShardSource]) -> list[float]:
         probs.extend([float(s.weight) / samples if samples > 0 else 0.0] * len(s.urls))
     norm = sum(probs)
     if norm <= 0:
-        raise ValueError("no shard can be drawn: zero weights or zero samples in sizes.json")
+        raise ShardSpecError("no shard can be drawn: zero weights or zero samples in sizes.json")
     return [p / norm for p in probs]

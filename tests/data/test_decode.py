@@ -116,3 +116,47 @@ def test_collate_layout_and_shape_mismatch():
     b = decode_sample(raw_sample(**{"image.npy": npy(np.ones((5, 4), np.float16))}))
     with pytest.raises(ValueError, match="same grid"):
         collate([a, b])
+
+
+# ------------------------------------------------------------ format 2: sealed image + meta.json
+
+def sealed(lines=([0.6, 0.8, -3.0], None), valid=(True, False), loc=2.5, **meta_extra) -> dict:
+    from anatplane_dist.shards.seal import seal_meta
+    image = npy(np.arange(12, dtype=np.float16).reshape(3, 4))
+    meta = {"format": "anatplane-shard/2", "references": [{"view": v, "valid": ok} for v, ok in zip("ab", valid)],
+            "location": {"value": loc}, "lines": list(lines), **meta_extra}
+    return {"__key__": "s_x_s000_f000", "image.npy": image, "meta.json": seal_meta(meta, image)}
+
+
+def test_sealed_sample_decodes_like_format_1():
+    new, old = decode_sample(sealed()), decode_sample(raw_sample())
+    for k in ("lines", "valid", "loc", "loc_valid"):
+        assert np.array_equal(new[k], old[k]) and np.asarray(new[k]).dtype == np.asarray(old[k]).dtype
+    assert np.array_equal(new["image"], old["image"])
+    absent = decode_sample(sealed(loc=None))
+    assert absent["loc_valid"] == 0 and absent["loc"] == 0
+
+
+@pytest.mark.parametrize("member,offset", [("image.npy", -3), ("image.npy", 130), ("meta.json", 5),
+                                           ("meta.json", -12)])
+def test_any_changed_byte_is_a_checksum_skip(member, offset):
+    raw = sealed()
+    data = bytearray(raw[member])
+    data[offset] ^= 0x04
+    raw[member] = bytes(data)
+    with pytest.raises(SampleError) as info:
+        decode_sample(raw)
+    assert info.value.reason in ("checksum",) and "s_x_s000_f000" in str(info.value)
+
+
+def test_unsealed_or_inconsistent_meta_is_rejected():
+    raw = sealed()
+    raw["meta.json"] = b'{"lines": []}'
+    with pytest.raises(SampleError, match="does not end with its crc32"):
+        decode_sample(raw)
+    with pytest.raises(SampleError) as info:
+        decode_sample(sealed(valid=(True, True)))
+    assert info.value.reason == "flags"
+    with pytest.raises(SampleError) as info:
+        decode_sample(sealed(lines=([0.6, 0.8],)))
+    assert info.value.reason in ("meta", "shape", "flags")
