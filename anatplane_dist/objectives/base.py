@@ -173,7 +173,8 @@ class Objective(Protocol):
     """What the train step calls; see docs/training.md ("Pretraining objectives").
 
     ``x = obj.inputs(batch, gen); out = model(x); loss, parts = obj.loss(out, batch)``.
-    ``validation_sums`` runs no collective (ranks hold uneven numbers of validation batches).
+    ``validation_sums`` runs no collective (ranks hold uneven numbers of validation batches);
+    its (sum, count) pairs are 0-d tensors or floats, both what ``dist.MetricSums.add`` takes.
     """
 
     name: str
@@ -187,7 +188,7 @@ class Objective(Protocol):
     def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
 
     def validation_sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]
-                        ) -> dict[str, tuple[Tensor, Tensor]]: ...
+                        ) -> dict[str, tuple[Tensor | float, Tensor | float]]: ...
 
 
 Factory = Callable[[ObjectiveConfig, LossConfig, "float | None"], Objective]

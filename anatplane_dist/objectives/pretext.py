@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from anatplane_dist.losses import LossConfig, MultitaskLoss
 from anatplane_dist.model import ModelConfig, build_model
-from anatplane_dist.train.validate import line_errors
+from anatplane_dist.train.validate import pretext_sums
 
 from .base import ObjectiveError, register_objective
 
@@ -22,26 +22,6 @@ __all__ = ["PretextObjective"]
 
 #: which heads each variant keeps: (orientation_head, location_head)
 _HEADS = {"multitask": (True, True), "orientation": (True, False), "location": (False, True)}
-
-
-def _pretext_sums(out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per-batch (sum, count) of the heatmap and location errors, as device tensors.
-
-    Placeholder for the per-batch part of ``train.validate.evaluate``, which is not importable
-    on its own today (the lead splits it out; see the report); it calls the same
-    :func:`line_errors` and uses masked sums instead of boolean indexing (no host sync).
-    """
-    sums: dict[str, tuple[Tensor, Tensor]] = {}
-    if "heatmaps" in out:
-        ang, off, mask = line_errors(out["heatmaps"], batch["lines"], batch["valid"])
-        m = mask.to(ang.dtype)
-        sums["val/angle_err_deg"] = ((ang * m).sum(), m.sum())
-        sums["val/offset_err_px"] = ((off * m).sum(), m.sum())
-    if "location" in out:
-        m = (batch["loc_valid"] > 0.5).float()
-        err = (out["location"].float() - batch["loc"].float()).abs()
-        sums["val/loc_mae"] = ((err * m).sum(), m.sum())
-    return sums
 
 
 class PretextObjective:
@@ -82,14 +62,10 @@ class PretextObjective:
         return self.loss_fn(out, batch)
 
     def validation_sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]
-                        ) -> dict[str, tuple[Tensor, Tensor]]:
-        total, parts = self.loss_fn(out, batch)
-        n = torch.tensor(float(batch["image"].shape[0]), device=total.device)
-        sums = {"val/loss": (total.detach() * n, n)}
-        sums.update({f"val/{k}": (v * n, n) for k, v in parts.items()})
-        sums.update(_pretext_sums(out, batch))
-        return sums
-
+                        ) -> dict[str, tuple[float, float]]:
+        """Today's pretext metrics, from ``train.validate.pretext_sums`` (host floats: it reads
+        each batch's values back, which validation can afford)."""
+        return pretext_sums(out, batch, self.loss_fn)
 
 for _name in _HEADS:
     register_objective(_name)(lambda cfg, loss_cfg, spacing, _n=_name: PretextObjective(_n, loss_cfg, spacing))
