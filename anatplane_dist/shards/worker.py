@@ -28,10 +28,14 @@ def resolve_reader(name: str) -> ModuleType:
 
 def list_subjects(reader: ModuleType, root: Path) -> list[str]:
     """Subject ids of ``root``: the reader's ``list_subjects`` if it has one, else the sorted
-    non-hidden sub-folders (both the DSBCC and the knee layouts are one folder per subject)."""
+    non-hidden sub-folders (both the DSBCC and the knee layouts are one folder per subject).
+
+    A dangling symbolic link counts as a subject too, so that it gets its study-level record
+    ("study unreadable") instead of vanishing from the listing."""
     if hasattr(reader, "list_subjects"):
         return sorted(reader.list_subjects(root))
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return sorted(p.name for p in Path(root).iterdir() if not p.name.startswith((".", "_"))
+                  and (p.is_dir() or (p.is_symlink() and not p.exists())))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from .base import Frame, ReaderError, Slice, Study
 __all__ = [
     "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
     "decode_pixels", "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
-    "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "iter_subjects",
+    "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "relative_reason", "iter_subjects",
 ]
 
 #: file suffixes read as DICOM (files without a suffix are common in PACS exports)
@@ -284,12 +284,53 @@ def _load_one(source: DicomHeader | str | os.PathLike) -> np.ndarray:
     return decode_pixels(source.pixels, source.path)
 
 
-def list_dicom_files(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """Candidate DICOM files of a folder, sorted by path (hidden files and files with a
-    known non-DICOM suffix such as ``.json``/``.txt`` are not candidates)."""
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in DICOM_SUFFIXES)
+def list_dicom_files(folder: Path, *, recursive: bool = False, study: Study | None = None) -> list[Path]:
+    """Candidate DICOM files of a folder, sorted by path.
+
+    Hidden entries and files with a known non-DICOM suffix (``.json``, ``.txt``, ...) are not
+    candidates. Everything else is accounted for: with ``study``, a dangling symbolic link
+    (``file``), an entry that cannot be examined (``file``), a sub-folder that cannot be listed,
+    a folder link (not followed: loops) or a sub-folder of a non-recursive listing (``series``)
+    each get a record there, and the rest of the folder is still listed.
+
+    Raises:
+        ReaderError: ``folder`` itself cannot be listed (the caller records it at its level:
+            a series folder costs that series, never the study).
+    """
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise ReaderError(f"{folder}: folder unreadable ({exc.strerror or type(exc).__name__}); "
+                          "its files are not used") from exc
+    out: list[Path] = []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        path = Path(e.path)
+        problem, level = "", "file"
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if not recursive:
+                    problem, level = "sub-folder inside a series folder: not read", "series"
+                else:
+                    try:
+                        out.extend(list_dicom_files(path, recursive=True, study=study))
+                    except ReaderError as exc:
+                        problem, level = str(exc), "series"
+            elif e.is_symlink() and not os.path.exists(e.path):
+                if path.suffix.lower() in DICOM_SUFFIXES:
+                    problem = f"dangling symbolic link (to {os.readlink(e.path)}): no file to read"
+            elif e.is_symlink() and e.is_dir():
+                problem, level = f"symbolic link to a folder ({os.readlink(e.path)}): not followed", "series"
+            elif e.is_file() and path.suffix.lower() in DICOM_SUFFIXES:
+                out.append(path)
+        except OSError as exc:
+            problem = f"cannot examine this entry ({exc.strerror or type(exc).__name__})"
+        if problem:
+            if study is None:
+                raise ReaderError(f"{path}: {problem}")
+            study.skip(relative_reason(problem, study.root), relpath(path, study.root), level)
+    return sorted(out)
 
 
 def scan_headers(files: Iterable[Path], study: Study, *, keep_pixels: bool = True) -> list[DicomHeader]:
@@ -304,7 +345,7 @@ def scan_headers(files: Iterable[Path], study: Study, *, keep_pixels: bool = Tru
         try:
             h = read_header(f, keep_pixels=keep_pixels)
         except ReaderError as exc:
-            study.skip(_relative_reason(str(exc), study.root), relpath(f, study.root), "file")
+            study.skip(relative_reason(str(exc), study.root), relpath(f, study.root), "file")
             continue
         if h.sop_uid and h.sop_uid in seen:
             study.skip(f"duplicate SOPInstanceUID {h.sop_uid} (same image as "
@@ -435,7 +476,7 @@ def relpath(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _relative_reason(reason: str, root: Path) -> str:
+def relative_reason(reason: str, root: Path) -> str:
     """Error text with the data-set root stripped, so skip records are portable."""
     prefix = str(root).rstrip(os.sep) + os.sep
     return reason.replace(prefix, "")

@@ -18,6 +18,7 @@ the absent ones (the sharder decides whether the study is still useful).
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,9 +26,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..geometry import Plane, heart_locations, stack_positions
-from .base import Slice, Study
+from .base import ReaderError, Slice, Study
 from .dicom_read import (DICOM_SUFFIXES, angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
-                         iter_subjects, majority, relpath, scan_headers,
+                         iter_subjects, majority, relpath, relative_reason, scan_headers,
                          slice_from_group)
 
 __all__ = ["VIEWS", "iter_studies", "read_study"]
@@ -77,6 +78,10 @@ def read_study(study_dir: str | Path, root: str | Path | None = None,
     for p in sorted(series_parent.iterdir()):
         if p.name.startswith("."):
             continue
+        if p.is_symlink() and not p.exists():
+            study.skip(f"dangling symbolic link (to {os.readlink(p)})", relpath(p, root),
+                       "series" if _FOLDER_RE.match(p.name) else "file")
+            continue
         if not p.is_dir():
             if p.suffix.lower() in DICOM_SUFFIXES:
                 study.skip("file outside a series folder (sax_<n>/2ch_<n>/4ch_<n>)", relpath(p, root), "file")
@@ -112,7 +117,12 @@ def _read_view(view: str, folders: list[tuple[int, Path]], study: Study) -> list
     """All slices of a view's folders, each tagged with its folder number."""
     out: list[tuple[int, Slice]] = []
     for number, folder in folders:
-        headers = scan_headers(list_dicom_files(folder), study, keep_pixels=True)
+        try:
+            files = list_dicom_files(folder, study=study)
+        except ReaderError as exc:          # one unreadable series folder costs that series only
+            study.skip(relative_reason(str(exc), study.root), relpath(folder, study.root), "series")
+            continue
+        headers = scan_headers(files, study, keep_pixels=True)
         if not headers:
             study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
             continue

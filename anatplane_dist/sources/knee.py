@@ -54,7 +54,7 @@ def read_study(subject_dir: str | Path, root: str | Path | None = None, subject:
     subject_dir = Path(subject_dir)
     root = Path(root) if root is not None else subject_dir.parent
     study = Study(subject=subject or subject_dir.name, root=root, views={})
-    headers = scan_headers(list_dicom_files(subject_dir, recursive=True), study, keep_pixels=True)
+    headers = scan_headers(list_dicom_files(subject_dir, recursive=True, study=study), study, keep_pixels=True)
 
     # one stack per (folder, series UID, orientation): files are grouped by exact plane first
     stacks: dict[tuple[str, str], list[list[Slice]]] = {}
