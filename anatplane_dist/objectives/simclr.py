@@ -76,11 +76,11 @@ class SimCLRObjective:
     def validation_sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]
                         ) -> dict[str, tuple[Tensor, Tensor]]:
         logits, pos = nt_xent_logits(out["projection"], self.cfg.temperature, gather=False)
-        per = F.cross_entropy(logits, pos, reduction="none")
+        # per image (the mean of its two anchors), so val/loss counts images like every objective's
+        per = F.cross_entropy(logits, pos, reduction="none").view(2, -1).mean(0)
+        hit = (logits.argmax(dim=1) == pos).float().view(2, -1).mean(0)
         n = torch.tensor(float(per.shape[0]), device=per.device)
-        hit = (logits.argmax(dim=1) == pos).float()
         return {"val/loss": (per.sum(), n), "val/top1": (hit.sum(), n)}
-
 
 @register_objective("simclr")
 def _make(cfg: ObjectiveConfig, loss_cfg: LossConfig, spacing: float | None) -> SimCLRObjective:

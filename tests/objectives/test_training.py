@@ -112,3 +112,15 @@ def test_a_few_steps_are_reproducible(name):
             opt.step()
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("name", sorted(PARTS))
+def test_validation_loss_comes_first_and_counts_images(name, batch):
+    """The trainer reports ``val/samples`` as the count of the first validation name."""
+    obj, model = _setup(name)
+    assert obj.validation_names[0] == "val/loss"
+    model.eval()
+    b = dict(batch)
+    with torch.no_grad():
+        sums = obj.validation_sums(model(obj.inputs(b, torch.Generator().manual_seed(0))), b)
+    assert float(sums["val/loss"][1]) == batch["image"].shape[0]
