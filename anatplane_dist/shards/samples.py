@@ -22,6 +22,7 @@ import numpy as np
 from ..geometry import (Plane, heart_locations, intersection_lines, resample_to_grid, stack_positions,
                         symmetric_locations, target_grid)
 from ..sources.base import Skip, Slice, Study
+from ..sources.plausible import stack_outliers
 from .profiles import ShardConfig
 from .seal import seal_meta
 
@@ -136,6 +137,17 @@ def _locate(stack: list[Slice], rule: str, long_axis: np.ndarray | None
     return [stack[i] for i in order], values[order], info
 
 
+def _drop_off_stack(subject: str, stack: list[Slice], skipped: list[Skip]) -> list[Slice]:
+    """The stack without slices far off its line of positions (``sources.plausible``), each
+    recorded: one would otherwise set the stack's extent and squash every other location."""
+    bad = stack_outliers(Plane.stack([s.plane for s in stack])) if len(stack) >= 3 else {}
+    for i, why in sorted(bad.items()):
+        sl = stack[i]
+        skipped.append(Skip(subject, f"slice left out: {why}", sl.frames[0].path if sl.frames else sl.series,
+                            "slice"))
+    return [s for i, s in enumerate(stack) if i not in bad]
+
+
 def _duplicate_skips(subject: str, ordered: list[Slice], positions: np.ndarray) -> list[Skip]:
     """Record slices of one stack at (nearly) the same position: both are kept, same location."""
     out = []
@@ -186,6 +198,7 @@ def study_samples(study: Study, cfg: ShardConfig) -> StudySamples:
         long_axis = la if np.linalg.norm(la) > 1e-6 else None
 
     for stack in _stacks(inputs, prof.stack_by):
+        stack = _drop_off_stack(subj, stack, out.skipped)
         ordered, locs, loc_info = _locate(stack, prof.location, long_axis)
         if "reason" in loc_info and prof.location != "none":
             out.skipped.append(Skip(subj, f"location masked for {len(ordered)} slice(s): {loc_info['reason']}",

@@ -37,10 +37,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ..geometry import GeometryError, Plane, plane_from_dicom
 from .base import Frame, ReaderError, Slice, Study
+from .plausible import frame_problem
 
 __all__ = [
     "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
-    "decode_pixels", "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "slice_from_group",
+    "decode_pixels", "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "split_stray_frames",
+    "slice_from_group",
     "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "relative_reason", "iter_subjects",
 ]
 
@@ -187,8 +189,8 @@ def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike, *, keep_pi
     ``ds`` must then be a full read).
 
     Raises:
-        ReaderError: geometry missing or invalid (the ``GeometryError`` text names the tag),
-            or a multi-frame object (the readers handle single-frame MR images only).
+        ReaderError: geometry missing, invalid (the ``GeometryError`` text names the tag) or
+            physically implausible (``plausible.frame_problem``), or a multi-frame object (the readers handle single-frame MR images only).
     """
     path = Path(path)
     try:
@@ -197,6 +199,9 @@ def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike, *, keep_pi
         raise ReaderError(str(exc)) from exc
     except (TypeError, ValueError) as exc:       # e.g. Rows holding garbage
         raise ReaderError(f"{path}: malformed geometry tag ({exc})") from exc
+    implausible = frame_problem(plane)
+    if implausible:
+        raise ReaderError(f"{path}: {implausible}")
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is not None and frames > 1:
         raise ReaderError(f"{path}: multi-frame object ({frames} frames) is not supported; "
@@ -382,6 +387,31 @@ def group_by_plane(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
         else:
             groups.append([h])
     return [sorted(g, key=lambda h: h.frame_sort_key) for g in groups]
+
+
+def split_stray_frames(groups: list[list[DicomHeader]], study: Study) -> list[list[DicomHeader]]:
+    """Within one cine series folder, drop (with a ``file`` record each) frames whose geometry
+    differs from the rest of their series.
+
+    A folder may hold several positions (each with the full cine), so a plane of its own is
+    not wrong by itself; but a plane holding at most half the frames of the series' longest
+    cine is a frame (or a few) whose geometry changed: kept, it would be a slice of its own,
+    with its own location target, next to the real one.
+    """
+    if len(groups) < 2:
+        return groups
+    cine = max(len(g) for g in groups)
+    kept = []
+    for g in groups:
+        if 2 * len(g) <= cine:
+            shape = f"{int(g[0].plane.shape[0])}x{int(g[0].plane.shape[1])}"
+            for h in g:
+                study.skip(f"inconsistent frames in one series: this frame's plane ({shape}, spacing "
+                           f"{np.round(g[0].plane.spacing, 4).tolist()}) differs from the series' cine of {cine} "
+                           f"frames per plane: left out", relpath(h.path, study.root), "file")
+        else:
+            kept.append(g)
+    return kept
 
 
 def slice_from_group(view: str, series: str, group: Sequence[DicomHeader], root: Path) -> Slice:

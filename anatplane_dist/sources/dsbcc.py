@@ -29,7 +29,7 @@ from ..geometry import Plane, heart_locations, stack_positions
 from .base import ReaderError, Slice, Study
 from .dicom_read import (DICOM_SUFFIXES, angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
                          iter_subjects, majority, relpath, relative_reason, scan_headers,
-                         slice_from_group)
+                         slice_from_group, split_stray_frames)
 
 __all__ = ["VIEWS", "iter_studies", "read_study"]
 
@@ -126,7 +126,7 @@ def _read_view(view: str, folders: list[tuple[int, Path]], study: Study) -> list
         if not headers:
             study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
             continue
-        for group in group_by_plane(headers):
+        for group in split_stray_frames(group_by_plane(headers), study):
             out.append((number, slice_from_group(view, folder.name, group, study.root)))
     return out
 
