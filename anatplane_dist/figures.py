@@ -146,35 +146,38 @@ def plot_overlays(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], gt: np.n
 
 # -- heatmaps ------------------------------------------------------------------------------------
 
-def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2, seed: int = 0
-                   ) -> list[dict[str, Any]]:
-    """Predicted and ground-truth heatmaps of ``count`` validation samples.
+def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> list[dict[str, Any]]:
+    """Image, ground-truth and predicted heatmaps of ``count`` validation samples.
 
-    Loads the published encoder + decoder (:func:`anatplane_dist.publish.load_pretrained`),
-    reads samples from the validation shards of ``shards`` and renders the ground-truth
-    heatmaps from the stored lines with the loss's own target function, so the figure shows
-    exactly what the network was trained to predict.
+    Loads the whole published network (:func:`anatplane_dist.publish.load_pretrained`,
+    ``part="full"``) and renders the ground truth from the stored lines with the run's own
+    ridge width (:mod:`anatplane_dist.experiment.heatmaps`).
     """
     import torch
 
+    from .experiment.heatmaps import pick_samples, read_validation_samples, sigma_px_of, target_heatmaps
     from .finetune.backbone import read_pretrained_info
-    from .heatmap_data import read_validation_samples, target_heatmaps
+    from .publish import load_pretrained
+    from .shards.manifest import read_shard_facts
 
     info = read_pretrained_info(model)
-    from .publish import load_pretrained
-
-    enc = load_pretrained(info.path.parent, part="encoder").eval()
-    dec = load_pretrained(info.path.parent, part="decoder").eval()
+    net = load_pretrained(info.path.parent, part="full").eval()
+    facts = read_shard_facts(shards)
+    samples = read_validation_samples(shards)
+    sigma = sigma_px_of(info.extra, facts.spacing_mm)
     out = []
-    for s in read_validation_samples(shards, count, seed):
-        x = torch.from_numpy(s["image"]).float()[None, None]
+    for key, title in pick_samples(samples, count):
+        s = samples[key]
+        image = np.asarray(s["image"], np.float32)
         with torch.no_grad():
-            pred = dec(enc(x))
-        if isinstance(pred, (tuple, list)):
-            pred = pred[0]
-        pred = pred[0].numpy()
-        gt = target_heatmaps(s, pred.shape[-1], info)
-        out.append({**s, "pred": pred, "gt": gt})
+            pred = net(torch.from_numpy(image)[None, None]).get("heatmaps")
+        if pred is None:
+            raise ValueError(f"{info.path.parent}: this network has no heatmap decoder to show")
+        out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(),
+                    "gt": target_heatmaps(s, image.shape, sigma), "lines": np.asarray(s["lines"]),
+                    "valid": np.asarray(s["valid"], bool), "channel_names": list(facts.channels)})
+    if not out:
+        raise ValueError(f"{shards}: no validation sample with a valid line")
     return out
 
 
@@ -204,11 +207,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--shards", type=Path, required=True, help="shard directory (its val-*.tar are used)")
     h.add_argument("--out", type=Path, default=Path("heatmaps.png"), help="PNG to write")
     h.add_argument("--count", type=int, default=2, help="validation samples (rows)")
-    h.add_argument("--seed", type=int, default=0, help="which samples")
 
 
 def run(args: argparse.Namespace) -> int:
-    panels = heatmap_panels(args.model, args.shards, count=args.count, seed=args.seed)
+    panels = heatmap_panels(args.model, args.shards, count=args.count)
     plot_heatmaps(panels, args.out, panels[0].get("channel_names", ()))
     print(f"wrote {args.out}")
     return 0

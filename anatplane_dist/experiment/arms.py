@@ -54,7 +54,7 @@ def trainer_has_objective() -> bool:
 
 def _config_path(spec: ExperimentSpec) -> Path:
     p = Path(spec.pretrain.config)
-    return p if p.is_absolute() else (REPO / p if not p.exists() else p.resolve())
+    return p if p.is_absolute() else (p.absolute() if p.exists() else REPO / p)
 
 
 def arm_overrides(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> list[str]:

@@ -47,6 +47,31 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
     return subject, gt, panels
 
 
+def _heatmap_figures(res: Results) -> list[str]:
+    """figures/heatmaps-<arm>.png for every published arm with a heatmap decoder (drawn once;
+    an arm without one, e.g. a location-only objective, is left out with a note)."""
+    from .. import figures
+
+    data = res.out / "data.json"
+    if not data.is_file():
+        return []
+    shards = json.loads(data.read_text())["pretrain_shards"]
+    out = []
+    for arm, info in res.arms.items():
+        if info.get("status") != "ok" or not info.get("published"):
+            continue
+        path = res.out / "figures" / f"heatmaps-{arm}.png"
+        if not path.is_file():
+            try:
+                panels = figures.heatmap_panels(info["published"], shards, count=2)
+                figures.plot_heatmaps(panels, path, panels[0]["channel_names"])
+            except Exception as exc:  # noqa: BLE001 - a figure never fails the report; say why
+                print(f"heatmaps of arm {arm}: not drawn ({type(exc).__name__}: {exc})")
+                continue
+        out.append(f"figures/{path.name}")
+    return out
+
+
 def render_report(out: str | Path) -> dict[str, Any]:
     """Re-render everything from the stored cells; returns the paths written."""
     from .. import figures
@@ -70,8 +95,7 @@ def render_report(out: str | Path) -> dict[str, Any]:
         subject, gt, panels = ov
         figures.plot_overlays(panels, gt, out / "figures" / "overlays.png", subject=subject)
         figs.append("figures/overlays.png")
-    for extra in sorted((out / "figures").glob("heatmaps*.png")):
-        figs.append(f"figures/{extra.name}")
+    figs += _heatmap_figures(res)
     atomic_write_text(out / "results.md", results_markdown(res, stats, comps, figs))
     return {"csv": str(out / "results.csv"), "md": str(out / "results.md"), "figures": figs,
             "cells": len(res.cells)}

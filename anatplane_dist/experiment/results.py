@@ -213,13 +213,15 @@ def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], P
 
 # -- results.md --------------------------------------------------------------------------------
 
-def _verdict(p: Paired) -> str:
+def _verdict(p: Paired, alpha: float = 0.05) -> str:
+    """Better / worse only when the CI excludes zero *and* the Wilcoxon test agrees: the
+    bootstrap treats (seed, subject) pairs as independent, the rank test is the check on it."""
     d = p.diff
-    if not math.isfinite(d.lo):
-        return "undetermined"
-    if d.lo > 0:
+    if not (math.isfinite(d.lo) and math.isfinite(p.p)):
+        return "undetermined (too few pairs)"
+    if d.lo > 0 and p.p < alpha:
         return "better than random"
-    if d.hi < 0:
+    if d.hi < 0 and p.p < alpha:
         return "worse than random"
     return "no clear difference from random"
 
@@ -256,7 +258,8 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              "- 95% CIs: percentile bootstrap over test subjects (same draw for every seed)",
              "- vs random: paired difference (same seed, subset, test subjects), bootstrap CI, "
              "two-sided Wilcoxon signed-rank p" + (" over (seed, subject) pairs" if res.task == "seg"
-                                                   else " over seeds")]
+                                                   else " over seeds"),
+             "- reading: 'better'/'worse' than random only when the CI excludes 0 and p < 0.05"]
     lines += _auc_warnings(res)
     failed = res.failed_arms()
     if failed:

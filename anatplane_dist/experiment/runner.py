@@ -195,6 +195,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
                                                                for s, d in subsets.items()},
                                            "skipped": [s.to_dict() for s in skipped]})
     atomic_write_json(out / "experiment.json", spec.to_dict())
+    atomic_write_json(out / "data.json", {"pretrain_shards": str(shards.resolve()), "finetune": str(root.resolve())})
     log(f"{spec.name}: {len(subjects)} labelled subjects -> {len(split['test'])} test, {len(split['val'])} "
         f"validation, pool {len(split['pool'])}; counts {proto.labels}, seeds {proto.seeds}, "
         f"arms {[a.name for a in spec.arms]}")

@@ -1,0 +1,120 @@
+"""results.csv / statistics / results.md / figures from stored cell records (no training)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from anatplane_dist.experiment.report import render_report
+from anatplane_dist.experiment.results import cell_stats, comparisons, load_results
+from anatplane_dist.figures import plot_curves, plot_paired
+
+TEST = ["p1", "p2", "p3", "p4"]
+SEEDS = [0, 1, 2]
+
+
+def _dice(arm: str, n: int, seed: int, subj: int) -> float:
+    # a known table: multitask is exactly +0.1 (n=1) / +0.02 (n=4) above random everywhere
+    base = 0.4 + 0.05 * n + 0.01 * seed + 0.02 * subj
+    return base + ({1: 0.1, 4: 0.02}[n] if arm == "multitask" else 0.0)
+
+
+def make_experiment(out: Path, failed: bool = False) -> Path:
+    arms = [{"name": "random", "objective": None, "overrides": []},
+            {"name": "multitask", "objective": "multitask", "overrides": []},
+            {"name": "simclr", "objective": "simclr", "overrides": []}]
+    spec = {"name": "synthetic", "task": "seg", "arms": arms, "workers": 1,
+            "pretrain": {"config": "tiny.yaml", "overrides": [], "ranks": 1},
+            "finetune": {"steps": 10, "batch_size": 2, "lr": 1e-3, "transfer": "encoder+decoder",
+                         "select": "final", "val_every": 5},
+            "protocol": {"labels": [1, 4], "seeds": SEEDS, "test_subjects": 4, "val_subjects": 0}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(spec))
+    (out / "split.json").write_text(json.dumps({"test": TEST, "val": [], "pool": ["q1", "q2", "q3", "q4"]}))
+    (out / "arms.json").write_text(json.dumps({
+        "random": {"status": "random"}, "multitask": {"status": "ok"},
+        "simclr": {"status": "failed", "reason": "pretraining exit 1: boom"}}))
+    for arm in ("random", "multitask"):
+        for n in (1, 4):
+            for seed in SEEDS:
+                rows = []
+                for i, s in enumerate(TEST):
+                    d = _dice(arm, n, seed, i)
+                    for phase in ("ED", "ES"):
+                        rows.append({"subject": s, "phase": phase, "dice": {"RV": d, "MYO": d, "LV": d},
+                                     "hd95": {"RV": 5.0, "MYO": None, "LV": 3.0}})
+                rec = {"arm": arm, "n_labelled": n, "seed": seed, "test": TEST, "rows": rows, "fingerprint": "x"}
+                p = out / "cells" / arm / f"n{n:03d}-seed{seed}.json"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(json.dumps(rec))
+    return out
+
+
+def test_results_csv_has_one_row_per_arm_count_seed_subject_structure(tmp_path):
+    out = make_experiment(tmp_path / "exp")
+    render_report(out)
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:7] == ["arm", "n_labelled", "seed", "subject", "structure", "dice", "hd95"]
+    assert len(rows) == 2 * 2 * len(SEEDS) * len(TEST) * 3      # failed simclr has none
+    keys = {(r["arm"], r["n_labelled"], r["seed"], r["subject"], r["structure"]) for r in rows}
+    assert len(keys) == len(rows)
+    r = next(r for r in rows if r["arm"] == "multitask" and r["n_labelled"] == "4" and r["seed"] == "2"
+             and r["subject"] == "p3" and r["structure"] == "MYO")
+    assert float(r["dice"]) == pytest.approx(_dice("multitask", 4, 2, 2), rel=1e-5)
+    assert r["hd95"] == ""                                       # undefined in every frame
+
+
+def test_cell_means_and_paired_differences_match_the_table(tmp_path):
+    res = load_results(make_experiment(tmp_path / "exp"))
+    stats = {(s.arm, s.n_labelled): s for s in cell_stats(res)}
+    expect = np.mean([_dice("random", 1, s, i) for s in SEEDS for i in range(4)])
+    assert stats[("random", 1)].metric.mean == pytest.approx(expect)
+    assert stats[("random", 1)].metric.n == len(SEEDS) * len(TEST)
+    assert stats[("random", 1)].hd95.mean == pytest.approx(4.0)        # mean of 5 and 3, the NaN skipped
+    comps = comparisons(res, list(stats.values()))
+    assert comps[("multitask", 1)].diff.mean == pytest.approx(0.1)
+    # every pair differs by exactly +0.1: the CI collapses onto it, Wilcoxon is significant
+    assert comps[("multitask", 1)].diff.lo == pytest.approx(0.1)
+    assert comps[("multitask", 1)].p < 0.001
+    assert ("simclr", 1) not in comps
+
+
+def test_results_md_names_the_failed_arm_the_selection_and_reads_each_count(tmp_path):
+    out = make_experiment(tmp_path / "exp")
+    render_report(out)
+    md = (out / "results.md").read_text()
+    assert "`simclr`: pretraining exit 1: boom" in md
+    assert "final model after the fixed schedule" in md
+    assert "- n=1: highest mean multitask" in md and "better than random" in md
+    assert "- n=4:" in md
+
+
+def test_curves_figure_draws_the_cell_means_and_ci_bands(tmp_path):
+    res = load_results(make_experiment(tmp_path / "exp"))
+    stats = cell_stats(res)
+    fig = plot_curves(stats, tmp_path / "c.png", metric="Dice")
+    ax = fig.axes[0]
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    for arm in ("random", "multitask"):
+        want = [s.metric.mean for s in sorted((s for s in stats if s.arm == arm), key=lambda s: s.n_labelled)]
+        assert list(lines[arm].get_xdata()) == [1, 4]
+        assert np.allclose(lines[arm].get_ydata(), want)
+    bands = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+    assert len(bands) == 2
+    ys = bands[1].get_paths()[0].vertices[:, 1]
+    mt = [s for s in stats if s.arm == "multitask"]
+    assert np.isclose(ys.min(), min(s.metric.lo for s in mt)) and np.isclose(ys.max(), max(s.metric.hi for s in mt))
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_paired_figure_puts_each_difference_at_its_value(tmp_path):
+    res = load_results(make_experiment(tmp_path / "exp"))
+    comps = comparisons(res, cell_stats(res))
+    fig = plot_paired(comps, tmp_path / "p.png", metric="Dice")
+    bars = next(c for c in fig.axes[0].containers if c.get_label() == "multitask")
+    assert np.allclose(bars.lines[0].get_ydata(), [0.1, 0.02])

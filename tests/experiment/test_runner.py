@@ -1,0 +1,121 @@
+"""The runner end to end on a tiny cohort: failing arms, refusals, caching, SIGKILL resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from anatplane_dist.cli import main as anatplane
+from anatplane_dist.experiment.runner import draw_split, draw_subsets, run_experiment
+from anatplane_dist.experiment.spec import SpecError, load_spec
+
+from .conftest import write_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    return {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted((out / "cells").rglob("n*-seed*.json"))}
+
+
+def test_subsets_differ_per_seed_and_nest_across_counts():
+    pool = [f"s{i:02d}" for i in range(20)]
+    a, b = draw_subsets(pool, [1, 2, 4, 8], 0), draw_subsets(pool, [1, 2, 4, 8], 1)
+    for small, big in ((1, 2), (2, 4), (4, 8)):
+        assert set(a[small]) <= set(a[big]) and set(b[small]) <= set(b[big])
+    assert a[8] != b[8]
+    split = draw_split(pool, 5, 2, 0)
+    assert len(split["test"]) == 5 and len(split["val"]) == 2 and len(split["pool"]) == 13
+    assert not set(split["test"]) & set(split["pool"]) and not set(split["val"]) & set(split["pool"])
+
+
+def test_label_count_larger_than_the_pool_is_refused_before_anything_runs(tmp_path, tiny_data):
+    spec = load_spec(write_spec(tmp_path / "big.yaml", tiny_data, protocol={"labels": [1, 8]},
+                                arms=[{"name": "random"}, {"name": "multitask", "objective": "multitask"}]))
+    with pytest.raises(SpecError, match=r"protocol.labels \[8\] exceed the labelled pool of 4"):
+        run_experiment(spec, tmp_path / "out", log=lambda _m: None)
+    assert not (tmp_path / "out" / "arms").exists()
+
+
+def test_spec_refusals_are_one_line_errors(tmp_path, tiny_data, capsys):
+    bad = write_spec(tmp_path / "norandom.yaml", tiny_data, arms=[{"name": "multitask", "objective": "multitask"}])
+    assert anatplane(["experiment", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'random' arm" in err
+    sel = write_spec(tmp_path / "sel.yaml", tiny_data, finetune={"select": "best-val"},
+                     protocol={"val_subjects": 0})
+    with pytest.raises(SpecError, match="best-val needs protocol.val_subjects"):
+        load_spec(sel)
+
+
+def test_failed_arm_is_reported_and_the_grid_goes_on_then_cells_are_cached(tmp_path, tiny_data):
+    cfg = write_spec(tmp_path / "fail.yaml", tiny_data,
+                     arms=[{"name": "random"}, {"name": "broken", "objective": "no-such-objective"}])
+    out = tmp_path / "out"
+    assert anatplane(["experiment", "run", str(cfg), "--out", str(out)]) == 1     # an arm failed
+    arms = json.loads((out / "arms.json").read_text())
+    assert arms["broken"]["status"] == "failed" and "pretraining exit" in arms["broken"]["reason"]
+    cells = _cells(out)
+    assert sorted(cells) == [f"cells/random/n00{n}-seed{s}.json" for n in (1, 2) for s in (0, 1)]
+    md = (out / "results.md").read_text()
+    assert "## Failed arms" in md and "`broken`" in md
+    split = json.loads((out / "split.json").read_text())
+    for rec in cells.values():                  # subsets recorded, drawn from the pool, test fixed
+        assert rec["test"] == split["test"] and set(rec["train"]) <= set(split["pool"])
+        assert rec["train"] == split["subsets"][str(rec["seed"])][str(rec["n_labelled"])]
+        assert rec["predictions"] and all((out / "cells" / "random" / f"n{rec['n_labelled']:03d}-seed{rec['seed']}"
+                                           / p).is_file() for p in rec["predictions"])
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in cells}
+    summary = run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    assert summary["cells_run"] == 0 and summary["cells_cached"] == 4
+    assert {p: (out / p).stat().st_mtime_ns for p in cells} == mtimes
+    # a changed fine-tune schedule is a different question: every cell runs again
+    changed = write_spec(tmp_path / "fail.yaml", tiny_data, finetune={"steps": 9},
+                         arms=[{"name": "random"}, {"name": "broken", "objective": "no-such-objective"}])
+    assert run_experiment(load_spec(changed), out, log=lambda _m: None)["cells_run"] == 4
+
+
+def test_resume_after_sigkill_reruns_no_finished_cell_and_gives_the_same_results(tmp_path, tiny_data):
+    cfg = write_spec(tmp_path / "kill.yaml", tiny_data, finetune={"steps": 30})
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "anatplane_dist.cli", "experiment", "run", str(cfg),
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(list((out / "cells").rglob("*.json"))) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _cells(out)
+    assert 1 <= len(before) < 4, "the kill must land mid-grid"
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in before}
+    summary = run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    assert summary["cells_cached"] == len(before) and summary["cells_run"] == 4 - len(before)
+    assert all((out / p).stat().st_mtime_ns == t for p, t in mtimes.items())
+    fresh = tmp_path / "fresh"
+    run_experiment(load_spec(cfg), fresh, log=lambda _m: None)
+    a, b = _cells(out), _cells(fresh)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k]["summary"] == b[k]["summary"], k            # deterministic: resumed == uninterrupted
+
+
+@pytest.mark.slow
+def test_changed_arm_reruns_only_its_cells(tmp_path, tiny_data):
+    arms = [{"name": "random"}, {"name": "multitask", "objective": "multitask"}]
+    cfg = write_spec(tmp_path / "arm.yaml", tiny_data, arms=arms, protocol={"labels": [1], "seeds": [0]})
+    out = tmp_path / "out"
+    first = run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    assert first["arms"]["multitask"]["status"] == "ok", first["arms"]
+    assert first["cells_run"] == 2
+    arms[1]["overrides"] = ["optim.base_lr=1.0e-3"]
+    cfg = write_spec(tmp_path / "arm.yaml", tiny_data, arms=arms, protocol={"labels": [1], "seeds": [0]})
+    second = run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    assert second["cells_cached"] == 1 and second["cells_run"] == 1       # random kept, multitask rerun
+    assert second["arms"]["multitask"]["published"] != first["arms"]["multitask"]["published"]
