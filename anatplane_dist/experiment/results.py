@@ -260,6 +260,13 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              "two-sided Wilcoxon signed-rank p" + (" over (seed, subject) pairs" if res.task == "seg"
                                                    else " over seeds"),
              "- reading: 'better'/'worse' than random only when the CI excludes 0 and p < 0.05"]
+    transferred = {}
+    for c in res.cells:
+        if c["arm"] != RANDOM:
+            transferred.setdefault(c["arm"], "+".join(c.get("transferred") or []) or "nothing")
+    if transferred:
+        lines.append("- transferred weights per arm: " + ", ".join(f"{a}: {t}" for a, t in transferred.items())
+                     + " (the rest of each network starts random)")
     lines += _auc_warnings(res)
     failed = res.failed_arms()
     if failed:

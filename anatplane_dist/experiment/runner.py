@@ -35,8 +35,16 @@ __all__ = ["draw_split", "draw_subsets", "prepare_data", "load_cell_data", "run_
 
 # -- the protocol's draws ---------------------------------------------------------------------
 
-def draw_split(subjects: list[str], n_test: int, n_val: int, split_seed: int) -> dict[str, list[str]]:
-    """Fixed test, validation and pool subjects: one seeded permutation of the sorted ids."""
+def draw_split(subjects: list[str], n_test: int, n_val: int, split_seed: int,
+               test_ids: list[str] | None = None) -> dict[str, list[str]]:
+    """Fixed test, validation and pool subjects: one seeded permutation of the sorted ids
+    (the test set is ``test_ids`` when given; validation is then drawn from the rest)."""
+    if test_ids:
+        test = sorted(test_ids)
+        rest = sorted(set(subjects) - set(test))
+        order = np.random.default_rng(split_seed).permutation(len(rest))
+        return {"test": test, "val": sorted(rest[i] for i in order[:n_val]),
+                "pool": sorted(rest[i] for i in order[n_val:])}
     ids = sorted(subjects)
     order = np.random.default_rng(split_seed).permutation(len(ids))
     test = sorted(ids[i] for i in order[:n_test])
@@ -148,6 +156,18 @@ def _architecture(spec: ExperimentSpec, shards: Path) -> tuple[str, int]:
     return cfg.model.to_yaml(), read_shard_facts(shards).num_channels
 
 
+def _arm_transfer(spec: ExperimentSpec, res: ArmResult) -> str:
+    """What one arm transfers: the spec's choice, reduced to the encoder when the arm published
+    no decoder (location, SimCLR and rotation pretraining train none) or for classification."""
+    from ..finetune.backbone import read_pretrained_info
+
+    if spec.task != "seg" or not res.published:
+        return "encoder"
+    if spec.finetune.transfer == "encoder+decoder" and "decoder" not in read_pretrained_info(res.published).parts:
+        return "encoder"
+    return spec.finetune.transfer
+
+
 # -- cells -----------------------------------------------------------------------------------
 
 def _fingerprint(obj: Any) -> str:
@@ -187,9 +207,9 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
     shards, root = prepare_data(spec, out, log)
     data, skipped = load_cell_data(spec, root)
     subjects = _subjects(data)
-    spec.check_pool(len(subjects))                     # refused before any pretraining
+    spec.check_pool(len(subjects), subjects)           # refused before any pretraining
     proto = spec.protocol
-    split = draw_split(subjects, proto.test_subjects, proto.val_subjects, proto.split_seed)
+    split = draw_split(subjects, proto.test_subjects, proto.val_subjects, proto.split_seed, proto.test_ids)
     subsets = {seed: draw_subsets(split["pool"], proto.labels, seed) for seed in proto.seeds}
     atomic_write_json(out / "split.json", {**split, "subsets": {str(s): {str(n): v for n, v in d.items()}
                                                                for s, d in subsets.items()},
@@ -210,16 +230,18 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
     ft = spec.finetune
     jobs: list[tuple[CellJob, dict[str, Any], Path]] = []
     cached = 0
+    transfers: dict[str, str] = {}
     for arm in spec.arms:
         res = arms[arm.name]
         if res.status == "failed":
             continue
+        transfers[arm.name] = _arm_transfer(spec, res)
         for n in proto.labels:
             for seed in proto.seeds:
                 path = cell_path(out, arm.name, n, seed)
                 job = CellJob(arm=arm.name, n_labelled=n, seed=seed, train=tuple(subsets[seed][n]),
                               val=tuple(split["val"]), test=tuple(split["test"]), pretrained=res.published,
-                              transfer=ft.transfer if spec.task == "seg" else "encoder", select=ft.select,
+                              transfer=transfers[arm.name], select=ft.select,
                               val_every=ft.val_every, cell_dir=str(path.with_suffix("")),
                               predictions=ft.predictions and spec.task == "seg", model_config_yaml=arch_yaml,
                               num_channels=k, grid=(spec.data.grid, spec.data.spacing))

@@ -147,8 +147,14 @@ class ProtocolSpec:
     test_subjects: int = 10               # drawn once with split_seed, the same for every cell
     val_subjects: int = 0                 # drawn once from the rest; needed by select: best-val
     split_seed: int = 0
+    test_ids: list[str] | None = None     # a fixed, named test set (e.g. ACDC patient065..084)
 
     def __post_init__(self) -> None:
+        if self.test_ids is not None:
+            if not isinstance(self.test_ids, list) or not self.test_ids:
+                raise SpecError("protocol.test_ids: a non-empty list of subject ids")
+            self.test_ids = sorted(str(t) for t in self.test_ids)
+            self.test_subjects = len(self.test_ids)
         if not self.labels or not all(isinstance(n, int) and n >= 1 for n in self.labels):
             raise SpecError(f"protocol.labels: positive integers, got {self.labels}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
@@ -178,8 +184,6 @@ class ExperimentSpec:
             raise SpecError(f"arms: duplicate names in {names}")
         if RANDOM not in names:
             raise SpecError("arms: a 'random' arm (no pretraining) is required: every arm is compared with it")
-        if len(names) < 2:
-            raise SpecError("arms: at least one pretrained arm besides 'random'")
         if self.workers < 1:
             raise SpecError(f"workers must be >= 1, got {self.workers}")
         if self.finetune.select == "best-val" and self.protocol.val_subjects < 1:
@@ -188,8 +192,12 @@ class ExperimentSpec:
                 and self.data.phantom is not None:
             raise SpecError(f"task {self.task} does not fit data.phantom.kind {self.data.phantom.kind}")
 
-    def check_pool(self, n_subjects: int) -> None:
+    def check_pool(self, n_subjects: int, subjects: list[str] | None = None) -> None:
         """Refuse up front a label count the labelled pool cannot provide (never drop it)."""
+        if self.protocol.test_ids and subjects is not None:
+            missing = sorted(set(self.protocol.test_ids) - set(subjects))
+            if missing:
+                raise SpecError(f"protocol.test_ids not among the labelled subjects: {missing[:5]}")
         pool = n_subjects - self.protocol.test_subjects - self.protocol.val_subjects
         if pool < 1:
             raise SpecError(f"{n_subjects} labelled subjects leave no training pool after "
