@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("anatplane_dist.experiment.cli", "run / report a pretraining comparison (arms x labels x seeds)"),
     "predict": ("anatplane_dist.predict", "segment a folder of NIfTI images with a fine-tuned model"),
     "figures": ("anatplane_dist.figures", "draw figures (heatmaps: predicted vs ground truth)"),
+    "export": ("anatplane_dist.export.cli", "export weights / an ACDC cohort for nnU-Net (--format nnunet | nnunet-dataset)"),
 }
 
 

@@ -2,7 +2,8 @@
 
 ``build_model(ModelConfig(name="unet"), num_channels=K)`` returns a :class:`MultitaskNet` with
 ``.encoder``, ``.decoder`` and ``.location_head``; ``export_parts`` gives their fp32 weights.
-New encoders are added with ``@register_encoder("name")``.
+New encoders are added with ``@register_encoder("name")``; ``"nnunet"`` is nnU-Net's own 2d
+network from a plans file (:mod:`anatplane_dist.model.nnunet`).
 """
 from .config import ModelConfig
 from .heads import LocationHead, UNetDecoder
@@ -10,6 +11,9 @@ from .net import PARTS, MultitaskNet, build_model, export_parts, load_parts, unw
 from .registry import available_models, get_builder, register_encoder
 from . import resnet as _resnet  # noqa: F401  (registers "resnet")
 from . import unet as _unet  # noqa: F401  (registers "unet")
+from . import nnunet as _nnunet  # noqa: F401  (registers "nnunet"; nnU-Net itself is imported on use)
+from .nnunet import check_data_grid
 
 __all__ = ["ModelConfig", "MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model",
-           "PARTS", "register_encoder", "available_models", "get_builder", "UNetDecoder", "LocationHead"]
+           "PARTS", "register_encoder", "available_models", "get_builder", "UNetDecoder", "LocationHead",
+           "check_data_grid"]

@@ -42,6 +42,11 @@ class ModelConfig:
         orientation_head: build the heatmap decoder (False for location-only pretraining).
         location_head: build the location MLP (False for orientation-only pretraining).
             A disabled head has no parameters, so DDP needs no ``find_unused_parameters``.
+        plans: ``name: nnunet`` only - an nnU-Net ``nnUNetPlans.json``; its ``2d``
+            configuration is the network (``width``/``depth``/``norm`` do not apply).
+        nnunet: the plans' 2d architecture, patch size and spacing, copied from ``plans`` when
+            the config is made (:func:`anatplane_dist.model.nnunet.read_plans`), so a weights
+            file rebuilds its network without the plans file.
     """
 
     name: str = "unet"
@@ -57,9 +62,15 @@ class ModelConfig:
     loc_dropout: float = 0.5
     orientation_head: bool = True
     location_head: bool = True
+    plans: str = ""
+    nnunet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.loc_hidden = [int(h) for h in self.loc_hidden]
+        if self.name == "nnunet" and self.plans and self.plans != self.nnunet.get("plans_file"):
+            from .nnunet import read_plans  # (re-)read when the plans path is new or changed
+
+            self.nnunet = read_plans(self.plans, self.in_channels)
         self.validate()
 
     def validate(self) -> None:
@@ -84,6 +95,12 @@ class ModelConfig:
             raise ValueError(f"model.loc_dropout must be in [0, 1), got {self.loc_dropout}")
         if not (self.orientation_head or self.location_head):
             raise ValueError("model: at least one of orientation_head / location_head must be on")
+        if self.name == "nnunet" and self.nnunet:  # no plans yet: refused when the network is built
+            from .nnunet import PlansError
+
+            if int(self.nnunet.get("input_channels", self.in_channels)) != self.in_channels:
+                raise PlansError(f"model.plans: the nnU-Net dataset has {self.nnunet['input_channels']} input "
+                                 f"channel(s), model.in_channels={self.in_channels}")
 
     # -- derived -----------------------------------------------------------------------
     def level_channels(self) -> list[int]:
