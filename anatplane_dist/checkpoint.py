@@ -7,22 +7,38 @@ full disk) is ignored by :func:`find_latest_complete`, which both the trainer (`
 auto``) and the SLURM launcher use, so the two can never disagree about which checkpoint
 is "latest".
 
+The marker is a signed manifest: the sha256 of every file of the checkpoint, and an HMAC of
+that list under a per-user key kept outside the run dir (:func:`checkpoint_key`).
+:func:`verify` checks both before anything is loaded, so a file changed, added or removed
+after the save (disk corruption, or someone who can write the run dir but not the user's
+home) refuses the checkpoint before DeepSpeed's ``torch.load(weights_only=False)`` ever
+unpickles it.
+
 The fp32 weight exports inside a checkpoint (``fp32/<part>.safetensors``) are written by
 :func:`anatplane_dist.weights.export_fp32`: the weights file format has one home.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import AnatplaneError
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
+MARKER_FORMAT = "anatplane-checkpoint/2"
+#: where the signing key lives unless ``$ANATPLANE_CHECKPOINT_KEY`` names another file
+DEFAULT_KEY_FILE = Path("~/.config/anatplane/checkpoint.key")
+KEY_ENV = "ANATPLANE_CHECKPOINT_KEY"
+REFUSED = "refused"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 
 
@@ -84,16 +100,130 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointVerifyError(AnatplaneError):
+    """A checkpoint's files do not match its signed marker (or it has none): never load it."""
+
+
+def checkpoint_key(create: bool = False) -> bytes | None:
+    """The per-user HMAC key (32 random bytes, mode 0600), or None when absent and not ``create``.
+
+    It lives outside every run dir (``~/.config/anatplane/checkpoint.key`` or the file named
+    by ``$ANATPLANE_CHECKPOINT_KEY``), so write access to a shared run dir is not enough to
+    forge a marker. On a cluster, $HOME is the same on every node.
+    """
+    path = Path(os.environ.get(KEY_ENV) or DEFAULT_KEY_FILE).expanduser()
+    if path.is_file():
+        return path.read_bytes()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:  # O_EXCL: two ranks or jobs creating it at once keep the first one's key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_bytes()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _listing(ckpt_dir: Path) -> dict[str, str]:
+    """sha256 of every file under ``ckpt_dir`` except the marker, by relative posix path."""
+    return {p.relative_to(ckpt_dir).as_posix(): _sha256(p)
+            for p in sorted(ckpt_dir.rglob("*")) if p.is_file() and p.name != COMPLETE}
+
+
+def _signature(files: Mapping[str, str], key: bytes) -> str:
+    body = json.dumps(dict(sorted(files.items())), separators=(",", ":")).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def write_marker(ckpt_dir: Path) -> Path:
+    """The signed ``COMPLETE`` marker: every file's sha256 and their HMAC (written last)."""
+    files = _listing(ckpt_dir)
+    key = checkpoint_key(create=True)
+    return atomic_write_json(ckpt_dir / COMPLETE, {"format": MARKER_FORMAT, "files": files,
+                                                   "hmac": _signature(files, key)})
+
+
+def verify(ckpt_dir: Path) -> None:
+    """Check every file of ``ckpt_dir`` against its signed marker; raise naming the first problem.
+
+    Raises:
+        CheckpointVerifyError: no marker, a marker of an older format (unsigned), a key that is
+            not this user's, a signature mismatch, or a file missing, added or changed.
+    """
+    marker = ckpt_dir / COMPLETE
+    try:
+        doc = json.loads(marker.read_text() or "{}")
+    except (OSError, ValueError) as e:
+        raise CheckpointVerifyError(f"{ckpt_dir}: unreadable {COMPLETE} marker ({e})") from e
+    if doc.get("format") != MARKER_FORMAT:
+        raise CheckpointVerifyError(
+            f"{ckpt_dir}: {COMPLETE} has no signed file list (written by an older version); its files "
+            f"cannot be verified. Start a new run from its weights with train.init_from={ckpt_dir / 'fp32'}")
+    files = doc.get("files") or {}
+    key = checkpoint_key()
+    if key is None or not hmac.compare_digest(_signature(files, key), str(doc.get("hmac", ""))):
+        where = os.environ.get(KEY_ENV) or DEFAULT_KEY_FILE
+        raise CheckpointVerifyError(
+            f"{ckpt_dir}: the marker's signature does not match this user's key ({where}): it was "
+            "written by another user or key, or edited. Resume as the user who wrote it, or start a "
+            f"new run with train.init_from={ckpt_dir / 'fp32'}")
+    actual = {p.relative_to(ckpt_dir).as_posix() for p in ckpt_dir.rglob("*") if p.is_file() and p.name != COMPLETE}
+    missing, extra = sorted(set(files) - actual), sorted(actual - set(files))
+    if missing or extra:
+        raise CheckpointVerifyError(f"{ckpt_dir}: files {'missing: ' + ', '.join(missing) if missing else ''}"
+                                    f"{'; ' if missing and extra else ''}"
+                                    f"{'not in the signed list: ' + ', '.join(extra) if extra else ''}")
+    for rel, digest in files.items():
+        if _sha256(ckpt_dir / rel) != digest:
+            raise CheckpointVerifyError(f"{ckpt_dir}: {rel} differs from the sha256 recorded at save time")
+
+
 def finalize(tmp: Path) -> Path:
-    """Rank 0, after every rank has written: rename ``.tmp`` away, then write the marker last."""
+    """Rank 0, after every rank has written: rename ``.tmp`` away, then the signed marker last.
+
+    Never replaces an existing checkpoint of the same step: a run resumed from an older
+    checkpoint (the newer one refused) moves the refused one aside first (:func:`set_aside`).
+    """
     final = tmp.with_name(tmp.name[: -len(".tmp")])
-    if final.exists():  # a re-save of the same step (e.g. after resume) replaces the old one
-        shutil.rmtree(final)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; refusing to replace a checkpoint")
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    atomic_write_bytes(final / COMPLETE, b"")
+    write_marker(final)
     _fsync_dir(final)
     return final
+
+
+def set_aside(ckpt_dir: Path, reason: str) -> Path:
+    """Move a refused checkpoint to ``checkpoints/refused/`` with a note (kept, never deleted)."""
+    dest_root = ckpt_dir.parent / REFUSED
+    dest_root.mkdir(exist_ok=True)
+    dest = dest_root / ckpt_dir.name
+    n = 1
+    while dest.exists():
+        dest, n = dest_root / f"{ckpt_dir.name}.{n}", n + 1
+    os.replace(ckpt_dir, dest)
+    atomic_write_bytes(dest / "REFUSED.txt", (reason.strip() + "\n").encode())
+    _fsync_dir(dest_root)
+    return dest
+
+
+def has_checkpoints(run_dir: str | os.PathLike) -> bool:
+    """Any ``step_N`` dir (complete or not) under the run's checkpoints."""
+    root = checkpoints_root(run_dir)
+    return root.is_dir() and any(step_of(p) is not None or p.name.endswith(".tmp") for p in root.iterdir())
 
 
 def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:

@@ -21,14 +21,16 @@ from typing import Any
 import yaml
 
 from anatplane_dist.atomic import atomic_write_text
+from anatplane_dist.errors import AnatplaneError
 from anatplane_dist.augment import AugmentConfig
 from anatplane_dist.losses import LossConfig
 from anatplane_dist.model import ModelConfig
+from anatplane_dist.objectives.base import ObjectiveConfig
 from anatplane_dist.stream import DataConfig
-from anatplane_dist.train.options import OptimConfig, PublishConfig, TrainConfig
+from anatplane_dist.options import OptimConfig, PublishConfig, TrainConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(AnatplaneError, ValueError):
     """A config value or key that cannot be used; the message names the dotted key."""
 
 
@@ -36,6 +38,7 @@ class ConfigError(ValueError):
 class PretrainConfig:
     """The whole pretraining run; one YAML file maps onto it."""
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -113,14 +116,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # a NaN LR trains NaNs for hours; no config value means inf
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -196,31 +204,47 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     """Read a YAML file (or defaults when ``path`` is None), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = loaded or {}
+        data = read_yaml_mapping(path)
+    if isinstance(data.get("objective"), str):  # shorthand: `objective: simclr`
+        data["objective"] = {"name": data["objective"]}
+    overrides = [f"objective.name={o.split('=', 1)[1]}" if o.split("=", 1)[0].strip() == "objective" else o
+                 for o in (overrides or [])]
     cfg = from_dict(PretrainConfig, data)
-    cfg = apply_overrides(cfg, list(overrides or []))
+    cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a syntax error names ``file:line:column`` in one line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded or {}
+
+
 def validate(cfg: PretrainConfig) -> None:
-    """Cross-field checks that a dataclass cannot express."""
+    """Cross-field checks that a dataclass cannot express (choices are ``Literal`` types)."""
     t, o = cfg.train, cfg.optim
     checks = [
-        (t.backend in ("deepspeed", "ddp", "single", "auto"), "train.backend", t.backend),
-        (t.precision in ("fp32", "bf16", "fp16"), "train.precision", t.precision),
         (t.zero_stage in (0, 1, 2), "train.zero_stage (0-2)", t.zero_stage),
         (t.grad_accum >= 1, "train.grad_accum (>= 1)", t.grad_accum),
         (t.epochs >= 1 or t.max_steps > 0, "train.epochs (>= 1)", t.epochs),
         (t.keep_last >= 1, "train.keep_last (>= 1)", t.keep_last),
         (t.log_every >= 1, "train.log_every (>= 1)", t.log_every),
-        (t.progress in ("auto", "tqdm", "lines", "none"), "train.progress", t.progress),
-        (o.name in ("adamw", "lamb", "sgd"), "optim.name", o.name),
-        (o.lr_rule in ("linear", "sqrt", "none"), "optim.lr_rule", o.lr_rule),
+        (t.global_batch >= 0, "train.global_batch (>= 0)", t.global_batch),
+        (o.base_lr > 0, "optim.base_lr (> 0)", o.base_lr),
+        (o.min_lr >= 0, "optim.min_lr (>= 0)", o.min_lr),
         (o.ref_batch >= 1, "optim.ref_batch (>= 1)", o.ref_batch),
         (len(o.betas) == 2, "optim.betas (two numbers)", o.betas),
         (micro_batch(cfg) >= 1, "data micro batch (>= 1)", micro_batch(cfg)),
@@ -235,6 +259,47 @@ def write_config(cfg: PretrainConfig, run_dir: str | os.PathLike) -> Path:
     return atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg))
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between two plain config dicts (added/removed keys too)."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+#: presets shipped inside the package (found after a non-editable install too)
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A config file path, or the name of a packaged preset (``tiny-cpu``, ``heart``, ``knee``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") or path.parent.name == "configs":
+        if preset.is_file():
+            return preset
+    raise ConfigError(f"--config {name_or_path}: no such file, and not a preset ({', '.join(available_presets())})")
+
+
 def resolve_shard_dir(data: DataConfig) -> DataConfig:
     """``data.shards`` may name a sharder output directory: expand it to its split's tar files.
 
@@ -243,6 +308,9 @@ def resolve_shard_dir(data: DataConfig) -> DataConfig:
     unset) the val shards of the same directory.
     """
     if not isinstance(data.shards, str) or not os.path.isdir(data.shards):
+        spec = data.shards if isinstance(data.shards, str) else ""
+        if spec and "://" not in spec and not any(c in spec for c in "{}:*?[") and not os.path.exists(spec):
+            raise ConfigError(f"data.shards={spec}: no such file or directory")
         return data
     folder = Path(data.shards)
     sizes = folder / "sizes.json"
@@ -265,6 +333,22 @@ def micro_batch(cfg: PretrainConfig) -> int:
 def global_batch(cfg: PretrainConfig, world_size: int) -> int:
     """The one truth: global batch = micro × accumulation × world."""
     return micro_batch(cfg) * cfg.train.grad_accum * world_size
+
+
+def accum_for(cfg: PretrainConfig, world_size: int, target_global: int) -> int:
+    """Gradient accumulation that keeps ``target_global`` samples per step on ``world_size`` ranks.
+
+    Raises:
+        ConfigError: the global batch is not a multiple of micro × world (names the fixes).
+    """
+    per_pass = micro_batch(cfg) * world_size
+    if target_global % per_pass:
+        fits = [m for m in range(1, micro_batch(cfg) + 1) if target_global % (m * world_size) == 0]
+        raise ConfigError(
+            f"global batch {target_global} is not a multiple of data.batch_size {micro_batch(cfg)} x "
+            f"{world_size} ranks; keep it with data.batch_size={max(fits) if fits else 1} on {world_size} ranks, "
+            f"or use a number of ranks that divides {target_global // micro_batch(cfg)}")
+    return target_global // per_pass
 
 
 def scaled_lr(optim: OptimConfig, global_bs: int) -> float:

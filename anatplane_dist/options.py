@@ -1,12 +1,14 @@
-"""Config dataclasses owned by the training package: optimiser, loop, publishing.
+"""Config dataclasses of the training run: optimiser, loop, publishing.
 
-They live here (not in ``config.py``) so that ``config.py`` only composes module-owned
-configs, and so they import without torch: the launcher resolves a config before any
-heavy import.
+They live outside ``anatplane_dist.train`` so that ``config.py`` (which composes them) and
+the trainer (which reads them) do not import each other, and they import without torch:
+the SLURM launcher resolves a config on the login node before any heavy import. Choice
+fields are ``Literal`` types, so ``config.py`` refuses a bad choice with the dotted key.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -16,9 +18,9 @@ class OptimConfig:
     The peak LR is ``base_lr`` scaled by ``lr_rule`` from ``ref_batch`` to the real global
     batch (micro × accumulation × world), so one YAML serves any number of ranks.
     """
-    name: str = "adamw"            #: adamw | lamb | sgd
+    name: Literal["adamw", "lamb", "sgd"] = "adamw"
     base_lr: float = 1.0e-3        #: LR at a global batch of ``ref_batch``
-    lr_rule: str = "linear"        #: linear | sqrt | none
+    lr_rule: Literal["linear", "sqrt", "none"] = "linear"
     ref_batch: int = 256
     weight_decay: float = 0.05     #: not applied to biases and norm weights (ndim <= 1)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -35,20 +37,29 @@ class TrainConfig:
     """The loop: length, backend, precision, intervals, resume policy."""
     epochs: int = 1
     max_steps: int = 0             #: optimiser-step budget; 0 = epochs decide
-    backend: str = "auto"          #: deepspeed | ddp | single | auto
-    precision: str = "fp32"        #: fp32 | bf16 | fp16
+    backend: Literal["auto", "deepspeed", "ddp", "single"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     zero_stage: int = 0            #: DeepSpeed ZeRO stage 0-2
-    grad_accum: int = 1            #: micro-batches per optimiser step
+    grad_accum: int = 1            #: micro-batches per optimiser step (adapts when global_batch is fixed)
+    #: samples per optimiser step over all ranks; 0 = micro x grad_accum x world at the first start.
+    #: Fixed for the life of a run: a resume on another number of ranks adapts grad_accum to keep it.
+    global_batch: int = 0
     log_every: int = 10            #: optimiser steps between metric rows
     val_every: int = 0             #: optimiser steps between validations; 0 = end of each epoch
     val_batches: int = 0           #: cap on validation batches per rank; 0 = the whole split
     ckpt_every: int = 0            #: optimiser steps between checkpoints; 0 = end of each epoch
     keep_last: int = 3
-    resume: str = "auto"           #: auto | never | <checkpoint dir>
+    #: auto: resume when the run dir holds checkpoints; never: refuse a run dir that holds some;
+    #: must: refuse one that holds none. A checkpoint that exists but does not load stops the run.
+    resume: Literal["auto", "never", "must"] = "auto"
+    #: start a new run from these weights: a checkpoint's fp32/ dir, a checkpoint dir, or a
+    #: published model (version dir or its ``latest``); checksums verified; ignored on resume
+    init_from: str = ""
     seed: int = 0
     compile: bool = False
     channels_last: bool = False
-    progress: str = "auto"         #: auto (tqdm on a TTY, lines otherwise) | tqdm | lines | none
+    #: auto (tqdm on a TTY, lines otherwise) | tqdm | lines | none
+    progress: Literal["auto", "tqdm", "lines", "none"] = "auto"
 
 
 @dataclass

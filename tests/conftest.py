@@ -16,6 +16,19 @@ def _quiet_threads():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _checkpoint_key(tmp_path_factory):
+    """Checkpoint markers signed with a session key (inherited by launched ranks), not the user's."""
+    from anatplane_dist.checkpoint import KEY_ENV
+    old = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
+    yield
+    if old is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = old
+
+
 @pytest.fixture()
 def single_process_dist_env(monkeypatch):
     """RANK/WORLD_SIZE/... for one process, so deepspeed.initialize skips MPI discovery."""

@@ -10,7 +10,7 @@ import yaml
 
 from anatplane_dist.config import (ConfigError, PretrainConfig, apply_overrides, ds_config, dump_yaml, from_dict,
                                    global_batch, load_config, resolve_shard_dir, scaled_lr, write_config)
-from anatplane_dist.train.options import OptimConfig
+from anatplane_dist.options import OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "launch" / "configs").glob("*.yaml"))

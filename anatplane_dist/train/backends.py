@@ -1,8 +1,10 @@
 """The three ways to run one optimiser step: DeepSpeed engine, plain DDP, single process.
 
-The loop only sees :class:`Backend`: ``forward``, ``backward(loss, boundary)``, ``save``/
-``load`` and ``fp32_state_dict``. Everything backend-specific (who saves what, how gradient
-accumulation and clipping happen, which dtype the inputs need) stays in here.
+The trainer only sees :class:`Backend`: ``forward``, ``no_sync(last)``, ``backward(loss,
+last)`` per micro-batch, ``step()`` once per optimiser step, ``save``/``load`` and
+``fp32_state_dict``. Everything backend-specific (who saves what, how gradient accumulation
+and clipping happen, which dtype the inputs need, how a ZeRO checkpoint of another world
+size is read) stays in here.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ DDP_STATE = "state.pt"
 
 
 class CheckpointLoadError(RuntimeError):
-    """A checkpoint directory could not be restored (resume then tries an older one)."""
+    """A checkpoint directory could not be restored into this model / optimiser."""
 
 
 def choose_backend(requested: str, denv: DistEnv) -> str:
@@ -51,11 +53,6 @@ class Backend:
         self.device = device
         self.precision = cfg.train.precision
 
-    # the loop sets LR on the torch optimiser's groups (DeepSpeed's ZeRO wrappers share them)
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.optimizer.param_groups
-
     def input_dtype(self) -> torch.dtype:
         return torch.float32
 
@@ -71,14 +68,31 @@ class Backend:
             out = self.module(x.to(self.input_dtype()))
         return {k: v.float() for k, v in out.items()}
 
-    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Around forward+backward of a micro-batch: skip the gradient all-reduce unless ``last``."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Backward of one micro-batch (``last``: the final one of the optimiser step)."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """The optimiser step (clipping, update, zero grads), once per accumulation group."""
         raise NotImplementedError
 
     def save(self, ckpt_dir: Path, client_state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def load(self, ckpt_dir: Path) -> dict[str, Any]:
+    def load(self, ckpt_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        """Restore a verified checkpoint written by ``meta['backend']`` on ``meta['world_size']`` ranks."""
         raise NotImplementedError
+
+    def _check_backend(self, ckpt_dir: Path, meta: dict[str, Any], accepted: tuple[str, ...]) -> None:
+        written = meta.get("backend")
+        if written is not None and written not in accepted:
+            raise CheckpointLoadError(f"{ckpt_dir.name} was written by the {written} backend and this run uses "
+                                      f"{self.name}; resume with train.backend={written}, or start a new run "
+                                      f"from its weights (train.init_from={ckpt_dir / 'fp32'})")
 
     def fp32_state_dict(self, ckpt_dir: Path) -> dict[str, torch.Tensor]:
         """Whole-model fp32 weights (rank 0 only; call after ``save``)."""
@@ -113,16 +127,16 @@ class TorchBackend(Backend):
             out = self.wrapped(x)
         return {k: v.float() for k, v in out.items()}
 
-    def no_sync(self, boundary: bool):
+    def no_sync(self, last: bool):
         """Skip DDP's all-reduce on accumulation micro-steps; it runs once per optimiser step."""
-        if boundary or self.wrapped is self.module:
+        if last or self.wrapped is self.module:
             return contextlib.nullcontext()
         return self.wrapped.no_sync()
 
-    def backward(self, loss, boundary):
+    def backward(self, loss, last):
         self.scaler.scale(loss / self.accum).backward()
-        if not boundary:
-            return
+
+    def step(self):
         if self.cfg.optim.clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.clip)
@@ -136,7 +150,9 @@ class TorchBackend(Backend):
                      "scaler": self.scaler.state_dict(), "client_state": client_state}
             torch.save(state, ckpt_dir / DDP_STATE)
 
-    def load(self, ckpt_dir):
+    def load(self, ckpt_dir, meta):
+        """``state.pt`` holds the full model and optimiser: any world size reads it as it is."""
+        self._check_backend(ckpt_dir, meta, ("ddp", "single"))
         path = ckpt_dir / DDP_STATE
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
@@ -144,7 +160,7 @@ class TorchBackend(Backend):
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-        except Exception as e:  # corrupt / truncated / wrong model: caller falls back
+        except Exception as e:  # corrupt / truncated / wrong model: the caller refuses the checkpoint
             raise CheckpointLoadError(f"{path}: {type(e).__name__}: {e}") from e
         return dict(state.get("client_state") or {})
 
@@ -153,11 +169,14 @@ class DeepSpeedBackend(Backend):
     """``deepspeed.initialize`` with a generated ds_config and our torch optimiser."""
     name = "deepspeed"
 
-    def __init__(self, model, optimizer, cfg, device, world_size: int):
+    def __init__(self, model, optimizer, cfg, device, world_size: int, load_universal: bool = False):
         super().__init__(model, optimizer, cfg, device)
         disable_deepspeed_shm_build()
         import deepspeed
+        self.world_size = world_size
         self.ds_config = ds_config(cfg, world_size)
+        if load_universal:  # resuming ZeRO state written on another world size (see _load_universal)
+            self.ds_config["checkpoint"] = {"load_universal": True}
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.module = self.engine.module
 
@@ -168,20 +187,25 @@ class DeepSpeedBackend(Backend):
         out = self.engine(x.to(self.input_dtype()))
         return {k: v.float() for k, v in out.items()}
 
-    def no_sync(self, boundary: bool):
-        return contextlib.nullcontext()  # the engine reduces at the accumulation boundary itself
+    def backward(self, loss, last):
+        if last != self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("trainer and DeepSpeed disagree about the gradient-accumulation boundary")
+        self.engine.backward(loss)   # scales by 1/accumulation itself, reduces at the boundary
+        if not last:
+            self.engine.step()       # micro-step bookkeeping only: no update before the boundary
 
-    def backward(self, loss, boundary):
-        if boundary != self.engine.is_gradient_accumulation_boundary():
-            raise RuntimeError("loop and DeepSpeed disagree about the gradient-accumulation boundary")
-        self.engine.backward(loss)   # scales by 1/accumulation itself
-        self.engine.step()           # optimiser step (with clipping) only at the boundary
+    def step(self):
+        self.engine.step()           # the optimiser step (with clipping) at the boundary
 
     def save(self, ckpt_dir, client_state):
         # a collective: every rank writes its ZeRO partition; no 'latest' file, we use COMPLETE markers
         self.engine.save_checkpoint(str(ckpt_dir), tag=ENGINE_TAG, client_state=client_state, save_latest=False)
 
-    def load(self, ckpt_dir):
+    def load(self, ckpt_dir, meta):
+        self._check_backend(ckpt_dir, meta, ("deepspeed",))
+        written_world = int(meta.get("world_size", self.world_size))
+        if written_world != self.world_size and self.cfg.train.zero_stage > 0:
+            return self._load_universal(ckpt_dir, written_world)
         try:
             path, client = self.engine.load_checkpoint(str(ckpt_dir), tag=ENGINE_TAG,
                                                        load_optimizer_states=True,
@@ -190,6 +214,60 @@ class DeepSpeedBackend(Backend):
             raise CheckpointLoadError(f"{ckpt_dir}: {type(e).__name__}: {e}") from e
         if path is None:
             raise CheckpointLoadError(f"{ckpt_dir}: DeepSpeed could not load the engine state")
+        return dict(client or {})
+
+    def _load_universal(self, ckpt_dir: Path, written_world: int) -> dict[str, Any]:
+        """ZeRO partitions of ``written_world`` ranks onto this world size via DeepSpeed's universal format.
+
+        Rank 0 converts the (already verified) engine state into a scratch folder of the run
+        (``.universal/step_N/``, removed after the load: the checkpoint itself is never
+        modified); every rank loads it with ``checkpoint.load_universal``, which restores the
+        parameters, the fp32 masters and the optimiser moments of any partitioning. DeepSpeed
+        does not restore module buffers from it, so BatchNorm statistics come from the
+        checkpoint's fp32 export (rank 0's, as in every checkpoint).
+        """
+        import shutil
+
+        from anatplane_dist import dist as adist
+        from anatplane_dist import weights
+
+        if self.ds_config.get("checkpoint", {}).get("load_universal") is not True:
+            raise CheckpointLoadError(f"{ckpt_dir.name}: written on {written_world} ranks; the engine was not "
+                                      "built for a universal load")
+        scratch = ckpt_dir.parent.parent / ".universal" / ckpt_dir.name
+        out = scratch / f"{ENGINE_TAG}_universal"
+        error = ""
+        if adist.is_main_process():
+            try:
+                from argparse import Namespace
+
+                from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir(parents=True)
+                log.info("converting %s (ZeRO state of %d ranks) to DeepSpeed's universal format for %d rank(s)",
+                         ckpt_dir.name, written_world, self.world_size)
+                ds_to_universal(Namespace(input_folder=str(ckpt_dir / ENGINE_TAG), output_folder=str(out),
+                                          num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                          strict=True, inject_missing_state=True))
+            except Exception as e:  # noqa: BLE001 — every rank must learn that the conversion failed
+                error = f"{type(e).__name__}: {e}"
+        if not adist.all_ranks_true(not error):
+            raise CheckpointLoadError(f"{ckpt_dir.name}: conversion to the universal format failed ({error or 'on rank 0'})")
+        try:
+            path, client = self.engine.load_checkpoint(str(scratch), tag=out.name)
+            if path is None:
+                raise CheckpointLoadError(f"{ckpt_dir}: DeepSpeed could not load the universal state")
+            buffers = {}
+            for part, file in weights.find_parts(ckpt_dir / "fp32").items():
+                buffers.update({f"{part}.{k}": v for k, v in weights.load_weights(file)["state_dict"].items()})
+            with torch.no_grad():
+                for name, buf in self.module.named_buffers():
+                    if name in buffers:
+                        buf.copy_(buffers[name].to(buf.dtype))
+        finally:
+            adist.barrier()
+            if adist.is_main_process():
+                shutil.rmtree(scratch, ignore_errors=True)
         return dict(client or {})
 
     def fp32_state_dict(self, ckpt_dir):
@@ -211,9 +289,10 @@ class DeepSpeedBackend(Backend):
 
 
 def make_backend(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
-                 device: torch.device, world_size: int) -> Backend:
+                 device: torch.device, world_size: int, *, load_universal: bool = False) -> Backend:
+    """``load_universal``: the run resumes DeepSpeed ZeRO state written on another world size."""
     if name == "deepspeed":
-        return DeepSpeedBackend(model, optimizer, cfg, device, world_size)
+        return DeepSpeedBackend(model, optimizer, cfg, device, world_size, load_universal)
     if name in ("ddp", "single"):
         return TorchBackend(model, optimizer, cfg, device, world_size)
     raise ValueError(f"unknown backend {name!r}")

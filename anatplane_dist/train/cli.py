@@ -1,39 +1,37 @@
-"""``anatplane pretrain`` / ``launch/pretrain.py``: ``--config FILE [--run-dir DIR] [key=value ...]``.
+"""``anatplane pretrain`` / ``launch/pretrain.py``: ``--config FILE|PRESET [--run-dir DIR] [key=value ...]``.
 
 The same command runs under ``python``, ``torchrun --nproc_per_node G`` and ``deepspeed
 --num_gpus G`` (which adds ``--local_rank=N``); :mod:`anatplane_dist.dist` sorts out which.
-Without ``--config`` it trains the tiny preset on the built-in heart phantom, generating the
-phantom and its shards first when they are absent. Re-running the same command on the same
-run directory resumes from the newest complete checkpoint.
+Without ``--config`` it trains the tiny preset on the built-in heart phantom (generated on
+first use). Re-running the same command on the same run directory resumes (the rules are in
+docs/training.md, "Resume"). Exit codes are the package's table (:mod:`anatplane_dist.errors`).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
+from anatplane_dist.errors import EXIT_CODES, AnatplaneError, ExitCode, one_line
+
 log = logging.getLogger("anatplane.train")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO_ROOT / "launch" / "configs" / "tiny-cpu.yaml"
-DEMO_CACHE_ENV = "ANATPLANE_CACHE"
-
-#: exit codes
-EXIT_NONFINITE = 3
-EXIT_CONFIG = 2
+DEFAULT_PRESET = "tiny-cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML preset (default: tiny-cpu on the built-in phantom shards)")
+    parser.add_argument("--config", default=None,
+                        help=f"YAML file or packaged preset name (default: {DEFAULT_PRESET} on the built-in phantom)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="run directory (default: config run_dir, else runs/<config name>)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although keys that are not safe to change differ from the saved config")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.epochs=3 optim.base_lr=2e-4")
+                        help="config overrides, e.g. train.epochs=3 optim.base_lr=2e-4 objective=simclr")
+    parser.epilog = "exit codes: " + "; ".join(f"{int(c)} {t}" for c, t in EXIT_CODES.items())
 
 
 def _setup_logging(rank: int) -> None:
@@ -43,91 +41,84 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def demo_data_dir() -> Path:
-    """Where the built-in phantom and its shards live: ``$ANATPLANE_CACHE`` or ``./runs/demo-data``."""
-    return Path(os.environ.get(DEMO_CACHE_ENV, "runs/demo-data"))
+def _on_rank0_then_all(fn, *args):
+    """Run ``fn`` on rank 0; every rank returns its result or raises its AnatplaneError (no hang)."""
+    from anatplane_dist import dist
+    result: tuple[str, object] = ("", None)
+    if dist.is_main_process():
+        try:
+            result = ("ok", fn(*args))
+        except AnatplaneError as e:
+            result = ("error", one_line(e))
+    kind, value = dist.broadcast_object(result)
+    if kind == "error":
+        raise AnatplaneError(value)
+    return value
 
 
-def ensure_demo_shards(root: Path, subjects: int = 6) -> Path:
-    """Generate the heart phantom and shard it on the tiny grid (``anatplane`` sub-commands) if absent."""
-    from anatplane_dist.cli import main as anatplane
+def _resolve_data(cfg):
+    """Built-in data made on rank 0 (others wait), then a shard folder expanded to its tar files."""
+    from anatplane_dist import demo_data
+    from anatplane_dist.config import resolve_shard_dir
+    if demo_data.is_builtin(cfg.data.shards):
+        shards = _on_rank0_then_all(lambda spec: str(demo_data.resolve_builtin(spec)), cfg.data.shards)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=shards))
+    return dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
 
-    shards = root / "shards"
-    if (shards / "manifest.json").exists():
-        return shards
-    phantom = root / "phantom"
-    if not (phantom / ".complete").exists():
-        rc = anatplane(["phantom", "heart", "--subjects", str(subjects), "--out", str(phantom), "--seed", "0"])
-        if rc:
-            raise RuntimeError(f"anatplane phantom heart failed with exit code {rc}")
-        (phantom / ".complete").write_text("ok\n")
-    rc = anatplane(["shard", "--profile", "heart", "--input", str(phantom), "--out", str(shards),
-                    "--grid", "64", "--spacing", "3.0", "--val-fraction", "0.25", "--workers", "1",
-                    "--shard-size", "128"])
-    if rc:
-        raise RuntimeError(f"anatplane shard failed with exit code {rc}")
-    return shards
+
+def _train(args: argparse.Namespace, denv) -> int:
+    from anatplane_dist.config import load_config, resolve_config_path
+    from anatplane_dist.dist import barrier, is_main_process
+    from anatplane_dist.testing.faults import hooks_from_env
+    from anatplane_dist.train.runlock import RunLock
+    from anatplane_dist.train.signals import StopRequest
+    from anatplane_dist.train.trainer import train
+
+    config_path = resolve_config_path(args.config or DEFAULT_PRESET)
+    cfg = _resolve_data(load_config(config_path, list(args.overrides)))
+    run_dir = args.run_dir or (Path(cfg.run_dir) if cfg.run_dir else Path("runs") / config_path.stem)
+    lock = RunLock(run_dir)
+    _on_rank0_then_all(lock.acquire)   # held by rank 0 for the whole run; released at exit
+    try:
+        with StopRequest() as stop:
+            summary = train(cfg, run_dir, denv, stop=stop, allow_config_change=args.allow_config_change,
+                            hooks=hooks_from_env())
+        if summary.interrupted:
+            return ExitCode.INTERRUPTED
+        if cfg.publish.dir:
+            barrier()
+            if is_main_process():
+                from anatplane_dist import publish
+                dest = publish.publish(run_dir, cfg.publish.dir, name=cfg.publish.name or None)
+                log.info("published to %s", dest)
+        if is_main_process():
+            log.info("done: %d steps, last checkpoint %s", summary.steps, summary.last_checkpoint)
+        return ExitCode.OK
+    finally:
+        lock.release()
 
 
 def run(args: argparse.Namespace) -> int:
-    from anatplane_dist.config import ConfigError, load_config, resolve_shard_dir
-    from anatplane_dist.dist import DistEnvError, barrier, init_distributed, resolve_env, shutdown
+    from anatplane_dist.dist import DistEnvError, init_distributed, resolve_env, shutdown
 
     argv = [f"--local_rank={args.local_rank}"] if args.local_rank is not None else []
     try:
         denv = resolve_env(argv=argv)
     except DistEnvError as e:
-        print(f"anatplane pretrain: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"anatplane pretrain: {one_line(e)}", file=sys.stderr)
+        return ExitCode.USAGE
     _setup_logging(denv.rank)
-
-    overrides = list(args.overrides)
-    config_path = args.config
-    demo = config_path is None
-    if demo:
-        config_path = TINY_CONFIG
-    try:
-        cfg = load_config(config_path, overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"anatplane pretrain: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    run_dir = args.run_dir or (Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(config_path).stem)
-
     init_distributed(denv)
     clean = False
     try:
-        demo_shards = demo_data_dir() / "shards"
-        if demo and not any(o.startswith("data.shards=") for o in overrides):
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=str(demo_shards)))
-        # the tiny preset points at the built-in phantom shards: generate them on first use
-        if isinstance(cfg.data.shards, str) and Path(cfg.data.shards) == demo_shards:
-            if denv.rank == 0:
-                ensure_demo_shards(demo_data_dir())
-            barrier()
-        try:
-            cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
-        except ConfigError as e:  # every rank sees the same files
-            print(f"anatplane pretrain: config error: {e}", file=sys.stderr)
-            clean = True
-            return EXIT_CONFIG
-
-        from anatplane_dist.train.loop import NonFiniteLossError, train
-        try:
-            summary = train(cfg, run_dir, denv)
-        except NonFiniteLossError as e:  # raised on every rank together
-            log.error("%s", e)
-            clean = True
-            return EXIT_NONFINITE
-        if cfg.publish.dir:
-            barrier()
-            if denv.rank == 0:
-                from anatplane_dist import publish
-                dest = publish.publish(run_dir, cfg.publish.dir, name=cfg.publish.name or None)
-                log.info("published to %s", dest)
-        if denv.rank == 0:
-            log.info("done: %d steps, last checkpoint %s", summary.steps, summary.last_checkpoint)
+        rc = _train(args, denv)
         clean = True
-        return 0
+        return rc
+    except AnatplaneError as e:   # raised on every rank together (decisions are agreed first)
+        clean = True
+        if denv.rank == 0:
+            print(f"anatplane pretrain: {one_line(e)}", file=sys.stderr)
+        return int(e.exit_code)
     finally:
         shutdown(clean)
 

@@ -54,6 +54,9 @@ def write_shards(out: Path, sizes: list[int], val_sizes: list[int], *, grid: int
                               "meta.json": json.dumps({"subject": f"s{i:02d}", "frame": j}).encode()})
             table[name] = n
     (out / "sizes.json").write_text(json.dumps(table))
+    # the facts the trainer reads instead of opening a tar (as `anatplane shard` writes them)
+    (out / "manifest.json").write_text(json.dumps({"num_channels": k, "grid": grid, "spacing_mm": 1.0,
+                                                   "channels": [f"line{j}" for j in range(k)]}))
     return out
 
 

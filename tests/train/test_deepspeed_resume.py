@@ -7,7 +7,7 @@ import torch
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import weights
 from anatplane_dist.train.backends import ENGINE_TAG
-from anatplane_dist.train.loop import FAULT_ENV
+from anatplane_dist.testing.faults import FAULT_ENV
 from anatplane_dist.train.metrics import read_metrics
 
 from .launch import tail, torchrun
@@ -35,7 +35,7 @@ def test_zero_kill_and_resume_matches_uninterrupted(tmp_path, shards, stage):
     assert killed.returncode != 0
     latest = ckpt.find_latest_complete(run)
     assert ckpt.step_of(latest) == 3                        # mid-epoch 0 (4 steps/epoch)
-    assert ckpt.read_meta(latest)["micro_in_epoch"] == 3
+    assert ckpt.read_meta(latest)["samples_in_epoch"] == 3 * 8       # 3 steps of the global batch 8
 
     resumed = torchrun(2, cfg, run)
     assert resumed.returncode == 0, tail(resumed)

@@ -10,7 +10,7 @@ import torch
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import weights
 from anatplane_dist.cli import main as anatplane
-from anatplane_dist.train.loop import FAULT_ENV
+from anatplane_dist.testing.faults import FAULT_ENV
 from anatplane_dist.train.metrics import read_metrics
 
 from .conftest import subprocess_env

@@ -8,7 +8,8 @@ import torch
 
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import weights
-from anatplane_dist.train.cli import EXIT_NONFINITE, main
+from anatplane_dist.errors import ExitCode
+from anatplane_dist.train.cli import main
 from anatplane_dist.train.metrics import read_metrics
 
 from .synth import config_yaml
@@ -109,12 +110,12 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path, shards, cl
     assert not list((run / "checkpoints").glob("*.tmp"))
 
 
-def test_nan_guard_stops_cleanly(tmp_path, shards, clean_env, caplog):
+def test_nan_guard_stops_cleanly(tmp_path, shards, clean_env, capsys):
     run = tmp_path / "run"
     rc = _run(tmp_path, shards, run, "optim.name=sgd", "optim.base_lr=1e30", "optim.clip=0", "optim.warmup_steps=0",
               train={"epochs": 2, "progress": "none"})
-    assert rc == EXIT_NONFINITE
-    assert "non-finite loss" in caplog.text
+    assert rc == ExitCode.NONFINITE
+    assert "non-finite loss" in capsys.readouterr().err
     assert ckpt.find_latest_complete(run) is None
 
 

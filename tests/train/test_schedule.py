@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from anatplane_dist.train.options import OptimConfig
+from anatplane_dist.options import OptimConfig
 from anatplane_dist.train.schedule import LRSchedule, Lamb, build_optimizer, make_schedule, param_groups, set_lr
 
 
