@@ -1,7 +1,9 @@
 """A short nnU-Net trainer for the round-trip test: one epoch of a few iterations, and the
 network's tensors written to ``$ANATPLANE_NNUNET_DUMP`` when training starts - after
 ``-pretrained_weights`` were loaded, before the first step - so the test can compare what
-nnU-Net loaded with what we exported.
+nnU-Net loaded with what we exported.  nnU-Net's final validation (sliding-window prediction
+of every validation case with test-time mirroring, ~100 s on 2 CPU cores for 2 tiny cases)
+runs only with ``ANATPLANE_NNUNET_VALIDATE=1``.
 
 nnU-Net finds it through ``nnUNet_extTrainer`` (a folder it searches for trainer classes).
 """
@@ -27,3 +29,8 @@ class nnUNetTrainer_anatplaneShort(nnUNetTrainer):
             net = getattr(self.network, "_orig_mod", self.network)
             torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, dump)
         super().on_train_start()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("ANATPLANE_NNUNET_VALIDATE") == "1":
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("anatplane short trainer: final validation skipped")
