@@ -68,7 +68,8 @@ def plot_curves(stats: Sequence[Any], path: str | Path, *, metric: str, title: s
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} on the test subjects (mean, 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     save(fig, path)
     return fig
 
@@ -98,7 +99,8 @@ def plot_paired(comps: dict[tuple[str, int], Any], path: str | Path, *, metric: 
     ax.set_ylabel(f"Δ {metric} vs random (paired)")
     ax.set_title("arm − random init: paired mean difference, 95% CI")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     save(fig, path)
     return fig
 
