@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anatplane_dist.cli import main as anatplane
@@ -119,3 +120,15 @@ def test_changed_arm_reruns_only_its_cells(tmp_path, tiny_data):
     second = run_experiment(load_spec(cfg), out, log=lambda _m: None)
     assert second["cells_cached"] == 1 and second["cells_run"] == 1       # random kept, multitask rerun
     assert second["arms"]["multitask"]["published"] != first["arms"]["multitask"]["published"]
+    # the heatmap figure of a real published network: its ground truth on the plane intersection
+    from anatplane_dist.figures import heatmap_panels
+
+    from .test_figures_content import assert_ridge_on_plane
+
+    panels = heatmap_panels(second["arms"]["multitask"]["published"], tiny_data[0], count=2)
+    assert len(panels) == 2 and panels[0]["pred"].shape == panels[0]["gt"].shape
+    from anatplane_dist.experiment.heatmaps import read_validation_samples
+
+    meta = read_validation_samples(tiny_data[0])[panels[0]["key"]]["meta"]
+    c = int(np.argmax(panels[0]["valid"]))
+    assert_ridge_on_plane(panels[0]["gt"][c], meta["grid"], meta["references"][c]["plane"], tol_mm=5.0)
