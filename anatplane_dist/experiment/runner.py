@@ -94,10 +94,10 @@ def prepare_data(spec: ExperimentSpec, out: Path, log: Callable[[str], None] = p
     if not (lab / ".complete").exists():
         log(f"data: phantom {ph.kind}, {ph.labelled_subjects} labelled subjects -> {lab}")
         if ph.kind == "heart":
-            scratch = base / "heart-labelled-cine"   # the phantom writes cine DICOM alongside the ACDC cohort
-            _anatplane(["phantom", "heart", "--subjects", "1", "--out", str(scratch), "--labelled",
-                        str(ph.labelled_subjects), "--labelled-out", str(lab), "--first-index", "1001", *common],
-                       "phantom (labelled)")
+            from ..sources.phantom.acdc import AcdcCohortConfig, write_acdc_cohort
+
+            write_acdc_cohort(lab, AcdcCohortConfig(patients=ph.labelled_subjects, seed=ph.seed,
+                                                    matrix=(ph.size, ph.size), first_index=1001))
         else:
             _anatplane(["phantom", "knee", "--subjects", str(ph.labelled_subjects), "--out", str(lab),
                         "--first-index", "1001", *common], "phantom (labelled)")

@@ -132,3 +132,19 @@ def test_changed_arm_reruns_only_its_cells(tmp_path, tiny_data):
     meta = read_validation_samples(tiny_data[0])[panels[0]["key"]]["meta"]
     c = int(np.argmax(panels[0]["valid"]))
     assert_ridge_on_plane(panels[0]["gt"][c], meta["grid"], meta["references"][c]["plane"], tol_mm=5.0)
+
+
+def test_best_val_selection_is_recorded_and_named_in_the_report(tmp_path, tiny_data):
+    from anatplane_dist.experiment.report import render_report
+
+    cfg = write_spec(tmp_path / "bv.yaml", tiny_data, finetune={"select": "best-val", "val_every": 4},
+                     protocol={"labels": [1], "seeds": [0]})
+    out = tmp_path / "out"
+    run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    rec = _cells(out)["cells/random/n001-seed0.json"]
+    assert [s for s, _ in rec["val_history"]] == [4, 8]
+    best = max(v for _, v in rec["val_history"])
+    assert rec["selected_step"] == max(s for s, v in rec["val_history"] if v == best)
+    assert set(rec["val"]).isdisjoint(rec["train"]) and set(rec["val"]).isdisjoint(rec["test"])
+    render_report(out)
+    assert "**best on validation**" in (out / "results.md").read_text()
