@@ -24,10 +24,10 @@ from ..geometry import (Plane, heart_locations, intersection_lines, resample_to_
 from ..sources.base import Skip, Slice, Study
 from ..sources.plausible import stack_outliers
 from .profiles import ShardConfig
-from .seal import seal_meta
+from .seal import dumps, join_bodies, seal_body
 
 __all__ = ["Sample", "StudySamples", "study_samples", "sample_key", "key_part", "npy_bytes", "MEMBERS",
-           "MAX_KEY_BYTES"]
+           "MAX_KEY_BYTES", "robust_range", "PERCENTILE_SAMPLES"]
 
 #: tar members of one sample, in the order the writer stores them (TarWriter sorts them); the
 #: targets (lines, valid flags, location) live in meta.json, which also seals the sample (``seal``)
@@ -289,6 +289,24 @@ def _stack_lines(ordered: list[Slice], grids: Plane, refs: list[Slice | None], c
     return lines, valid, reasons
 
 
+#: the intensity percentiles of a slice come from at most this many of its pixels (all frames)
+PERCENTILE_SAMPLES = 1 << 16
+
+
+def robust_range(frames: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The slice's ``percentiles`` over all its frames, from a fixed stride through them.
+
+    An exact ``np.percentile`` over every pixel of a 10-frame 192^2 slice partitions 370k values
+    (~3 ms per slice, a sixth of the sharder's own time); every ``ceil(n / 2^16)``-th pixel of
+    the flattened frames (deterministic, spread over all frames and rows) estimates the 0.5 and
+    99.5 percentiles to well under 1 % of the range, which is all a rescale needs.
+    """
+    flat = frames.reshape(-1)
+    step = max(1, -(-flat.size // PERCENTILE_SAMPLES))
+    lo, hi = np.percentile(flat[::step], percentiles)
+    return float(lo), float(hi)
+
+
 def _slice_samples(study: Study, sl: Slice, index: int, grid: Plane, lines: np.ndarray, valid: np.ndarray,
                    reasons: list[str], loc: float, loc_info: dict[str, Any], refs: list[Slice | None],
                    cfg: ShardConfig) -> tuple[list[Sample], list[Skip]]:
@@ -306,7 +324,7 @@ def _slice_samples(study: Study, sl: Slice, index: int, grid: Plane, lines: np.n
     keep = np.flatnonzero(finite)
     good = frames[keep]
     del frames
-    lo, hi = (float(v) for v in np.percentile(good, cfg.percentiles))
+    lo, hi = robust_range(good, cfg.percentiles)
     if not hi > lo:
         raise ValueError(f"constant intensity ({lo:g}) over all frames: nothing to learn from")
     good -= lo
@@ -342,10 +360,12 @@ def _slice_samples(study: Study, sl: Slice, index: int, grid: Plane, lines: np.n
     # references[k].valid) and the location (location.value); float64 here, float32 in the batch
     common["lines"] = [[float(v) for v in row] if ok else None for row, ok in zip(lines, valid)]
     samples = []
+    shared = dumps(common)[:-1]           # serialised once per slice, not once per frame
     for j, f in enumerate(keep):
         fr = sl.frames[f]
-        meta = dict(common, frame=fr.index, file=fr.path, sop_uid=fr.sop_uid, trigger_time=fr.trigger_time)
+        body = join_bodies(shared, {"frame": fr.index, "file": fr.path, "sop_uid": fr.sop_uid,
+                                    "trigger_time": fr.trigger_time})
         image = npy_bytes(images[j])
         samples.append(Sample(sample_key(study.subject, sl.series, index, fr.index),
-                              {"image.npy": image, "meta.json": seal_meta(meta, image)}, fr.path or sl.series))
+                              {"image.npy": image, "meta.json": seal_body(body, image)}, fr.path or sl.series))
     return samples, skips

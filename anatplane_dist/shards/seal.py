@@ -19,7 +19,7 @@ import re
 import zlib
 from typing import Any
 
-__all__ = ["FIELD", "seal_meta", "seal_error"]
+__all__ = ["FIELD", "seal_meta", "seal_body", "join_bodies", "dumps", "seal_error"]
 
 FIELD = "crc32"
 _TAIL_HEAD = b',"' + FIELD.encode() + b'":"'
@@ -31,11 +31,28 @@ def _crc(image: bytes, body: bytes) -> int:
     return zlib.crc32(body, zlib.crc32(image))
 
 
+def dumps(obj: dict[str, Any]) -> bytes:
+    """The compact JSON every sealed ``meta.json`` uses (no NaN, UTF-8)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
 def seal_meta(meta: dict[str, Any], image: bytes) -> bytes:
     """Compact JSON of ``meta`` (no NaN) with the sample's crc32 appended as its last field."""
     if not meta or FIELD in meta:
         raise ValueError(f"meta must be a non-empty dict without a {FIELD!r} field")
-    body = json.dumps(meta, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()[:-1]
+    return seal_body(dumps(meta)[:-1], image)
+
+
+def join_bodies(common: bytes, own: dict[str, Any]) -> bytes:
+    """``dumps(dict(common_dict, **own))[:-1]`` from ``common = dumps(common_dict)[:-1]``: the
+    same bytes, but the fields shared by all frames of a slice are serialised once."""
+    if FIELD in own:
+        raise ValueError(f"{FIELD!r} is reserved")
+    return common + b"," + dumps(own)[1:-1] if own else common
+
+
+def seal_body(body: bytes, image: bytes) -> bytes:
+    """Seal a compact JSON object given without its closing brace (see :func:`join_bodies`)."""
     return body + _TAIL_HEAD + b"%08x" % _crc(image, body) + b'"}'
 
 

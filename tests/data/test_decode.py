@@ -160,3 +160,11 @@ def test_unsealed_or_inconsistent_meta_is_rejected():
     with pytest.raises(SampleError) as info:
         decode_sample(sealed(lines=([0.6, 0.8],)))
     assert info.value.reason in ("meta", "shape", "flags")
+
+
+def test_joined_bodies_are_the_bytes_of_one_dumps():
+    from anatplane_dist.shards.seal import dumps, join_bodies, seal_body, seal_error, seal_meta
+    common, own = {"a": [1.5, None], "s": "pé"}, {"frame": 3, "file": "x/y.dcm", "t": None}
+    image = b"\x93NUMPY-bytes"
+    assert seal_body(join_bodies(dumps(common)[:-1], own), image) == seal_meta(dict(common, **own), image)
+    assert seal_error(image, seal_meta(common, image)) == ""
