@@ -252,8 +252,8 @@ def training_time(run_dir: Path, meta: dict[str, Any]) -> tuple[float | None, st
     return (round(total, 3), "metrics.jsonl: sum of logged windows (samples / samples_per_s)") if total else (None, "not logged")
 
 
-def _manifests(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """sha256 of each shard set's ``manifest.json`` named by the config's data patterns."""
+def _manifests(config: dict[str, Any]) -> list[Path]:
+    """Each shard set's ``manifest.json`` named by the config's data patterns (sorted, unique)."""
     data = config.get("data") or {}
     patterns: list[str] = []
     for key in ("shards", "train_shards", "val_shards"):
@@ -264,36 +264,67 @@ def _manifests(config: dict[str, Any]) -> list[dict[str, Any]]:
                 item = item.get("path")
             if isinstance(item, str) and item:
                 patterns += [p for p in item.split("::") if p]
-    found: dict[str, str] = {}
+    found: set[Path] = set()
     for pattern in patterns:
         d = Path(pattern) if Path(pattern).is_dir() else Path(pattern.split("{")[0]).parent
         for cand in (d / "manifest.json", d.parent / "manifest.json"):
-            if cand.is_file() and str(cand) not in found:
-                found[str(cand)] = sha256_file(cand)
+            if cand.is_file():
+                found.add(cand.resolve())
                 break
-    return [{"path": p, "sha256": h} for p, h in sorted(found.items())]
+    return sorted(found)
 
 
-def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The model card: what a user needs to trust and reuse the weights."""
+def manifest_copy_name(i: int) -> str:
+    """Name of the ``i``-th shard manifest inside a published version."""
+    return "data_manifest.json" if i == 0 else f"data_manifest_{i}.json"
+
+
+def _training_data(manifests: list[Path]) -> dict[str, Any]:
+    """Cohort, views, counts and split of the (first) shard set, from its manifest."""
+    if not manifests:
+        return {}
+    try:
+        m = json.loads(manifests[0].read_text())
+    except (OSError, ValueError):
+        return {}
+    profile = m.get("profile") if isinstance(m.get("profile"), dict) else {}
+    root = Path(str(m.get("input_root") or ""))
+    splits = {s: {k: v.get(k) for k in ("subjects", "samples")} for s, v in (m.get("splits") or {}).items()
+              if isinstance(v, dict)}
+    return {"cohort": root.name or None, "phantom": bool(root.name) and (root / "phantom.json").is_file(),
+            "profile": profile.get("name"), "input_view": profile.get("input_view"),
+            "reference_views": m.get("channels") or profile.get("references"),
+            "grid": m.get("grid"), "spacing_mm": m.get("spacing_mm"),
+            "subjects": (m.get("counts") or {}).get("subjects"), "samples": (m.get("counts") or {}).get("samples"),
+            "splits": splits, "manifest": manifest_copy_name(0)}
+
+
+def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, Any]],
+               manifests: list[Path] | None = None) -> dict[str, Any]:
+    """The model card: what a user needs to trust and reuse the weights.  Every path in it is
+    relative to the published folder (the run's own paths mean nothing on another machine)."""
     meta = ckpt.read_meta(ck)
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    manifests = _manifests(config or {}) if manifests is None else manifests
     enc = parts["encoder"]
     train_s, train_src = training_time(run_dir, meta)
-    return {
+    data = _training_data(manifests)
+    card = {
         "format": CARD_FORMAT,
         "name": name,
         "published_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "published_by": f"{getpass.getuser()}@{socket.gethostname()}",
-        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": ck.name,
+        "source": {"run": run_dir.resolve().name, "checkpoint": ck.name,
                    "step": meta.get("step"), "epoch": meta.get("epoch"),
                    "samples_seen": meta.get("samples_seen")},
         "package": {"name": "anatplane_dist", "version": anatplane_dist.__version__, **_git_commit()},
         "model_config": yaml.safe_load(enc["model_config"]),
         "num_channels": enc["num_channels"],
         "config": config,
-        "data_manifests": _manifests(config or {}),
+        "config_file": "config.yaml" if config_path.is_file() else None,
+        "training_data": data,
+        "data_manifests": [{"file": manifest_copy_name(i), "sha256": sha256_file(p)} for i, p in enumerate(manifests)],
         "pretext_metrics": last_validation(run_dir, meta.get("step")),
         "last_checkpoint_metrics": meta.get("metrics", {}),
         "training": {"world_size": meta.get("world_size"), "backend": meta.get("backend"),
@@ -303,42 +334,99 @@ def build_card(run_dir: Path, ck: Path, name: str, parts: dict[str, dict[str, An
         "parts": {p: {"file": f"{p}{weights.SUFFIX}", "tensors": info["tensors"], "parameters": info["parameters"]}
                   for p, info in parts.items()},
     }
+    if data.get("grid") and data.get("spacing_mm"):
+        card["data_grid"] = {"size": int(data["grid"]), "spacing": float(data["spacing_mm"])}
+    return card
 
 
-def render_readme(card: dict[str, Any], version_dir: Path) -> str:
-    version = version_dir.name
-    name, tr, src = card["name"], card["training"], card["source"]
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _front_matter(card: dict[str, Any]) -> list[str]:
+    """Hugging Face-style YAML front matter (license, library, tags, datasets, metrics)."""
+    data, mc = card.get("training_data") or {}, card["model_config"]
+    tags = ["medical-imaging", "mri", "self-supervised", "anatomy-oriented-planes", f"backbone-{mc.get('name')}",
+            "safetensors"]
+    tags += [t for t in (data.get("profile"), "phantom" if data.get("phantom") else None) if t]
+    if mc.get("name") == "nnunet":
+        tags.append("nnunet")
+    meta = {"license": "apache-2.0", "library_name": "anatplane_dist", "tags": tags,
+            "datasets": [data["cohort"]] if data.get("cohort") else [],
+            "metrics": sorted(k.removeprefix("val/") for k in card["pretext_metrics"] if k.startswith("val/")),
+            "pipeline_tag": "image-feature-extraction"}
+    return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    """The published README.md: a model card a person reads (what, on what, how well, how to
+    load, the limits), paths relative to the published folder."""
+    name, version, tr, src = card["name"], card.get("version", ""), card["training"], card["source"]
+    data, mc = card.get("training_data") or {}, card["model_config"]
     metrics = {k: v for k, v in card["pretext_metrics"].items() if k != "step"}
-    lines = [
-        f"# {name} / {version}",
-        "",
-        f"Pretrained with anatplane_dist {card['package']['version']}"
-        f" (commit {card['package'].get('git_commit') or 'unknown'}) on anatomy-oriented plane pretext tasks.",
-        "",
-        f"- model: `{card['model_config'].get('name')}` ({json.dumps(card['model_config'])}), "
-        f"{card['num_channels']} reference-view channels",
-        f"- training: {tr['steps']} optimiser steps, world size {tr['world_size']}, global batch "
-        f"{tr['global_batch']}, backend {tr['backend']}, {tr['samples_seen']} samples"
-        + (f", {tr['train_time_s']:.0f} s" if isinstance(tr.get("train_time_s"), (int, float)) else ""),
-        f"- source: `{src['run_dir']}` checkpoint `{src['checkpoint']}`",
-        f"- pretext metrics (validation at step {card['pretext_metrics'].get('step')}): "
-        + (", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in metrics.items())
-           or "none logged"),
-        "- data manifests: " + (", ".join(f"`{m['path']}` sha256 {m['sha256'][:16]}"
-                                          for m in card["data_manifests"]) or "not found"),
-        f"- parts: {', '.join(card['parts'])}",
-        "",
-        "## Load",
-        "",
-        "```python",
-        "from anatplane_dist.publish import load_pretrained",
-        f"encoder = load_pretrained({str(version_dir)!r}, part=\"encoder\")  # verifies SHA256SUMS",
-        f"# or the newest version: load_pretrained({str(version_dir.parent)!r})",
-        "```",
-        "",
-        "`model_card.json` holds the full resolved config; `sha256sum -c SHA256SUMS` checks the files.",
-        "",
-    ]
+    is_nnunet = mc.get("name") == "nnunet"
+    lines = [*_front_matter(card), f"# {name} / {version}", "",
+             f"Encoder{' + decoder' if 'decoder' in card['parts'] else ''} pretrained self-supervised from MRI "
+             f"plane geometry (relative orientation heatmaps + relative slice location) with anatplane_dist "
+             f"{card['package']['version']} (commit {card['package'].get('git_commit') or 'unknown'}).", "",
+             "## Intended use", "",
+             "Initialisation for fine-tuning on a target task with few labels (segmentation of the imaged anatomy,"
+             " classification of stacks), with this package's fine-tuning"
+             + (" or with nnU-Net's own trainer" if is_nnunet else "") + ". Not a segmentation or diagnosis model"
+             " by itself: the heads predict pretext targets only.", "",
+             "## Training data", ""]
+    if data:
+        split = ", ".join(f"{s} {v.get('subjects')} subjects / {v.get('samples')} samples"
+                          for s, v in data.get("splits", {}).items())
+        lines += [f"- cohort: `{data.get('cohort')}`" + (" (synthetic phantom)" if data.get("phantom") else ""),
+                  f"- profile: {data.get('profile')}; input view {data.get('input_view')}; reference views "
+                  f"{', '.join(data.get('reference_views') or [])}",
+                  f"- {data.get('subjects')} subjects, {data.get('samples')} plane-pair samples; split: {split or 'n/a'}",
+                  f"- model grid: {data.get('grid')} px at {_fmt(data.get('spacing_mm'))} mm",
+                  f"- shard manifest: `{data.get('manifest')}` (copied here, sha256 in `SHA256SUMS`)", ""]
+    else:
+        lines += ["No shard manifest was reachable at publish time; see the config below.", ""]
+    lines += ["## Pretext metrics (validation)", ""]
+    if metrics:
+        lines += [f"At step {card['pretext_metrics'].get('step')}:", "", "| metric | value |", "| --- | --- |",
+                  *[f"| {k.removeprefix('val/')} | {_fmt(v)} |" for k, v in metrics.items()], ""]
+    else:
+        lines += ["None logged.", ""]
+    lines += ["## Training", "",
+              f"`{mc.get('name')}` backbone, {card['num_channels']} heatmap channels; {tr['steps']} optimiser steps,"
+              f" global batch {tr['global_batch']}, world size {tr['world_size']}, backend {tr['backend']},"
+              f" {tr['samples_seen']} samples"
+              + (f", {tr['train_time_s']:.0f} s of training steps" if isinstance(tr.get("train_time_s"), (int, float))
+                 else "") + f"; run `{src['run']}`, checkpoint `{src['checkpoint']}`.", "",
+              "## Limitations", ""]
+    if data.get("phantom"):
+        lines += ["- Trained on analytic phantoms only: **not a clinical model**, not validated on patient data; "
+                  "use it to test pipelines, or as a starting point that still needs real pretraining.", ""]
+    lines += ["- Pretext tasks only: the encoder has never seen a segmentation or diagnosis label.",
+              f"- Inputs must be on the pretraining grid ({data.get('grid')} px at {_fmt(data.get('spacing_mm'))} mm),"
+              f" single-channel, intensity-normalised as the shards were." if data else
+              "- Inputs must be on the pretraining grid, single-channel, intensity-normalised as the shards were.",
+              "- Validation metrics are on the held-out subjects of the same cohort, not on other scanners or sites.",
+              "", "## How to load", "", "Run these from this folder (or replace `.` by its path).", "",
+              "With anatplane_dist (checks `SHA256SUMS`, rebuilds the network from the stored config):", "",
+              "```python", "from anatplane_dist.publish import load_pretrained",
+              'encoder = load_pretrained(".", part="encoder")', 'network = load_pretrained(".", part="full")',
+              "```", "", "Fine-tune with few labels (this package's route; transfers encoder + decoder):", "",
+              "```bash", "anatplane finetune seg --data ACDC_ROOT --pretrained . --out results/", "```", "",
+              "Any safetensors reader (no pickle; architecture in the metadata):", "",
+              "```python", "from safetensors import safe_open",
+              'with safe_open("encoder.safetensors", "pt") as f:',
+              '    meta = f.metadata()   # format, part, model_config (YAML), num_channels, step',
+              "    tensors = {k: f.get_tensor(k) for k in f.keys()}", "```", ""]
+    if is_nnunet:
+        lines += ["nnU-Net (same plans as pretraining; every tensor but the seg layers is transferred):", "",
+                  "```bash", "anatplane export --format nnunet . pretrained.pth",
+                  "nnUNetv2_train DATASET 2d FOLD -pretrained_weights pretrained.pth", "```", ""]
+    lines += ["## Files", "", "| file | tensors | parameters |", "| --- | --- | --- |",
+              *[f"| `{p['file']}` | {p['tensors']} | {p['parameters']} |" for p in card["parts"].values()],
+              "", "`model_card.json` holds all of the above as data; `sha256sum -c SHA256SUMS` checks every file.", "",
+              "## Config", "", "The exact resolved config of the run (`config.yaml`):", "", "```yaml",
+              yaml.safe_dump(card.get("config") or {}, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -405,17 +493,22 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
                                   num_channels=obj["num_channels"], step=obj.get("step", step))
         if (run_dir / "config.yaml").is_file():
             _copy(run_dir / "config.yaml", staging / "config.yaml")
+            manifests = _manifests(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        else:
+            manifests = []
+        for i, m in enumerate(manifests):  # the training data's record travels with the weights
+            _copy(m, staging / manifest_copy_name(i))
         # of the content, not the file bytes: the same weights are the same version whichever
         # container the run wrote (safetensors does not fix the order of its metadata on disk)
         weights_hash = hashlib.sha256("".join(
             f"{weights.content_digest(loaded[p])}{p}" for p in sorted(parts)).encode()).hexdigest()
         version = f"step{step:08d}-{weights_hash[:10]}"
-        card = build_card(run_dir, ck, name, parts)
+        card = build_card(run_dir, ck, name, parts, manifests)
         card["version"] = version
-        card["how_to_load"] = (f"from anatplane_dist.publish import load_pretrained; "
-                               f"load_pretrained({str(name_dir / version)!r}, part='encoder')")
+        card["how_to_load"] = ("from anatplane_dist.publish import load_pretrained; "
+                               "load_pretrained('.', part='encoder')  # from this folder")
         _write(staging / CARD, (json.dumps(card, indent=1, sort_keys=False, default=str) + "\n").encode())
-        _write(staging / "README.md", render_readme(card, name_dir / version).encode())
+        _write(staging / "README.md", render_readme(card).encode())
         sums = "".join(f"{sha256_file(staging / f)}  {f}\n"
                        for f in sorted(p.name for p in staging.iterdir()))
         _write(staging / SUMS, sums.encode())  # last: its presence marks a whole version

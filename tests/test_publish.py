@@ -30,7 +30,14 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (4,), seed: int = 0) -> dic
     complete checkpoints with fp32 exports and meta.json."""
     shards = run_dir.parent / f"shards-{run_dir.name}"
     (shards / "train").mkdir(parents=True, exist_ok=True)
-    (shards / "manifest.json").write_text(json.dumps({"subjects": ["a", "b"], "seed": seed}))
+    cohort = run_dir.parent / "heart-phantom"
+    cohort.mkdir(parents=True, exist_ok=True)
+    (cohort / "phantom.json").write_text("{}")   # what `anatplane phantom` leaves in its cohorts
+    (shards / "manifest.json").write_text(json.dumps({
+        "format": "anatplane-shard/2", "input_root": str(cohort), "channels": ["2ch", "4ch"], "num_channels": 2,
+        "grid": 32, "spacing_mm": 1.5, "profile": {"name": "heart", "input_view": "sax", "references": ["2ch", "4ch"]},
+        "counts": {"subjects": 3, "samples": 60}, "seed": seed,
+        "splits": {"train": {"subjects": 2, "samples": 40}, "val": {"subjects": 1, "samples": 20}}}))
     cfg = {"data": {"shards": f"{shards}/train/shard-{{000000..000003}}.tar", "batch_size": 2},
            "model": MODEL.to_dict(), "train": {"max_steps": max(steps)}}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +74,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     assert os.readlink(name_dir / "latest") == version.name
     assert sorted(p.name for p in version.iterdir()) == sorted(
         ["encoder.safetensors", "decoder.safetensors", "location_head.safetensors", "config.yaml", "model_card.json", "README.md",
-         "SHA256SUMS"])
+         "data_manifest.json", "SHA256SUMS"])
     assert not list(name_dir.glob(".staging-*"))
     for p in version.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
@@ -84,12 +91,29 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     assert card["pretext_metrics"] == {"step": 4, "val/loss": 0.5, "val/loss_ori": 0.25}
     assert card["model_config"] == MODEL.to_dict() and card["num_channels"] == K
     manifest = tmp_path / "runs" / "shards-tiny" / "manifest.json"
-    assert card["data_manifests"] == [{"path": str(manifest), "sha256": pub.sha256_file(manifest)}]
+    assert card["data_manifests"] == [{"file": "data_manifest.json", "sha256": pub.sha256_file(manifest)}]
+    assert (version / "data_manifest.json").read_bytes() == manifest.read_bytes()
+    assert card["training_data"]["phantom"] and card["training_data"]["splits"]["val"] == {"subjects": 1, "samples": 20}
+    assert card["data_grid"] == {"size": 32, "spacing": 1.5}
     assert card["package"]["version"]
     assert card["parts"]["encoder"]["parameters"] == sum(t.numel() for t in models[4].encoder.state_dict().values())
-    assert str(version) in card["how_to_load"]
+    assert "load_pretrained('.'" in card["how_to_load"]
     readme = (version / "README.md").read_text()
-    assert "load_pretrained(" in readme and str(version) in readme
+    # Hugging Face-style front matter, then the sections a person reads
+    _, front, body = readme.split("---\n", 2)
+    fm = yaml.safe_load(front)
+    assert fm["license"] == "apache-2.0" and fm["library_name"] == "anatplane_dist"
+    assert {"phantom", "heart", "safetensors", "backbone-unet"} <= set(fm["tags"])
+    assert fm["datasets"] == ["heart-phantom"] and fm["metrics"] == ["loss", "loss_ori"]
+    for section in ("## Intended use", "## Training data", "## Pretext metrics (validation)", "## Limitations",
+                    "## How to load", "## Config"):
+        assert section in body, section
+    assert "not a clinical model" in body and "| loss | 0.5 |" in body and "val 1 subjects / 20 samples" in body
+    assert 'load_pretrained(".", part="encoder")' in body and "nnUNetv2_train" not in body   # not an nnunet model
+    assert yaml.safe_load(body.split("```yaml\n")[1].split("```")[0]) == yaml.safe_load((run / "config.yaml").read_text())
+    # paths are relative to the published folder: no path of this machine outside the exact config
+    assert str(tmp_path) not in body.split("## Config")[0]
+    assert str(tmp_path) not in json.dumps({k: v for k, v in card.items() if k != "config"})
 
     enc = pub.load_pretrained(name_dir, part="encoder")  # via latest
     ref = models[4].encoder.state_dict()

@@ -99,7 +99,8 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
 def _manifest_paths(card: dict[str, Any]) -> list[Path]:
     """Shard-set manifests a model card points at: the ones it lists, then those next to the
     ``data.shards`` of its resolved config (a shard directory, or a brace pattern inside one)."""
-    paths = [Path(str(m.get("path", ""))) for m in card.get("data_manifests", []) or [] if isinstance(m, dict)]
+    paths = [Path(str(m.get("path", ""))) for m in card.get("data_manifests", []) or []
+             if isinstance(m, dict) and m.get("path")]   # cards published before manifests were copied
     data = (card.get("config") or {}).get("data") or {}
     for key in ("shards", "train_shards", "val_shards"):
         value = data.get(key)
@@ -125,7 +126,9 @@ def grid_from_pretrained(info: PretrainedInfo) -> tuple[int, float] | None:
     g = card.get("data_grid")
     if isinstance(g, dict) and "size" in g and "spacing" in g:
         return int(g["size"]), float(g["spacing"])
-    for path in _manifest_paths(card):
+    copied = [info.path.parent / str(m["file"]) for m in card.get("data_manifests", []) or []
+              if isinstance(m, dict) and m.get("file")]   # the manifest published with the weights
+    for path in [*copied, *_manifest_paths(card)]:
         if not path.is_file():
             continue
         try:
