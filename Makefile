@@ -24,6 +24,18 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "pip install --upgrade pip"; $(PIP) --upgrade pip $(QUIET_PIP)
 	@echo "pip install $(TORCH_SPEC)"; $(PIP) $(TORCH_SPEC) $(QUIET_PIP)
 	@echo "pip install -e '.[test]'"; $(PIP) -e '.[test]' $(QUIET_PIP)
+	@# nnU-Net next, with every package installed so far pinned: it must not replace torch
+	@# (a CPU or CUDA build chosen by TORCH_SPEC), deepspeed or numpy
+	$(PY) -m pip freeze --exclude-editable 2>/dev/null | grep -v ' @ ' > $(VENV)/constraints.txt
+	@before=$$($(PY) -c "import torch; print(torch.__version__)"); \
+	echo "pip install -e '.[test,nnunet]' -c $(VENV)/constraints.txt"; \
+	$(PIP) -e '.[test,nnunet]' -c $(VENV)/constraints.txt $(QUIET_PIP) && \
+	after=$$($(PY) -m pip show torch 2>/dev/null | sed -n 's/^Version: //p'); \
+	if [ "$$before" != "$$after" ]; then echo "torch changed from $$before to $$after"; exit 1; fi
+	@# timm (Primus networks only) pulls torchvision; PyPI's wheel is built for CUDA torch and
+	@# does not load next to the CPU build. Nothing we or nnU-Net's U-Nets use needs it.
+	@$(PY) -c "import torchvision" >/dev/null 2>&1 || { echo "pip uninstall torchvision (does not load with torch $$($(PY) -c 'import torch; print(torch.__version__)'))"; \
+	  $(PY) -m pip uninstall -y -q torchvision $(QUIET_PIP); }
 	touch $(STAMP)
 
 debs:
