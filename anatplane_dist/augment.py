@@ -92,13 +92,13 @@ class AugmentConfig:
 
 # -- random draws ---------------------------------------------------------------------------
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Uniform [0, 1) drawn on the generator's device (then moved: a copy, not a sync)."""
     gdev = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=gdev).to(device, non_blocking=True)
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+def normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     gdev = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gdev).to(device, non_blocking=True)
 
@@ -119,7 +119,7 @@ def random_affines(batch_size: int, height: int, width: int, cfg: AugmentConfig,
         (probability ``1 - p``) get exactly the identity.
     """
     device = torch.device(device)
-    u = _rand((batch_size, 6), generator, device)
+    u = uniform((batch_size, 6), generator, device)
     apply = u[:, 0] < cfg.p
     ang = torch.where(apply, (2 * u[:, 1] - 1) * math.radians(cfg.rotation_deg), 0.0)
     s = torch.where(apply, _log_uniform(cfg.scale, u[:, 2]), 1.0)
@@ -222,7 +222,7 @@ def visible_length(lines: Tensor, height: int, width: int) -> Tensor:
 def _intensity(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
     b, _, h, w = images.shape
     dev = images.device
-    u = _rand((b, 4), generator, dev)
+    u = uniform((b, 4), generator, dev)
     x = images.float()
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
@@ -231,14 +231,14 @@ def _intensity(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | 
         g = torch.where(u[:, 0] < cfg.p, _log_uniform(cfg.gamma, u[:, 1]), 1.0)
         x01 = x01.clamp(min=0.0).pow(g.view(b, 1, 1, 1))
     if cfg.bias_field > 0:
-        coarse = _randn((b, 1, 4, 4), generator, dev)
+        coarse = normal((b, 1, 4, 4), generator, dev)
         coarse = torch.where((u[:, 2] < cfg.p).view(b, 1, 1, 1), coarse, 0.0)
         field_ = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
         x01 = x01 * torch.exp(cfg.bias_field * field_)
     x = x01 * span + lo
     if cfg.noise_std > 0:
         std = torch.where(u[:, 3] < cfg.p, cfg.noise_std, 0.0).view(b, 1, 1, 1)
-        x = x + std * _randn((b, 1, h, w), generator, dev)
+        x = x + std * normal((b, 1, h, w), generator, dev)
     return x.to(images.dtype)
 
 

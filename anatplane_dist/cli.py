@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from anatplane_dist.errors import AnatplaneError, one_line
+from anatplane_dist.errors import AnatplaneError, ExitCode, one_line
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `deepspeed --module anatplane_dist.cli pretrain ...` puts --local_rank=N first: move it behind
+    while argv and (argv[0].startswith("--local_rank") or argv[0].startswith("--local-rank")):
+        flag = [argv.pop(0)] if "=" in argv[0] else [argv.pop(0), argv.pop(0)] if len(argv) > 1 else [argv.pop(0)]
+        argv = argv[:1] + flag + argv[1:]
     if not argv or argv[0] not in COMMANDS:
         build_parser().print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
@@ -54,6 +58,10 @@ def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
     except AnatplaneError as e:
         print(f"{prog}: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
+    except OSError as e:  # a read-only or full destination, a vanished input: the user's environment
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{prog}: {e.strerror or one_line(e)}{where}", file=sys.stderr)
+        return int(ExitCode.USAGE)
 
 
 if __name__ == "__main__":

@@ -335,16 +335,17 @@ def _resolved_run_dir(args: Any, config_run_dir: str) -> Path:
         return Path(args.run_dir)
     if config_run_dir:
         return Path(config_run_dir)
-    return default_run_dir(args.config)
+    return default_run_dir(Path(args.config))
 
 
 def options_from_args(args: Any) -> SubmitOptions:
     """Validate the config (a typo fails now, not after hours in the queue) and build the options."""
-    from anatplane_dist.config import load_config
+    from anatplane_dist.config import load_config, resolve_config_path
 
-    cfg = load_config(args.config, list(args.overrides))
+    config = resolve_config_path(args.config)   # a file, or a packaged preset's name
+    cfg = load_config(config, list(args.overrides))
     return SubmitOptions(
-        config=args.config, run_dir=_resolved_run_dir(args, cfg.run_dir), overrides=list(args.overrides),
+        config=config, run_dir=_resolved_run_dir(args, cfg.run_dir), overrides=list(args.overrides),
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
         partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
         cpus_per_task=args.cpus_per_task, mem=args.mem, constraint=args.constraint, exclude=args.exclude,

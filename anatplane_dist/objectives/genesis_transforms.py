@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anatplane_dist.augment import _rand
+from anatplane_dist.augment import uniform
 
 from .base import GenesisConfig
 
@@ -52,7 +52,7 @@ def local_shuffle(x: Tensor, apply: Tensor, frac: float, gen: torch.Generator) -
     dev = x.device
     cells = (x[:, :, :hc * cs, :wc * cs].reshape(b, c, hc, cs, wc, cs)
              .permute(0, 2, 4, 1, 3, 5).reshape(b, hc, wc, c, n))
-    u = _rand((b, hc, wc, 4), gen, dev)
+    u = uniform((b, hc, wc, 4), gen, dev)
     sh = (1 + (u[..., 0] * cs).long()).clamp(max=cs)
     sw = (1 + (u[..., 1] * cs).long()).clamp(max=cs)
     oy = (u[..., 2] * (cs - sh + 1)).long()
@@ -61,7 +61,7 @@ def local_shuffle(x: Tensor, apply: Tensor, frac: float, gen: torch.Generator) -
     row, col = (idx // cs).view(1, 1, 1, n), (idx % cs).view(1, 1, 1, n)
     inside = ((row >= oy[..., None]) & (row < (oy + sh)[..., None])
               & (col >= ox[..., None]) & (col < (ox + sw)[..., None]))
-    keys = _rand((b, hc, wc, n), gen, dev)
+    keys = uniform((b, hc, wc, n), gen, dev)
     rest = 2.0 + idx.to(torch.float32)                     # outside the window: stay, in order
     src = torch.sort(torch.where(inside, keys, rest), dim=-1, stable=True).indices
     dst = torch.sort(torch.where(inside, idx.to(torch.float32) / n, rest), dim=-1, stable=True).indices
@@ -111,7 +111,7 @@ def paint_masks(b: int, h: int, w: int, cfg: GenesisConfig, gen: torch.Generator
                 device: torch.device) -> tuple[Tensor, Tensor]:
     """(B, 1, H, W) masks: pixels in-painting replaces, and pixels out-painting keeps."""
     m = cfg.paint_blocks
-    u = _rand((b, 2, m, 5), gen, device)
+    u = uniform((b, 2, m, 5), gen, device)
     more = torch.cumprod((u[..., 4] < _NEXT_BLOCK_P).to(torch.int32), dim=-1).bool()     # (B, 2, M)
     in_present = more[:, 0]
     out_present = torch.cat([torch.ones_like(more[:, 1, :1]), more[:, 1, :-1]], dim=-1)  # first window always
@@ -124,7 +124,7 @@ def genesis_corrupt(image: Tensor, cfg: GenesisConfig, gen: torch.Generator) -> 
     """The Models Genesis input for a (B, C, H, W) batch; same shape and dtype."""
     b, c, h, w = image.shape
     dev = image.device
-    u = _rand((b, 9), gen, dev)
+    u = uniform((b, 9), gen, dev)
     x = image.float()
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
@@ -132,7 +132,7 @@ def genesis_corrupt(image: Tensor, cfg: GenesisConfig, gen: torch.Generator) -> 
     x01 = local_shuffle(x01, u[:, 0] < cfg.local_shuffle_p, cfg.local_block, gen)
     x01 = bezier_map(x01, u[:, 5:9], u[:, 2] < _INVERT_P, u[:, 1] < cfg.nonlinear_p)
     inpaint, keep = paint_masks(b, h, w, cfg, gen, dev)
-    noise = _rand((b, c, h, w), gen, dev)
+    noise = uniform((b, c, h, w), gen, dev)
     painted = torch.where((u[:, 4] < cfg.outpaint_p).view(b, 1, 1, 1),
                           torch.where(keep, x01, noise), torch.where(inpaint, noise, x01))
     x01 = torch.where((u[:, 3] < cfg.paint_p).view(b, 1, 1, 1), painted, x01)

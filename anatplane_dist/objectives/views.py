@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anatplane_dist.augment import _rand, _randn
+from anatplane_dist.augment import normal, uniform
 
 from .base import SimCLRConfig
 
@@ -69,7 +69,7 @@ def random_view(image: Tensor, cfg: SimCLRConfig, gen: torch.Generator) -> Tenso
     """One random view of each image of a (B, C, H, W) batch (same shape and dtype)."""
     b, c, h, w = image.shape
     dev = image.device
-    u = _rand((b, 11), gen, dev)
+    u = uniform((b, 11), gen, dev)
     x = image.float()
     grid = F.affine_grid(crop_thetas(u[:, :5], cfg), [b, c, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -84,5 +84,5 @@ def random_view(image: Tensor, cfg: SimCLRConfig, gen: torch.Generator) -> Tenso
     x01 = torch.where(jitter, ((xb - mean) * contrast + mean).clamp(0.0, 1.0), x01)
     x01 = gaussian_blur(x01, _uniform(cfg.blur_sigma, u[:, 8]), u[:, 9] < cfg.blur_p)
     noise = (u[:, 10] < cfg.noise_p).to(torch.float32).view(b, 1, 1, 1) * cfg.noise_std
-    x01 = x01 + noise * _randn((b, c, h, w), gen, dev)
+    x01 = x01 + noise * normal((b, c, h, w), gen, dev)
     return (x01 * span + lo).to(image.dtype)

@@ -119,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if denv.rank == 0:
             print(f"anatplane pretrain: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
+    except OSError as e:          # the environment (read-only or full disk): one line, no barrier
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"anatplane pretrain: rank {denv.rank}: {e.strerror or one_line(e)}{where}", file=sys.stderr)
+        return int(ExitCode.USAGE)
     finally:
         shutdown(clean)
 

@@ -121,9 +121,10 @@ class Trainer:
         gbs = int(resume.meta.get("global_batch") or cfg.train.global_batch
                   or micro_batch(cfg) * cfg.train.grad_accum * world)
         accum = accum_for(cfg, world, gbs)
-        if accum != cfg.train.grad_accum:
-            log.info("train.grad_accum %d -> %d: keeps the run's global batch %d on %d rank(s)",
-                     cfg.train.grad_accum, accum, gbs, world)
+        before = resume.meta.get("world_size")
+        if before is not None and int(before) != world:
+            log.info("world size %d -> %d: grad_accum %s -> %d keeps the run's global batch %d",
+                     int(before), world, resume.meta.get("grad_accum", "?"), accum, gbs)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=accum, global_batch=gbs))
         if resume.path is not None and "data_seed" in resume.meta:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=int(resume.meta["data_seed"])))
@@ -142,7 +143,7 @@ class Trainer:
 
         device = dist.device_for(self.denv)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        objective = get_objective(cfg.objective, cfg.loss)
+        objective = get_objective(cfg.objective, cfg.loss, grid_spacing_mm=facts.spacing_mm)
         model = self._build_model(objective, facts, resume, device)
         schedule = make_schedule(cfg.optim, plan.peak_lr, total, steps_per_epoch)
         optimizer = build_optimizer(model, cfg.optim, schedule(0))

@@ -39,10 +39,15 @@ def _sample(rng: np.random.Generator, grid: int, k: int) -> dict[str, np.ndarray
 
 
 def write_shards(out: Path, sizes: list[int], val_sizes: list[int], *, grid: int = 32, k: int = 2,
-                 seed: int = 0) -> Path:
-    """``train-NNNNNN.tar`` / ``val-NNNNNN.tar`` + ``sizes.json`` under ``out`` (uneven sizes allowed)."""
+                 seed: int = 0, constant: bool = False) -> Path:
+    """``train-NNNNNN.tar`` / ``val-NNNNNN.tar`` + ``sizes.json`` under ``out`` (uneven sizes allowed).
+
+    ``constant``: every sample is the same one, so a global batch has the same content however
+    the ranks split the stream (isolates optimiser-state transfer from data order in tests).
+    """
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    one = _sample(np.random.default_rng(seed), grid, k) if constant else None
     table = {}
     for split, counts in (("train", sizes), ("val", val_sizes)):
         for i, n in enumerate(counts):
@@ -50,7 +55,7 @@ def write_shards(out: Path, sizes: list[int], val_sizes: list[int], *, grid: int
             with wds.TarWriter(str(out / name)) as tw:
                 for j in range(n):
                     key = f"s{i:02d}_{split}_{j:04d}"
-                    tw.write({"__key__": key, **_sample(rng, grid, k),
+                    tw.write({"__key__": key, **(one if constant else _sample(rng, grid, k)),
                               "meta.json": json.dumps({"subject": f"s{i:02d}", "frame": j}).encode()})
             table[name] = n
     (out / "sizes.json").write_text(json.dumps(table))
