@@ -204,3 +204,13 @@ def test_over_long_and_repeated_keys_are_refused_with_a_record(heart_cfg):
     out = study_samples(study, heart_cfg)
     assert len(out.samples) == 1 and len({s.key for s in out.samples}) == 1
     assert sum("already used by another sample" in s.reason for s in out.skipped) == 2
+
+
+def test_float16_cast_is_numpys_bit_for_bit():
+    from anatplane_dist.shards.samples import to_float16
+    rng = np.random.default_rng(3)
+    src = (rng.standard_normal((64, 64)) * 10.0 ** rng.integers(-9, 5, (64, 64))).astype(np.float32)
+    src[0, :6] = [6e-8, 5.96e-8, 65504.0, -65504.0, 0.0, -0.0]
+    out = np.empty_like(src, dtype=np.float16)
+    to_float16(src, out)
+    assert np.array_equal(out.view(np.uint16), src.astype(np.float16).view(np.uint16))
