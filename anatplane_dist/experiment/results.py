@@ -272,6 +272,11 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
     if failed:
         lines += ["", "## Failed arms (their cells are missing from every table)", ""]
         lines += [f"- `{a}`: {why}" for a, why in failed.items()]
+    run_file = res.out / "run.json"
+    cell_failures = json.loads(run_file.read_text()).get("cell_failures", []) if run_file.is_file() else []
+    if cell_failures:
+        lines += ["", "## Failed cells (left out of the tables; rerun to retry them)", ""]
+        lines += [f"- {f}" for f in cell_failures]
     parts = list(STRUCTURES) if res.task == "seg" else (_cls_names(res.cells[0]) if res.cells else [])
     head = ["arm", "n", "seeds", metric.split(" ")[0]] + [f"{'Dice' if res.task == 'seg' else 'AUC'} {p}" for p in parts]
     if res.task == "seg":

@@ -267,7 +267,10 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
     if spec.workers <= 1 or len(jobs) <= 1:
         torch.set_num_threads(1)
         for job, key, path in jobs:
-            finish(job, key, path, run_cell(job, data))
+            try:
+                finish(job, key, path, run_cell(job, data))
+            except Exception as exc:  # noqa: BLE001 - one broken cell is reported, the grid goes on
+                failures.append(f"{job.arm} n={job.n_labelled} seed={job.seed}: {type(exc).__name__}: {exc}")
             bar.update()
     else:
         ctx = multiprocessing.get_context("spawn")
