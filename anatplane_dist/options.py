@@ -67,3 +67,25 @@ class PublishConfig:
     """Where rank 0 publishes the final weights (empty ``dir`` = do not publish)."""
     dir: str = ""
     name: str = ""
+
+
+def resolve_backend(train: TrainConfig, world_size: int, launcher: str) -> str:
+    """The backend a run uses, decided the same way by the trainer and by ``submit --dry-run``.
+
+    ``auto``: **deepspeed** under the deepspeed launcher or when the config asks for a ZeRO
+    stage (a DeepSpeed-only option must never be dropped silently), else **ddp** for several
+    ranks, else **single**. An explicit ``ddp``/``single`` with ``zero_stage > 0`` is refused.
+    """
+    from anatplane_dist.errors import AnatplaneError
+
+    requested = train.backend
+    if requested in ("ddp", "single") and train.zero_stage > 0:
+        raise AnatplaneError(f"train.zero_stage={train.zero_stage} is a DeepSpeed option but train.backend="
+                             f"{requested}; use train.backend=deepspeed (or auto), or train.zero_stage=0")
+    if requested == "single" and world_size > 1:
+        raise AnatplaneError(f"train.backend=single with {world_size} ranks; use ddp or deepspeed")
+    if requested != "auto":
+        return requested
+    if launcher == "deepspeed" or train.zero_stage > 0:
+        return "deepspeed"
+    return "ddp" if world_size > 1 else "single"

@@ -1,6 +1,6 @@
 """Submitting pretraining to SLURM with submitit: executor set-up, the requeueable job, job spec.
 
-Design (see docs/slurm.md and pitfalls P11-P13):
+Design (see docs/slurm.md):
 
 - One SLURM task per GPU (``--ntasks-per-node = --gpus-per-node``); every task runs the same
   training entry point, and ranks/rendezvous come from the SLURM environment through
@@ -10,9 +10,9 @@ Design (see docs/slurm.md and pitfalls P11-P13):
   through :func:`anatplane_dist.checkpoint.find_latest_complete`.
 - :class:`TrainJob` implements ``checkpoint()``: on the preemption/timeout signal submitit
   calls it on global rank 0 only, and it returns a new submission of the very same command.
-  Nothing is saved inside the signal handler (a collective save there would hang, P8/P12); the
-  job relies on the trainer's periodic checkpoints, and ``slurm_signal_delay_s`` leaves time
-  for a save already in flight to finish.
+  Nothing is saved inside submitit's signal handler (a collective save there would hang); the
+  SIGTERM SLURM sends afterwards makes every rank finish its step and save together
+  (:mod:`anatplane_dist.train.signals`), and ``signal_delay_s`` leaves time for that save.
 """
 from __future__ import annotations
 

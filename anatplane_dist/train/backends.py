@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from anatplane_dist.config import PretrainConfig, ds_config
-from anatplane_dist.dist import DistEnv, disable_deepspeed_shm_build
+from anatplane_dist.options import TrainConfig, resolve_backend
+from anatplane_dist.dist import DistEnv, disable_deepspeed_shm_build, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,9 @@ class CheckpointLoadError(RuntimeError):
     """A checkpoint directory could not be restored into this model / optimiser."""
 
 
-def choose_backend(requested: str, denv: DistEnv) -> str:
-    """``auto``: deepspeed under the deepspeed launcher, ddp for several ranks, else single."""
-    if requested != "auto":
-        if requested == "single" and denv.world_size > 1:
-            raise ValueError(f"train.backend=single with WORLD_SIZE={denv.world_size}; use ddp or deepspeed")
-        return requested
-    if denv.source == "deepspeed":
-        return "deepspeed"
-    return "ddp" if denv.world_size > 1 else "single"
+def choose_backend(train: "TrainConfig", denv: DistEnv) -> str:
+    """:func:`anatplane_dist.options.resolve_backend` for this process group's launcher."""
+    return resolve_backend(train, denv.world_size, denv.source)
 
 
 class Backend:
@@ -145,7 +139,7 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
 
     def save(self, ckpt_dir, client_state):
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if is_main_process():
             state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict(), "client_state": client_state}
             torch.save(state, ckpt_dir / DDP_STATE)

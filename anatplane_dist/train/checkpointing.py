@@ -129,7 +129,7 @@ class Checkpointer:
         return step != self.last_saved_step and (last or step % self.every == 0)
 
     def save(self, backend: Any, state: TrainState, plan: RunPlan, metrics: dict[str, float],
-             micro_done: int) -> Path:
+             micro_done: int, train_time_s: float) -> Path:
         """tmp dir (rank 0) → engine state (all ranks) → barrier → meta, fp32, rename, marker."""
         from anatplane_dist import weights
 
@@ -147,7 +147,7 @@ class Checkpointer:
             meta = dict(state.to_client_state(), world_size=plan.world_size, backend=backend.name,
                         grad_accum=plan.grad_accum, micro_batch=plan.micro_batch, metrics=metrics,
                         params_in_sync=in_sync, rank_micro_steps=rank_micro,
-                        save_s=round(time.perf_counter() - t0, 3))
+                        train_time_s=round(train_time_s, 3), save_s=round(time.perf_counter() - t0, 3))
             weights.export_fp32(tmp, backend.fp32_state_dict(tmp), model_config_yaml=self.model_config_yaml,
                                 num_channels=self.num_channels, step=state.step)
             ckpt.write_meta(tmp, meta)

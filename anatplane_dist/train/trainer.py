@@ -110,6 +110,7 @@ class Trainer:
         self.allow_config_change = allow_config_change
         self.hooks = hooks
         self.micro_done = 0      #: micro-batches this process trained on (not counting skipped ones)
+        self.train_time_s = 0.0  #: seconds spent in optimiser steps by the whole run (all starts)
         self.state = TrainState()
 
     # ------------------------------------------------------------------ set-up
@@ -148,13 +149,14 @@ class Trainer:
         schedule = make_schedule(cfg.optim, plan.peak_lr, total, steps_per_epoch)
         optimizer = build_optimizer(model, cfg.optim, schedule(0))
         written_world = int(resume.meta.get("world_size", world))
-        backend = make_backend(choose_backend(cfg.train.backend, self.denv), model, optimizer, cfg, device, world,
+        backend = make_backend(choose_backend(cfg.train, self.denv), model, optimizer, cfg, device, world,
                                load_universal=resume.path is not None and written_world != world
                                and cfg.train.zero_stage > 0)
         checkpointer = Checkpointer(self.run_dir, every=cfg.train.ckpt_every or steps_per_epoch,
                                     keep_last=cfg.train.keep_last, model_config_yaml=dump_yaml(cfg.model),
                                     num_channels=facts.num_channels)
         state = checkpointer.load(backend, resume)
+        self.train_time_s = float(resume.meta.get("train_time_s") or 0.0)
         self.state = state or TrainState(data_seed=cfg.data.seed, global_batch=gbs)
         self._record_start(backend, resume, facts)
         return Setup(cfg, plan, facts, objective, backend, loader, epoch_state, schedule, checkpointer, device,
@@ -220,6 +222,7 @@ class Trainer:
         after the last backward and before the optimiser updates anything.
         """
         t, st, plan = s.cfg.train, self.state, s.plan
+        t_step = time.perf_counter()
         set_lr(s.backend.optimizer, s.schedule(st.step))
         sums: dict[str, torch.Tensor] = {}
         data_time = 0.0
@@ -251,6 +254,7 @@ class Trainer:
                                      f"saving. Last complete checkpoint: {ckpt.find_latest_complete(self.run_dir)}")
         s.backend.step()
         st.advance(plan.steps_per_epoch)
+        self.train_time_s += time.perf_counter() - t_step
         return sums, data_time, bool(flags[1])
 
     # ------------------------------------------------------------------ the loop
@@ -316,7 +320,8 @@ class Trainer:
             progress.message(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in val.items()
                                                          if k.startswith("val/") and "/n" not in k))
         if s.checkpointer.should_save(step, last=last or stopped):
-            path = s.checkpointer.save(s.backend, self.state, s.plan, summary.final_metrics, self.micro_done)
+            path = s.checkpointer.save(s.backend, self.state, s.plan, summary.final_metrics, self.micro_done,
+                                       self.train_time_s)
             if stopped:
                 progress.message(f"{self.stop.signal_name or 'stop'}: saved {path}; rerun the same command to resume")
 

@@ -10,6 +10,8 @@ import torch
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist.weights import load_part
 from anatplane_dist.dist import DistEnv
+from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.options import TrainConfig
 from anatplane_dist.train.backends import ENGINE_TAG, choose_backend
 from anatplane_dist.train.cli import main
 
@@ -53,11 +55,21 @@ def test_fp16_without_cuda_is_refused_for_torch_backends(tmp_path, shards, clean
         main(["--config", str(cfg), "--run-dir", str(tmp_path / "run")])
 
 
-@pytest.mark.parametrize("requested, source, world, expected", [
-    ("auto", "deepspeed", 2, "deepspeed"), ("auto", "torchrun", 2, "ddp"), ("auto", "single", 1, "single"),
-    ("auto", "slurm", 4, "ddp"), ("deepspeed", "torchrun", 2, "deepspeed"), ("ddp", "single", 1, "ddp"),
+@pytest.mark.parametrize("requested, zero, source, world, expected", [
+    ("auto", 0, "deepspeed", 2, "deepspeed"), ("auto", 0, "torchrun", 2, "ddp"), ("auto", 0, "single", 1, "single"),
+    ("auto", 0, "slurm", 4, "ddp"), ("deepspeed", 0, "torchrun", 2, "deepspeed"), ("ddp", 0, "single", 1, "ddp"),
+    # a ZeRO stage is a DeepSpeed option: auto honours it under every launcher (SLURM included)
+    ("auto", 1, "slurm", 4, "deepspeed"), ("auto", 2, "torchrun", 2, "deepspeed"), ("auto", 1, "single", 1, "deepspeed"),
 ])
-def test_backend_choice(requested, source, world, expected):
-    assert choose_backend(requested, DistEnv(0, world, 0, "h", 1, source)) == expected
-    with pytest.raises(ValueError, match="single"):
-        choose_backend("single", DistEnv(0, 2, 0, "h", 1, "torchrun"))
+def test_backend_choice(requested, zero, source, world, expected):
+    train = TrainConfig(backend=requested, zero_stage=zero)
+    assert choose_backend(train, DistEnv(0, world, 0, "h", 1, source)) == expected
+
+
+@pytest.mark.parametrize("train, message", [
+    (TrainConfig(backend="single"), "single with 2 ranks"),
+    (TrainConfig(backend="ddp", zero_stage=1), "zero_stage=1 is a DeepSpeed option"),
+])
+def test_backend_choice_refusals(train, message):
+    with pytest.raises(AnatplaneError, match=message):
+        choose_backend(train, DistEnv(0, 2, 0, "h", 1, "torchrun"))
