@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Loader throughput against a raw read of the same shards (goal: loader >= 0.7x raw).
 
-Baseline: ``tarfile`` + ``np.load`` of every ``.npy`` member, one shard after the other, in
-this process (no decoding checks, no z-score, no batching). Loader: the real training stream
+Baseline: ``tarfile`` + ``np.load`` of every ``.npy`` member (and ``json.loads`` of a
+format-2 sample's ``meta.json``, where its targets are), one shard after the other, in this
+process (no decoding checks, no checksum, no z-score, no batching). Loader: the real training stream
 (``make_train_loader``: shard stage, tar reader, shuffle buffer, schema-checked decode,
 z-score, batching, DataLoader) and the exact validation pass, for several worker counts.
 Runs alternate baseline and loader so both see the same machine load; medians are printed,
@@ -33,14 +34,25 @@ from anatplane_dist.stream import DataConfig, make_train_loader, make_val_loader
 
 
 def raw_read(urls: list[str]) -> int:
-    """The baseline: read every member and np.load the arrays; returns the number of images."""
+    """The baseline: read every member the loader needs and parse it (np.load the arrays, and
+    json.loads a format-2 sample's meta.json, which holds its targets); no checks, no checksum;
+    returns the number of images."""
     n = 0
     for url in urls:
         with tarfile.open(url) as tar:
+            key, has_lines = None, False
             for member in tar:
-                if member.isfile() and member.name.endswith(".npy"):
+                if not member.isfile():
+                    continue
+                k, _, field = member.name.partition(".")
+                if k != key:
+                    key, has_lines = k, False
+                if field.endswith(".npy"):
                     np.load(io.BytesIO(tar.extractfile(member).read()))
-                    n += member.name.endswith("image.npy")
+                    n += field == "image.npy"
+                    has_lines |= field == "lines.npy"
+                elif field == "meta.json" and not has_lines:
+                    json.loads(tar.extractfile(member).read())
     return n
 
 
