@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import submitit
 
+from anatplane_dist.errors import AnatplaneError, ExitCode, one_line
+
 DEFAULT_ENTRY = "anatplane_dist.train.cli:main"
 #: Seconds between SLURM's warning signal and the kill.  Must exceed the slowest checkpoint
 #: save (engine state of every rank + fp32 export), which is what finishes in that window.
@@ -222,12 +224,29 @@ def sbatch_script(opts: SubmitOptions) -> str:
     return ex._make_submission_file_text(ex._submitit_command_str, uid="dry-run")  # noqa: SLF001
 
 
+def training_backend(opts: SubmitOptions) -> tuple[str, int]:
+    """(backend, ZeRO stage) the job's ranks will use: the trainer's own rule, decided here.
+
+    :func:`anatplane_dist.options.resolve_backend` with world = nodes x tasks per node and the
+    ``slurm`` launcher, so the dry run shows what the job will do (a preset with a ZeRO stage runs
+    DeepSpeed under SLURM too) and a refused combination fails before the queue. The stage is 0
+    unless the backend is DeepSpeed (DDP and single have no ZeRO).
+    """
+    from anatplane_dist.config import load_config
+    from anatplane_dist.options import resolve_backend
+
+    train = load_config(opts.config, list(opts.overrides)).train
+    backend = resolve_backend(train, opts.world_size, "slurm")
+    return backend, (int(train.zero_stage) if backend == "deepspeed" else 0)
+
+
 def job_spec(opts: SubmitOptions) -> dict[str, Any]:
     """A JSON-able description of the submission, printed by ``--dry-run`` and logged."""
     spec = asdict(opts)
+    backend, zero_stage = training_backend(opts)
     spec.update(config=str(opts.config), run_dir=str(opts.run_dir), log_dir=str(opts.log_dir),
-                world_size=opts.world_size, train_argv=opts.train_argv(),
-                python=sys.executable, sbatch=slurm_parameters(opts))
+                world_size=opts.world_size, backend=backend, zero_stage=zero_stage,
+                train_argv=opts.train_argv(), python=sys.executable, sbatch=slurm_parameters(opts))
     spec["sbatch"]["setup"] = list(_SETUP)
     spec["warnings"] = spec_warnings(opts)
     return spec
@@ -382,9 +401,16 @@ def run(args: Any) -> int:
         return 2
     resume = _latest_checkpoint(opts.run_dir)
     if args.dry_run:
-        spec = job_spec(opts)
+        try:
+            spec = job_spec(opts)
+        except (ValueError, AnatplaneError) as e:  # e.g. train.backend=ddp with a ZeRO stage
+            print(f"submit: {one_line(e)}", file=sys.stderr)
+            return int(getattr(e, "exit_code", ExitCode.USAGE))
         spec["resume_from"] = str(resume) if resume else None
         print(json.dumps(spec, indent=1))
+        print(f"\n# training: backend {spec['backend']}, ZeRO stage {spec['zero_stage']}, world size "
+              f"{spec['world_size']} ({opts.nodes} node(s) x {opts.tasks_per_node} task(s)), resume from "
+              f"{spec['resume_from'] or 'scratch'}")
         if not args.local:
             print("\n# sbatch script (submitit writes it; %j = job id)\n" + sbatch_script(opts))
         return 0

@@ -16,7 +16,7 @@ from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import slurm
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "launch" / "configs" / "tiny-cpu.yaml"
+TINY = (REPO / "launch" / "configs" / "tiny-cpu.yaml").resolve()  # the packaged preset behind the symlink
 
 
 def opts(tmp_path: Path, **kw) -> slurm.SubmitOptions:
@@ -91,13 +91,56 @@ def test_dry_run_prints_spec_and_script_and_writes_nothing(tmp_path):
          "--partition", "gpu", "--time", "240", "--config", str(TINY), "--run-dir", str(run_dir),
          "--dry-run", "train.epochs=2"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    head, _, script = proc.stdout.partition("\n# sbatch script")
-    spec = json.loads(head)
+    spec, end = json.JSONDecoder().raw_decode(proc.stdout)
+    _, _, script = proc.stdout[end:].partition("\n# sbatch script")
     assert spec["world_size"] == 8 and spec["tasks_per_node"] == 4
+    assert (spec["backend"], spec["zero_stage"]) == ("ddp", 0)  # tiny-cpu: zero_stage 0, 8 ranks
+    assert "# training: backend ddp, ZeRO stage 0, world size 8 (2 node(s) x 4 task(s)), resume from " \
+           f"{run_dir / 'checkpoints' / 'step_00000007'}" in proc.stdout
     assert spec["resume_from"] == str(run_dir / "checkpoints" / "step_00000007")
     assert spec["train_argv"][-1] == "train.epochs=2"
     assert "#SBATCH --gpus-per-node=4" in script and "#SBATCH --signal=USR2@120" in script
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # no slurm/ dir, no jobs
+
+
+def _dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--run-dir", str(tmp_path / "r"),
+                           "--dry-run", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("args, backend, zero_stage", [
+    # heart/knee set zero_stage 1: DeepSpeed under SLURM too, on 4 x 8 ranks
+    (["--nodes", "4", "--gpus-per-node", "8", "--config", "heart"], "deepspeed", 1),
+    (["--nodes", "2", "--gpus-per-node", "8", "--config", "knee"], "deepspeed", 1),
+    (["--tasks-per-node", "2", "--config", "tiny-cpu"], "ddp", 0),
+    (["--config", "tiny-cpu"], "single", 0),
+    (["--tasks-per-node", "2", "--config", "tiny-cpu", "train.zero_stage=2"], "deepspeed", 2),
+    (["--nodes", "2", "--gpus-per-node", "4", "--config", "heart", "train.backend=deepspeed",
+      "train.zero_stage=0"], "deepspeed", 0),
+])
+def test_dry_run_prints_the_backend_and_zero_stage_the_trainer_will_use(tmp_path, args, backend, zero_stage):
+    from anatplane_dist.config import load_config, resolve_config_path
+    from anatplane_dist.options import resolve_backend
+
+    proc = _dry_run(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr
+    spec, _ = json.JSONDecoder().raw_decode(proc.stdout)
+    assert (spec["backend"], spec["zero_stage"]) == (backend, zero_stage)
+    assert f"# training: backend {backend}, ZeRO stage {zero_stage}, world size {spec['world_size']}" in proc.stdout
+    # the same decision the trainer makes for that world size under the SLURM launcher
+    cfg = load_config(resolve_config_path(spec["config"]), spec["overrides"])
+    assert resolve_backend(cfg.train, spec["world_size"], "slurm") == backend
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.backend=ddp", "train.zero_stage=1 is a DeepSpeed option but train.backend=ddp"),
+    ("train.backend=single", "train.zero_stage=1 is a DeepSpeed option but train.backend=single"),
+])
+def test_dry_run_refuses_a_zero_stage_without_deepspeed(tmp_path, override, message):
+    proc = _dry_run(tmp_path, "--nodes", "2", "--gpus-per-node", "4", "--config", "heart", override)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().startswith("submit: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_config_errors_fail_before_submission(tmp_path):
