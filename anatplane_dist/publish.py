@@ -343,6 +343,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _metrics(card: dict[str, Any]) -> dict[str, Any]:
+    """The validation metrics of the card (``val/samples`` is a count, not a metric)."""
+    return {k: v for k, v in card["pretext_metrics"].items() if k.startswith("val/") and k != "val/samples"}
+
+
 def _front_matter(card: dict[str, Any]) -> list[str]:
     """Hugging Face-style YAML front matter (license, library, tags, datasets, metrics)."""
     data, mc = card.get("training_data") or {}, card["model_config"]
@@ -353,7 +358,7 @@ def _front_matter(card: dict[str, Any]) -> list[str]:
         tags.append("nnunet")
     meta = {"license": "apache-2.0", "library_name": "anatplane_dist", "tags": tags,
             "datasets": [data["cohort"]] if data.get("cohort") else [],
-            "metrics": sorted(k.removeprefix("val/") for k in card["pretext_metrics"] if k.startswith("val/")),
+            "metrics": sorted(k.removeprefix("val/") for k in _metrics(card)),
             "pipeline_tag": "image-feature-extraction"}
     return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
 
@@ -363,7 +368,8 @@ def render_readme(card: dict[str, Any]) -> str:
     load, the limits), paths relative to the published folder."""
     name, version, tr, src = card["name"], card.get("version", ""), card["training"], card["source"]
     data, mc = card.get("training_data") or {}, card["model_config"]
-    metrics = {k: v for k, v in card["pretext_metrics"].items() if k != "step"}
+    metrics = _metrics(card)
+    n_val = card["pretext_metrics"].get("val/samples")
     is_nnunet = mc.get("name") == "nnunet"
     lines = [*_front_matter(card), f"# {name} / {version}", "",
              f"Encoder{' + decoder' if 'decoder' in card['parts'] else ''} pretrained self-supervised from MRI "
@@ -388,7 +394,9 @@ def render_readme(card: dict[str, Any]) -> str:
         lines += ["No shard manifest was reachable at publish time; see the config below.", ""]
     lines += ["## Pretext metrics (validation)", ""]
     if metrics:
-        lines += [f"At step {card['pretext_metrics'].get('step')}:", "", "| metric | value |", "| --- | --- |",
+        lines += [f"At step {card['pretext_metrics'].get('step')}"
+                  + (f", on {n_val} validation samples" if n_val is not None else "") + ":", "",
+                  "| metric | value |", "| --- | --- |",
                   *[f"| {k.removeprefix('val/')} | {_fmt(v)} |" for k, v in metrics.items()], ""]
     else:
         lines += ["None logged.", ""]
@@ -423,8 +431,11 @@ def render_readme(card: dict[str, Any]) -> str:
                   "```bash", "anatplane export --format nnunet . pretrained.pth",
                   "nnUNetv2_train DATASET 2d FOLD -pretrained_weights pretrained.pth", "```", ""]
     lines += ["## Files", "", "| file | tensors | parameters |", "| --- | --- | --- |",
-              *[f"| `{p['file']}` | {p['tensors']} | {p['parameters']} |" for p in card["parts"].values()],
-              "", "`model_card.json` holds all of the above as data; `sha256sum -c SHA256SUMS` checks every file.", "",
+              *[f"| `{p['file']}` | {p['tensors']} | {p['parameters']} |" for p in card["parts"].values()], "",
+              *(["nnU-Net's conv blocks list each conv and norm tensor under two names (`conv`/`norm` and "
+                 "`all_modules.N`), both stored, so these counts include each such tensor twice.", ""]
+                if is_nnunet else []),
+              "`model_card.json` holds all of the above as data; `sha256sum -c SHA256SUMS` checks every file.", "",
               "## Config", "", "The exact resolved config of the run (`config.yaml`):", "", "```yaml",
               yaml.safe_dump(card.get("config") or {}, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

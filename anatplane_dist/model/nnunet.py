@@ -47,11 +47,12 @@ def _channel_count(plans_path: Path, plans: dict[str, Any]) -> int | None:
     ds = plans_path.parent / "dataset.json"
     if ds.is_file():
         try:
-            names = json.loads(ds.read_text()).get("channel_names") or json.loads(ds.read_text()).get("modality")
-            if isinstance(names, dict) and names:
-                return len(names)
+            meta = json.loads(ds.read_text())
         except ValueError:
-            pass
+            meta = {}
+        names = meta.get("channel_names") or meta.get("modality") if isinstance(meta, dict) else None
+        if isinstance(names, dict) and names:
+            return len(names)
     stats = plans.get("foreground_intensity_properties_per_channel")
     return len(stats) if isinstance(stats, dict) and stats else None
 

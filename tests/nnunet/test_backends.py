@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("nnunetv2")
 
@@ -62,4 +63,11 @@ def test_two_ranks_train_and_export_the_nnunet_parts(tmp_path, shards, backend):
     enc = weights.load_part(fp32, "encoder")
     assert ModelConfig.from_yaml(enc["model_config"]).nnunet["patch_size"] == [32, 32]
     assert set(weights.find_parts(fp32)) == {"encoder", "decoder", "location_head"}
-    assert any(k.startswith("stages.") for k in enc["state_dict"])              # nnU-Net's encoder names
+    sd = enc["state_dict"]
+    assert any(k.startswith("stages.") for k in sd)              # nnU-Net's encoder names
+    # nnU-Net's blocks name each conv twice; every backend must export both, equal
+    conv, alias = "stages.0.0.convs.0.conv.weight", "stages.0.0.convs.0.all_modules.0.weight"
+    assert torch.equal(sd[conv], sd[alias])
+    out = subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "export", "--format", "nnunet", str(run),
+                          str(tmp_path / "pretrained.pth")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
