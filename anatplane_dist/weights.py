@@ -1,7 +1,8 @@
 """The one weights file format: a model part's fp32 tensors plus what is needed to rebuild it.
 
-Every weights file the package writes (a checkpoint's ``fp32/<part>.safetensors``, a published
-``<part>.safetensors``) is a safetensors file: tensors with part-local names
+Every pretrained-weights file the package writes (a checkpoint's ``fp32/<part>.safetensors``, a
+published ``<part>.safetensors``) is a safetensors file (the one exception is the nnU-Net export,
+whose loader wants a torch checkpoint: :mod:`anatplane_dist.export.nnunet_weights`): tensors with part-local names
 (``conv.weight``, not ``encoder.conv.weight``), and in the safetensors metadata (str -> str)
 ``format`` (:data:`WEIGHTS_FORMAT`), ``part``, ``model_config`` (the ``ModelConfig`` YAML),
 ``num_channels`` and ``step``.  safetensors has no pickle, so loading a file from someone else
