@@ -55,8 +55,3 @@ def resolve_builtin(spec: str) -> Path:
         raise AnatplaneError(f"data.shards={spec}: unknown built-in data set; available: "
                              + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_SETS))
     return ensure_demo_shards(demo_data_dir())
-
-
-def builtin_shard_dir(spec: str) -> Path:
-    """The folder ``spec`` resolves to, without generating anything (for the ranks that wait)."""
-    return demo_data_dir() / "shards"

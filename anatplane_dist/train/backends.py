@@ -211,57 +211,20 @@ class DeepSpeedBackend(Backend):
         return dict(client or {})
 
     def _load_universal(self, ckpt_dir: Path, written_world: int) -> dict[str, Any]:
-        """ZeRO partitions of ``written_world`` ranks onto this world size via DeepSpeed's universal format.
-
-        Rank 0 converts the (already verified) engine state into a scratch folder of the run
-        (``.universal/step_N/``, removed after the load: the checkpoint itself is never
-        modified); every rank loads it with ``checkpoint.load_universal``, which restores the
-        parameters, the fp32 masters and the optimiser moments of any partitioning. DeepSpeed
-        does not restore module buffers from it, so BatchNorm statistics come from the
-        checkpoint's fp32 export (rank 0's, as in every checkpoint).
-        """
-        import shutil
-
-        from anatplane_dist import dist as adist
-        from anatplane_dist import weights
+        """ZeRO partitions of ``written_world`` ranks onto this world size (see :mod:`.universal`)."""
+        from anatplane_dist.train import universal
 
         if self.ds_config.get("checkpoint", {}).get("load_universal") is not True:
             raise CheckpointLoadError(f"{ckpt_dir.name}: written on {written_world} ranks; the engine was not "
                                       "built for a universal load")
-        scratch = ckpt_dir.parent.parent / ".universal" / ckpt_dir.name
-        out = scratch / f"{ENGINE_TAG}_universal"
-        error = ""
-        if adist.is_main_process():
-            try:
-                from argparse import Namespace
-
-                from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-                shutil.rmtree(scratch, ignore_errors=True)
-                scratch.mkdir(parents=True)
-                log.info("converting %s (ZeRO state of %d ranks) to DeepSpeed's universal format for %d rank(s)",
-                         ckpt_dir.name, written_world, self.world_size)
-                ds_to_universal(Namespace(input_folder=str(ckpt_dir / ENGINE_TAG), output_folder=str(out),
-                                          num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                                          strict=True, inject_missing_state=True))
-            except Exception as e:  # noqa: BLE001 — every rank must learn that the conversion failed
-                error = f"{type(e).__name__}: {e}"
-        if not adist.all_ranks_true(not error):
-            raise CheckpointLoadError(f"{ckpt_dir.name}: conversion to the universal format failed ({error or 'on rank 0'})")
-        try:
-            path, client = self.engine.load_checkpoint(str(scratch), tag=out.name)
+        log.info("converting %s (ZeRO state of %d ranks) to DeepSpeed's universal format for %d rank(s)",
+                 ckpt_dir.name, written_world, self.world_size)
+        with universal.converted(ckpt_dir / ENGINE_TAG, ckpt_dir.parent.parent / ".universal" / ckpt_dir.name) as (
+                root, tag):
+            path, client = self.engine.load_checkpoint(str(root), tag=tag)
             if path is None:
                 raise CheckpointLoadError(f"{ckpt_dir}: DeepSpeed could not load the universal state")
-            buffers = {}
-            for part, file in weights.find_parts(ckpt_dir / "fp32").items():
-                buffers.update({f"{part}.{k}": v for k, v in weights.load_weights(file)["state_dict"].items()})
-            with torch.no_grad():
-                for name, buf in self.module.named_buffers():
-                    if name in buffers:
-                        buf.copy_(buffers[name].to(buf.dtype))
-        finally:
-            adist.barrier()
-            if adist.is_main_process():
-                shutil.rmtree(scratch, ignore_errors=True)
+        universal.restore_buffers(self.module, ckpt_dir / "fp32")
         return dict(client or {})
 
     def fp32_state_dict(self, ckpt_dir):

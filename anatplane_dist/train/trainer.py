@@ -134,13 +134,8 @@ class Trainer:
         epoch_state = SharedEpoch(0)
         loader, loader_steps = stream.make_train_loader(cfg.data, rank=self.denv.rank, world_size=world,
                                                         epoch_state=epoch_state)
-        dist.assert_same_across_ranks(loader_steps, "micro-batches per epoch")
-        steps_per_epoch = loader_steps // accum
-        if steps_per_epoch < 1:
-            raise AnatplaneError(f"{loader_steps} micro-batches per epoch < train.grad_accum={accum}: "
-                                 "raise data.samples_per_epoch or lower the global batch")
-        total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
-        plan = RunPlan(world, micro_batch(cfg), accum, gbs, steps_per_epoch, total, scaled_lr(cfg.optim, gbs))
+        plan = _run_plan(cfg, world, loader_steps)
+        steps_per_epoch, total = plan.steps_per_epoch, plan.total_steps
 
         device = dist.device_for(self.denv)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -385,6 +380,18 @@ class _Window:
         out.update(samples_per_s=self.samples / max(time.perf_counter() - self.t0, 1e-9), data_time=self.data_time / n)
         self.reset()
         return out
+
+
+def _run_plan(cfg: PretrainConfig, world: int, loader_steps: int) -> RunPlan:
+    """Steps per epoch and in total from the stream's micro-batches per rank (equal on every rank)."""
+    dist.assert_same_across_ranks(loader_steps, "micro-batches per epoch")
+    accum, gbs = cfg.train.grad_accum, cfg.train.global_batch
+    steps_per_epoch = loader_steps // accum
+    if steps_per_epoch < 1:
+        raise AnatplaneError(f"{loader_steps} micro-batches per epoch < train.grad_accum={accum}: "
+                             "raise data.samples_per_epoch or lower the global batch")
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
+    return RunPlan(world, micro_batch(cfg), accum, gbs, steps_per_epoch, total, scaled_lr(cfg.optim, gbs))
 
 
 def _set_aside_metrics(run_dir: Path) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import weights
