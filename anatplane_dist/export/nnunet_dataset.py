@@ -12,7 +12,6 @@ a partial one; an existing dataset is not overwritten.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

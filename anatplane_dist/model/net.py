@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from .. import weights
