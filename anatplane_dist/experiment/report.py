@@ -22,7 +22,6 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
         return None
     subject = res.split["test"][0]
     n, seed = max(res.counts), min(res.spec["protocol"]["seeds"])
-    root = Path(res.spec.get("_data_root") or "")
     panels = []
     gt = None
     for arm in res.arm_names:

@@ -301,7 +301,7 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
               for a in res.arm_names if (a, n) in comps]
         ref = by.get((RANDOM, n))
         lines.append(f"- n={n}: highest mean {best.arm} {best.metric.text()}"
-                     + (f"; random {ref.metric.text()}" if ref else "") + (f"; " + "; ".join(vs) if vs else ""))
+                     + (f"; random {ref.metric.text()}" if ref else "") + ("; " + "; ".join(vs) if vs else ""))
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

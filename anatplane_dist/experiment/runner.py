@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json, atomic_write_text
 from .arms import ArmResult, prepare_arm
 from .cell import CellData, CellJob, init_worker, run_cell, run_cell_in_worker
-from .spec import RANDOM, ExperimentSpec, SpecError
+from .spec import ExperimentSpec, SpecError
 
 __all__ = ["draw_split", "draw_subsets", "prepare_data", "load_cell_data", "run_experiment", "cell_path"]
 
