@@ -96,3 +96,28 @@ def test_dangling_subject_link_is_a_study_record(tmp_path, kit):
     import json
     recs = [json.loads(x) for x in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
     assert [(r["subject"], r["level"]) for r in recs] == [("S2", "study")]
+
+
+def test_adversarial_subject_names_keep_every_sample_apart(tmp_path, kit):
+    """Subject folders p.1, p-1, p 1, pé1 (one key each before: 'p-1'): every sample keeps its
+    own key, tar extraction gives every member, meta.json maps each key back to its subject."""
+    import json
+    import tarfile
+    root = tmp_path / "data"
+    names = ["p.1", "p-1", "p 1", "pé1"]
+    for n in names:
+        kit.write_heart_study(root, n, n_sax=3, frames=2)
+    cfg = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=16, spacing=4.0, val_fraction=0.0)
+    run = shard_dataset(root, tmp_path / "out", cfg, progress=False)
+    assert run.ok and run.samples == 4 * 3 * 2
+    members, subjects = [], {}
+    for rec in run.shards:
+        with tarfile.open(tmp_path / "out" / rec.name) as tf:
+            tf.extractall(tmp_path / "x", filter="data")
+            for m in tf.getmembers():
+                members.append(m.name)
+                if m.name.endswith(".meta.json"):
+                    subjects[m.name.split(".")[0]] = json.loads(tf.extractfile(m).read())["subject"]
+    assert len(set(members)) == len(members) == 2 * run.samples
+    assert len(list((tmp_path / "x").iterdir())) == len(members)
+    assert sorted(set(subjects.values())) == sorted(names) and len(subjects) == run.samples
