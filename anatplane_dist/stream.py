@@ -18,10 +18,11 @@ Validation (:func:`make_val_loader`) is an exact pass: shards in spec order, spl
 worker, each sample read once across all ranks, last batch partial. Ranks may get different
 numbers of batches, so the validation loop must run **no collective per batch** (use the
 unwrapped model, ``engine.module`` / ``ddp.module``, in eval mode) and reduce once after the
-loop with :class:`MetricSums`, which every rank calls; no rank waits on another's batches.
+loop with ``dist.MetricSums``, which every rank calls; no rank waits on another's batches.
 
 Corrupt input is skipped and counted, never fatal: unreadable tar data (``tar_errors``) and
-samples that break the schema (``skipped``) are counted in shared memory across workers,
+samples that break the schema or fail their crc32 seal (``skipped``; the seal is checked before
+anything else of a sample is parsed, ``data.decode``) are counted in shared memory across workers,
 warned about once per kind (then rate-limited), and reported at the end of each epoch in
 ``loader.last_report``.
 """
@@ -45,8 +46,8 @@ from .data.shardspec import (ShardSpec, all_urls, check_exist, parse_sources, re
                              total_samples)
 from .data.stats import CountRaw, CountingHandler, RateLimitedWarner, StatsSnapshot, StreamStats, worker_slot
 
-__all__ = ["DataConfig", "EpochPlan", "EpochReport", "MetricSums", "SharedEpoch", "StreamLoader",
-           "assert_same_across_ranks", "make_train_loader", "make_val_loader", "read_sizes", "total_samples"]
+__all__ = ["DataConfig", "EpochPlan", "EpochReport", "SharedEpoch", "StreamLoader", "make_train_loader",
+           "make_val_loader", "read_sizes", "total_samples"]     # MetricSums & co. live in dist.py
 
 log = logging.getLogger(__name__)
 
