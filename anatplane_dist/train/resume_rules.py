@@ -76,8 +76,9 @@ def check_config_change(run_dir: Path, new: dict[str, Any], manifest_hash: str |
     Raises:
         ConfigChangeRefused: names every unsafe key with its old and new value.
     """
+    from anatplane_dist.checkpoint import list_complete
     old = saved_config(run_dir)
-    if old is None:
+    if old is None or not list_complete(run_dir):   # nothing to resume: a fresh start may differ
         return []
     if not new.get("train", {}).get("global_batch"):  # 0 = "derive it": a resume keeps the run's own
         new = {**new, "train": {**new["train"], "global_batch": old.get("train", {}).get("global_batch", 0)}}

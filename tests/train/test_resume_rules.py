@@ -147,3 +147,15 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, clean_env, capsys):
     assert main(["--config", str(bad), "--run-dir", str(tmp_path / "run")]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert f"{bad}:4:1: YAML syntax error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_new_config(tmp_path, shards, clean_env):
+    run = tmp_path / "run"
+    assert _run(tmp_path, shards, run, train={"epochs": 1, "ckpt_every": 4}) == 0
+    for c in ckpt.list_complete(run):
+        import shutil
+        shutil.rmtree(c)                      # as if killed before the first save
+    rows_before = (run / "metrics.jsonl").read_text()
+    assert _run(tmp_path, shards, run, "optim.base_lr=0.001", train={"epochs": 1, "ckpt_every": 4}) == 0
+    assert (run / "metrics.jsonl.1").read_text() == rows_before    # the earlier attempt's rows are kept
+    assert [h["start_step"] for h in _history(run)] == [0, 0]
