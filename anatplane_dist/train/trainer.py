@@ -35,6 +35,7 @@ from anatplane_dist.config import PretrainConfig, accum_for, dump_yaml, micro_ba
 from anatplane_dist.data.shardlist import SharedEpoch, derive_seed
 from anatplane_dist.dist import DistEnv, MetricSums
 from anatplane_dist.errors import AnatplaneError, ExitCode
+from anatplane_dist.model import check_data_grid
 from anatplane_dist.objectives import Objective, get_objective
 from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts
 from anatplane_dist.train import resume_rules
@@ -117,6 +118,7 @@ class Trainer:
     def setup(self) -> Setup:
         cfg, world = self.cfg, self.denv.world_size
         facts = read_shard_facts(cfg.data.val_shards or cfg.data.shards)
+        check_data_grid(cfg.model, facts.grid, facts.spacing_mm)  # nnunet: the plans' 2d patch and spacing
         cfg = _with_facts(cfg, facts)
         resume = self._agree_on_resume(cfg, facts)
         gbs = int(resume.meta.get("global_batch") or cfg.train.global_batch
