@@ -13,7 +13,7 @@ paper's code).  Each finished run is written to ``runs/`` and reused when the sa
 asked for again, so an interrupted protocol resumes.
 
 Outputs (atomic): ``results.json`` (config, split, skips, every run with per-subject rows),
-``results.md`` (mean +- std over seeds), ``results.png`` (the curve, drawn with Pillow).
+``results.md`` (mean +- std over seeds), ``results.png`` (the curve, matplotlib).
 """
 from __future__ import annotations
 
@@ -354,62 +354,24 @@ def results_markdown(results: dict[str, Any], task: Task) -> str:
 
 # -- plot -----------------------------------------------------------------------------------
 
-_COLOURS = {"random": (120, 120, 120), "pretrained": (200, 60, 40)}
+def plot_results(results: dict[str, Any], path: str | Path) -> Any:
+    """Headline metric vs labelled subjects (log2 axis), mean with a ± std band over seeds, one
+    line per init (matplotlib, via :func:`anatplane_dist.figures.plot_curves`); returns the figure."""
+    from ..experiment.stats import Estimate
+    from ..figures import plot_curves
 
-
-def plot_results(results: dict[str, Any], path: str | Path, size: tuple[int, int] = (640, 420)) -> Path:
-    """Headline metric vs labelled subjects (log2 axis), mean ± std over seeds, one line per
-    init; drawn with Pillow so no plotting library is needed."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    w, h = size
-    left, right, top, bottom = 70, 150, 40, 50
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
     metric = results["metric"]
-    counts = results["counts"]
-    xs = np.log2(np.asarray(counts, float))
-    x0, x1 = (xs.min() - 0.3, xs.max() + 0.3) if len(xs) else (0.0, 1.0)
-    vals = [r[metric] for r in results["table"] if np.isfinite(r[metric])]
-    y0 = min(0.0, min(vals, default=0.0))
-    y1 = max(1.0, max(vals, default=1.0))
 
-    def px(xv: float, yv: float) -> tuple[float, float]:
-        return (left + (xv - x0) / (x1 - x0) * (w - left - right),
-                h - bottom - (yv - y0) / (y1 - y0) * (h - top - bottom))
+    @dataclass
+    class _Row:
+        arm: str
+        n_labelled: int
+        metric: Estimate
 
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for t in np.linspace(y0, y1, 6):
-        _, y = px(x0, t)
-        d.line([left - 4, y, left, y], fill="black")
-        d.text((left - 40, y - 6), f"{t:.2f}", fill="black", font=font)
-    for n, xv in zip(counts, xs):
-        x, _ = px(xv, y0)
-        d.line([x, h - bottom, x, h - bottom + 4], fill="black")
-        d.text((x - 6, h - bottom + 8), str(n), fill="black", font=font)
-    d.text((left + 120, h - 20), "labelled subjects (log2 scale)", fill="black", font=font)
-    d.text((left, 12), f"{results['task']}: {metric} on the test subjects (mean ± std over seeds)",
-           fill="black", font=font)
-    for k, init in enumerate(i for i in INITS if any(r["init"] == i for r in results["table"])):
-        colour = _COLOURS.get(init, (40, 90, 200))
-        rows = sorted((r for r in results["table"] if r["init"] == init and np.isfinite(r[metric])),
-                      key=lambda r: r["n_labelled"])
-        pts = [px(math.log2(r["n_labelled"]), r[metric]) for r in rows]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        for r, (x, y) in zip(rows, pts):
-            std = r.get(f"{metric}_std", 0.0)
-            if np.isfinite(std) and std > 0:
-                _, ya = px(0, r[metric] - std)
-                _, yb = px(0, r[metric] + std)
-                d.line([x, ya, x, yb], fill=colour, width=1)
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        ly = top + 10 + 18 * k
-        d.line([w - right + 12, ly + 6, w - right + 32, ly + 6], fill=colour, width=2)
-        d.text((w - right + 38, ly), init, fill="black", font=font)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    rows = []
+    for r in results["table"]:
+        m, sd = r[metric], r.get(f"{metric}_std", float("nan"))
+        lo, hi = (m - sd, m + sd) if r["runs"] > 1 and np.isfinite(sd) else (float("nan"), float("nan"))
+        rows.append(_Row(r["init"], r["n_labelled"], Estimate(m, lo, hi, r["runs"])))
+    return plot_curves(rows, path, metric=metric,
+                       title=f"{results['task']}: {metric} on the test subjects (mean ± std over seeds)")
