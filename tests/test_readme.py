@@ -14,6 +14,7 @@ arguments parse, the repository files it names exist). Any other command runs fo
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shlex
@@ -46,14 +47,14 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"^(anatplane phantom knee .*)--subjects 20(.*)$", r"\1--subjects 6\2 --size 64 --slices 8",
      "sizes: 6 knee studies at 64^2, 8 slices (enough for a two-class test set)"),
     (r"--grid 224 --spacing 1\.26", "--grid 64 --spacing 3.0", "sizes: the 64^2, 3 mm grid"),
-    (r"(anatplane shard .*)--workers 8", r"\1--workers 2", "2 CPU cores"),
+    (r"(anatplane shard .*)--workers 8", r"\1--workers 1", "tiny inputs: one in-process worker beats a spawned pool"),
     (r"^torchrun --nproc_per_node 8 ", "torchrun --nproc_per_node 2 --master_port {port} ",
      "GPU count: 2 CPU ranks (gloo); a free port"),
     (r"^deepspeed --num_gpus 8 ", "deepspeed --num_gpus 2 --master_port {port} ",
      "GPU count: 2 CPU ranks (gloo); a free port"),
     (r"^(.*launch/pretrain\.py .*)$", r"\1 " + TINY_TRAIN, "sizes: a width-8 U-Net, 2 optimiser steps"),
-    (r"--labels 1,2,4,all --seeds 0,1 (.*)$", r"--labels 1,all --seeds 0 \1 --steps 3",
-     "sizes: the tiny pools hold fewer than 4 subjects; one seed, 3 fine-tune steps"),
+    (r"--labels 1,2,4,all --seeds 0,1 (.*)$", r"--labels 1,all --seeds 0 \1 --steps 3 --workers 1",
+     "sizes: the tiny pools hold fewer than 4 subjects; one seed, 3 fine-tune steps, in-process"),
     (r"/shared/", "{shared}/", "/shared is a folder of this test's working directory"),
 ]
 #: commands that need a cluster: run with --dry-run appended (pattern, why)
@@ -253,6 +254,12 @@ def test_readme_commands_run_top_to_bottom(tmp_path):
     assert (work / "shards/heart/manifest.json").is_file() and (work / "shards/knee/manifest.json").is_file()
     for model in ("heart-unet", "knee-unet"):
         assert (work / "shared/models" / model / "latest").exists(), model
+    # the presets mean what they say: ZeRO-1 runs DeepSpeed under torchrun too, and the dry run says so
+    for run, launcher in (("heart", "deepspeed"), ("knee", "torchrun")):
+        starts = [json.loads(line) for line in (work / "shared/runs" / run / "config-history.jsonl").open()]
+        assert [(r["backend"], r["world_size"]) for r in starts] == [("deepspeed", 2)], (launcher, starts)
+    log = (work / "readme.log").read_text()
+    assert log.count("# training: backend deepspeed, ZeRO stage 1, world size 32 (4 node(s) x 8 task(s))") == 2
     assert (work / "ft/heart/results.json").is_file() and (work / "ft/knee/results.json").is_file()
     assert (work / "nnUNet_raw/Dataset501_ACDC/dataset.json").is_file()
 
