@@ -235,12 +235,31 @@ class _Decode:
             yield sample
 
 
+def _worker_init(_worker_id: int) -> None:
+    """Workers belong to their trainer: they die with it and leave every signal to it.
+
+    SLURM signals every process of a job step (cgroup), so a worker would otherwise run the
+    trainer's handlers it inherited at fork: submitit's SIGUSR2 requeue, our SIGTERM/SIGINT stop
+    request, or print a KeyboardInterrupt traceback on Ctrl-C. ``PR_SET_PDEATHSIG`` (Linux) kills
+    the worker when the trainer dies, even by SIGKILL, instead of after torch's 5 s watchdog poll.
+    """
+    import ctypes
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux/glibc: the watchdog still ends orphaned workers
+
+
 def _dataloader(pipeline: torch.utils.data.IterableDataset, num_workers: int, cfg: DataConfig
                 ) -> torch.utils.data.DataLoader:
     """Batches are built in the workers, so the DataLoader itself does no batching."""
     return torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-        pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor if num_workers > 0 else None)
+        pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=_worker_init if num_workers > 0 else None)
 
 
 def _pipeline(shards: ShardList, stats: StreamStats, batch_size: int, *, partial: bool,

@@ -131,3 +131,24 @@ def test_signal_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path, 
     assert lr == {r["step"]: r["lr"] for r in read_metrics(ref_run) if "lr" in r}
     assert json.loads((run / "config-history.jsonl").read_text().splitlines()[-1])["start_step"] == \
         ckpt.step_of(stopped)
+
+
+def test_workers_die_with_a_killed_trainer(tmp_path, shards):
+    """SIGKILL leaves no time to shut workers down: PR_SET_PDEATHSIG takes them along."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, data={"num_workers": 1}, train=LONG))
+    run = tmp_path / "run"
+    proc = _start(cfg, run)
+    try:
+        _wait_for_step(run, 2, proc)
+        workers = _children(proc.pid)
+        assert workers
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 3
+        while [w for w in workers if _alive(w)] and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "a DataLoader worker outlived a SIGKILLed trainer"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
