@@ -15,7 +15,7 @@
    under a lock, pointing at the version with the highest step.
 
 Files are 0644 and directories 0755 (``mkstemp``-style 0600 files would be unreadable for the
-group on a shared filesystem, pitfall P15).  ``load_pretrained`` verifies ``SHA256SUMS``, refuses
+group on a shared filesystem).  ``load_pretrained`` verifies ``SHA256SUMS``, refuses
 partial or tampered versions, reads the safetensors parts (no pickle on the load path) and rebuilds the module from the
 stored ``ModelConfig``.
 """
@@ -37,13 +37,15 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 import anatplane_dist
 from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import weights
+from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.train.metrics import read_metrics
 
 CARD_FORMAT = "anatplane-published/1"
 SUMS = "SHA256SUMS"
@@ -55,11 +57,11 @@ LOADABLE_PARTS = (*weights.CORE_PARTS, "full")
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
-class PublishError(RuntimeError):
+class PublishError(AnatplaneError, RuntimeError):
     """A run cannot be published (no complete checkpoint, bad weights, bad name)."""
 
 
-class VerificationError(RuntimeError):
+class VerificationError(AnatplaneError, RuntimeError):
     """A published version is partial or does not match its checksums: do not use it."""
 
 
@@ -209,24 +211,10 @@ def _git_commit() -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
-def _metric_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: skip, the rest is valid
-                continue
-            if isinstance(row, dict):
-                yield row
-
-
 def last_validation(run_dir: Path, up_to_step: int | None = None) -> dict[str, Any]:
     """The last metrics row with ``val/...`` keys (at or before ``up_to_step``): step + val keys."""
     best: dict[str, Any] = {}
-    for row in _metric_rows(run_dir):
+    for row in read_metrics(run_dir):
         if not any(k.startswith("val/") for k in row):
             continue
         if up_to_step is not None and isinstance(row.get("step"), int) and row["step"] > up_to_step:
@@ -242,7 +230,7 @@ def training_time(run_dir: Path, meta: dict[str, Any]) -> tuple[float | None, st
     if isinstance(meta.get("train_time_s"), (int, float)):
         return float(meta["train_time_s"]), "meta.json train_time_s"
     total, prev = 0.0, None
-    for row in _metric_rows(run_dir):
+    for row in read_metrics(run_dir):
         seen, rate = row.get("samples_seen"), row.get("samples_per_s")
         if not isinstance(seen, (int, float)) or not isinstance(rate, (int, float)) or rate <= 0:
             continue

@@ -77,8 +77,21 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every row of ``metrics.jsonl`` (none when absent); a line torn by a kill is skipped.
+
+    The one reader of the file (publishing, the demo report and the tests use it)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def _fmt_time(seconds: float) -> str:

@@ -159,3 +159,14 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_new_config(tmp
     assert _run(tmp_path, shards, run, "optim.base_lr=0.001", train={"epochs": 1, "ckpt_every": 4}) == 0
     assert (run / "metrics.jsonl.1").read_text() == rows_before    # the earlier attempt's rows are kept
     assert [h["start_step"] for h in _history(run)] == [0, 0]
+
+
+def test_publishing_into_an_unwritable_folder_is_one_line(tmp_path, finished, capsys):
+    """Finding 7: a destination that cannot be written (here: under a regular file, which fails the
+    same way as a read-only folder and also as root) is one line and exit 2, nothing half-written."""
+    from anatplane_dist.cli import main as anatplane
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    assert anatplane(["publish", str(finished), "--to", str(blocker / "models"), "--name", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(blocker) in err
