@@ -8,6 +8,7 @@ uses must have been made by an earlier line. What cannot run here is declared ne
 :data:`DRY_RUN` (commands that need a cluster run with ``--dry-run``) and :data:`SKIPPED` (each
 with its reason); a skipped command still gets a static check (its program exists, its
 arguments parse, the repository files it names exist). Any other command runs for real.
+``ANATPLANE_README_NNUNET=1`` also runs the nnU-Net block (nnU-Net's planning: minutes).
 
 ``python tests/test_readme.py`` prints every README command with how this test runs it.
 """
@@ -63,15 +64,18 @@ DRY_RUN: list[tuple[str, str]] = [
 ]
 _NNUNET = ("needs nnU-Net's plans from nnUNetv2_plan_and_preprocess (about 70 s on 2 cores) and then "
            "nnU-Net's own training; this route runs for real at tiny sizes in tests/nnunet/test_roundtrip.py (slow)")
+#: ANATPLANE_README_NNUNET=1 runs the nnU-Net block too, up to (not including) nnUNetv2_train
+RUN_NNUNET = os.environ.get("ANATPLANE_README_NNUNET") == "1"
 #: commands not run here (pattern, why); each still gets a static check
 SKIPPED: list[tuple[str, str]] = [
     (r"^make test\b", "it would run this test inside itself"),
     (r"^make demo\b", "the demo itself (minutes): its stages are the experiment runner, tested in tests/experiment/"),
     (r"^anatplane experiment run experiments/smoke\.yaml ",
      "runs for real, as written, in tests/experiment/test_smoke_preset.py (slow, about 4 min)"),
-    (r"^nnUNetv2_plan_and_preprocess ", _NNUNET),
-    (r"^(GRID|SPACING)=", _NNUNET),
-    (r"shards/heart-nnunet|model\.name=nnunet|--format nnunet runs/nnunet", _NNUNET),
+    *([] if RUN_NNUNET else [
+        (r"^nnUNetv2_plan_and_preprocess ", _NNUNET),
+        (r"^(GRID|SPACING)=", _NNUNET),
+        (r"shards/heart-nnunet|model\.name=nnunet|--format nnunet runs/nnunet", _NNUNET)]),
     (r"^nnUNetv2_train ", _NNUNET),
 ]
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def environment(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1",
-               ANATPLANE_CACHE=str(work / "cache"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
+               ANATPLANE_CACHE=str(work / "cache"), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1")
     return env
 
 
@@ -262,6 +266,8 @@ def test_readme_commands_run_top_to_bottom(tmp_path):
     assert log.count("# training: backend deepspeed, ZeRO stage 1, world size 32 (4 node(s) x 8 task(s))") == 2
     assert (work / "ft/heart/results.json").is_file() and (work / "ft/knee/results.json").is_file()
     assert (work / "nnUNet_raw/Dataset501_ACDC/dataset.json").is_file()
+    if RUN_NNUNET:
+        assert (work / "pretrained.pth").stat().st_size > 0
 
 
 if __name__ == "__main__":   # the list for a report: each README command and how this test runs it
