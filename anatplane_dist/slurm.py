@@ -229,8 +229,8 @@ def training_backend(opts: SubmitOptions) -> tuple[str, int]:
 
     :func:`anatplane_dist.options.resolve_backend` with world = nodes x tasks per node and the
     ``slurm`` launcher, so the dry run shows what the job will do (a preset with a ZeRO stage runs
-    DeepSpeed under SLURM too) and a refused combination fails before the queue. The stage is 0
-    unless the backend is DeepSpeed (DDP and single have no ZeRO).
+    DeepSpeed under SLURM too) and refuses what the trainer would refuse (AnatplaneError). The
+    stage is 0 unless the backend is DeepSpeed (DDP and single have no ZeRO).
     """
     from anatplane_dist.config import load_config
     from anatplane_dist.options import resolve_backend
