@@ -48,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"anatplane {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    return run_guarded(f"anatplane {name}", module.run, parser.parse_args(rest))
+    return run_guarded(f"anatplane {name}", module.run, parse(parser, rest))
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options and ``key=value`` positionals in any order (``... data.shards=X --run-dir Y``);
+    parsers with sub-commands, which argparse cannot intermix, parse as usual."""
+    try:
+        return parser.parse_intermixed_args(argv)
+    except TypeError:
+        return parser.parse_args(argv)
 
 
 def run_guarded(prog: str, run, args: argparse.Namespace) -> int:

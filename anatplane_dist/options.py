@@ -85,7 +85,13 @@ def resolve_backend(train: TrainConfig, world_size: int, launcher: str) -> str:
     if requested == "single" and world_size > 1:
         raise AnatplaneError(f"train.backend=single with {world_size} ranks; use ddp or deepspeed")
     if requested != "auto":
-        return requested
-    if launcher == "deepspeed" or train.zero_stage > 0:
-        return "deepspeed"
-    return "ddp" if world_size > 1 else "single"
+        chosen = requested
+    elif launcher == "deepspeed" or train.zero_stage > 0:
+        chosen = "deepspeed"
+    else:
+        chosen = "ddp" if world_size > 1 else "single"
+    if chosen == "deepspeed" and train.channels_last:
+        # deepspeed.initialize broadcasts parameters through a byte view that needs stride(-1) == 1
+        raise AnatplaneError("train.channels_last=true does not work with the DeepSpeed backend (its "
+                             "parameter broadcast needs contiguous weights); set train.channels_last=false")
+    return chosen

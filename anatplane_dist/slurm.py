@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="launch/submit.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_intermixed_args(argv))
 
 
 def run(args: Any) -> int:
@@ -414,6 +414,11 @@ def run(args: Any) -> int:
         if not args.local:
             print("\n# sbatch script (submitit writes it; %j = job id)\n" + sbatch_script(opts))
         return 0
+    try:
+        training_backend(opts)   # what the trainer would refuse is refused before queueing
+    except AnatplaneError as e:
+        print(f"submit: {one_line(e)}", file=sys.stderr)
+        return int(e.exit_code)
     if not args.local and shutil.which("sbatch") is None:
         print("submit: sbatch not found on PATH (not a SLURM login node?); use --local to run here "
               "or --dry-run to see the job", file=sys.stderr)

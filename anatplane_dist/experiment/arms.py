@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import weights
 from ..atomic import atomic_write_json
 from .spec import ArmSpec, ExperimentSpec
 
@@ -113,7 +114,7 @@ def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, 
         except ValueError:
             old = {}
         if old.get("status") == "ok" and old.get("fingerprint") == fp and old.get("published") \
-                and (Path(old["published"]) / "encoder.pt").is_file():
+                and weights.part_file(Path(old["published"]), "encoder") is not None:
             log(f"arm {arm.name}: pretrained and published before ({old['published']})")
             return ArmResult(**{k: old[k] for k in ArmResult.__dataclass_fields__ if k in old})
     cmd = pretrain_command(spec, run_dir, overrides, slurm=slurm, slurm_args=slurm_args)

@@ -38,14 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seg: <root>/patientXXX/patientXXX_frameYY.nii.gz + _gt; "
                              "cls: <root>/<subject>/<series>/*.dcm + <root>/labels.csv")
     parser.add_argument("--pretrained", type=Path, default=None,
-                        help="published weights (directory with encoder.pt [+ decoder.pt], or an encoder file)")
+                        help="published weights (a published version or name directory with encoder.safetensors "
+                             "[+ decoder.safetensors], or a file in it)")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     parser.add_argument("--init", default=",".join(INITS),
                         help="comma list of initialisations to compare (default: random,pretrained)")
     parser.add_argument("--transfer", choices=TRANSFERS, default="encoder+decoder",
                         help="seg: which pretrained parts to transfer (cls always transfers the encoder)")
-    parser.add_argument("--labels", default="1,2,4,8,all",
-                        help="labelled-subject counts; those larger than the labelled pool are left out")
+    parser.add_argument("--labels", default="auto",
+                        help="comma list of labelled-subject counts or 'all'; a count larger than the labelled "
+                             "pool is refused (default auto: 1, 2, 4, 8 up to the pool, and all)")
     parser.add_argument("--seeds", default="0,1", help="comma list of seeds (subset draw, batches, new head)")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="subjects held out for testing")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")

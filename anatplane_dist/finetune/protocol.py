@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
+from ..errors import AnatplaneError
 from ..sources.base import Skip
 from .backbone import INITS, Backbone
 from .classification import ClsTrainConfig, fit_and_evaluate_classifier
@@ -41,7 +42,7 @@ __all__ = ["ProtocolConfig", "Task", "SegTask", "ClsTask", "split_subjects", "la
 
 @dataclass
 class ProtocolConfig:
-    labels: list[str] = field(default_factory=lambda: ["1", "2", "4", "8", "all"])
+    labels: list[str] = field(default_factory=lambda: ["auto"])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     inits: list[str] = field(default_factory=lambda: list(INITS))
     transfer: str = "encoder+decoder"
@@ -51,8 +52,10 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         self.labels = [str(x).strip() for x in self.labels]
         bad = [x for x in self.labels if x != "all" and not (x.isdigit() and int(x) >= 1)]
+        if self.labels == ["auto"]:
+            bad = []
         if bad or not self.labels:
-            raise ValueError(f"labels must be positive integers or 'all', got {self.labels}")
+            raise ValueError(f"labels must be positive integers or 'all' (or just 'auto'), got {self.labels}")
         unknown = [i for i in self.inits if i not in INITS]
         if unknown or not self.inits:
             raise ValueError(f"inits must be among {INITS}, got {self.inits}")
@@ -80,10 +83,29 @@ def split_subjects(ids: Sequence[str], test_fraction: float, split_seed: int) ->
     return [i for i in ids if i not in set(test)], test
 
 
+class LabelCountError(AnatplaneError, ValueError):
+    """A requested labelled-subject count the pool cannot supply (refused, never dropped)."""
+
+
 def label_counts(requested: Sequence[str], pool_size: int) -> list[int]:
-    """Requested labelled-subject counts that the pool allows (``all`` = the whole pool), sorted."""
-    counts = {pool_size if r == "all" else int(r) for r in requested}
-    return sorted(c for c in counts if 1 <= c <= pool_size)
+    """The requested labelled-subject counts (``all`` = the whole pool), sorted.
+
+    Raises:
+        LabelCountError: a count below 1 or above the pool: the comparison the user asked for
+            cannot be made, so nothing runs (a silently shorter table reads like a result).
+    """
+    if list(requested) == ["auto"]:  # the default: powers of two the pool allows, and the whole pool
+        return sorted({c for c in (1, 2, 4, 8) if c <= pool_size} | {pool_size})
+    try:
+        counts = {pool_size if r == "all" else int(r) for r in requested}
+    except ValueError:
+        raise LabelCountError(f"--labels {','.join(requested)}: counts are integers or 'all'") from None
+    bad = sorted(c for c in counts if not 1 <= c <= pool_size)
+    if bad:
+        raise LabelCountError(f"--labels {','.join(requested)}: {', '.join(map(str, bad))} does not fit the "
+                              f"{pool_size} labelled subjects left after the test split (use counts <= "
+                              f"{pool_size}, or 'all')")
+    return sorted(counts)
 
 
 def labelled_subset(pool: Sequence[str], n: int, seed: int) -> list[str]:
@@ -218,12 +240,9 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
     module-level function).
     """
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     pool, test = split_subjects(task.subjects, cfg.test_fraction, cfg.split_seed)
-    counts = label_counts(cfg.labels, len(pool))
-    if not counts:
-        raise ValueError(f"none of the requested label counts {cfg.labels} fit the {len(pool)} "
-                         f"labelled subjects left after the test split")
+    counts = label_counts(cfg.labels, len(pool))   # refused before anything is written
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     log(f"{task.name}: {len(task.subjects)} subjects -> {len(pool)} labelled pool, {len(test)} test; "
         f"counts {counts}, seeds {cfg.seeds}, inits {cfg.inits}, transfer {cfg.transfer}")

@@ -130,4 +130,4 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anatplane pretrain", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    return run(parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv))

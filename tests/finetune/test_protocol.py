@@ -11,7 +11,7 @@ from PIL import Image
 from anatplane_dist.finetune.backbone import BackboneFactory
 from anatplane_dist.finetune.classification import ClsTrainConfig
 from anatplane_dist.finetune.data import GridSpec, load_acdc, load_knee
-from anatplane_dist.finetune.protocol import (ClsTask, ProtocolConfig, SegTask, label_counts, labelled_subset, plot_results,
+from anatplane_dist.finetune.protocol import (ClsTask, LabelCountError, ProtocolConfig, SegTask, label_counts, labelled_subset, plot_results,
                                               run_protocol, split_subjects)
 from anatplane_dist.finetune.segmentation import SegTrainConfig
 from anatplane_dist.model import ModelConfig
@@ -32,9 +32,12 @@ def test_split_is_seeded_disjoint_and_keeps_a_pool() -> None:
 
 
 def test_label_counts_and_nested_subsets() -> None:
-    assert label_counts(["1", "2", "4", "8", "all"], 6) == [1, 2, 4, 6]
+    assert label_counts(["1", "2", "4", "all"], 6) == [1, 2, 4, 6]
     assert label_counts(["8", "all"], 8) == [8]
-    assert label_counts(["16"], 6) == []
+    with pytest.raises(LabelCountError, match="16 does not fit the 6 labelled subjects"):
+        label_counts(["16"], 6)
+    with pytest.raises(LabelCountError, match="0 does not fit"):
+        label_counts(["0", "2"], 6)
     pool = [f"p{i}" for i in range(8)]
     subsets = [labelled_subset(pool, n, seed=3) for n in (1, 2, 4, 8)]
     for small, big in zip(subsets, subsets[1:]):
@@ -52,7 +55,11 @@ _random_backbone = BackboneFactory(model_config=TINY, num_channels=2)
 def test_segmentation_protocol_outputs_and_resume(acdc_root: Path, tmp_path: Path) -> None:
     subjects, skips = load_acdc(acdc_root, GridSpec(64, 1.5))
     task = SegTask(subjects, SegTrainConfig(steps=15, batch_size=4))
-    cfg = ProtocolConfig(labels=["1", "2", "all", "16"], seeds=[0, 1], inits=["random"])
+    with pytest.raises(LabelCountError, match="16 does not fit"):   # refused up front, nothing written
+        run_protocol(task, ProtocolConfig(labels=["1", "16"], seeds=[0], inits=["random"]), _random_backbone,
+                     tmp_path / "refused", log=lambda m: None)
+    assert not (tmp_path / "refused").exists()
+    cfg = ProtocolConfig(labels=["1", "2", "all"], seeds=[0, 1], inits=["random"])
     out = tmp_path / "ft"
     logs: list[str] = []
     res = run_protocol(task, cfg, _random_backbone, out, skipped=skips, provenance={"grid": [64, 1.5]},
@@ -135,3 +142,8 @@ def test_worker_processes_give_the_same_results(acdc_root: Path, tmp_path: Path)
         assert a["summary"]["dice_mean"] == pytest.approx(b["summary"]["dice_mean"], abs=1e-6)
         assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-5)
 
+
+
+def test_default_counts_follow_the_pool() -> None:
+    assert label_counts(["auto"], 3) == [1, 2, 3]
+    assert label_counts(["auto"], 20) == [1, 2, 4, 8, 20]
