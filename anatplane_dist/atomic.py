@@ -8,6 +8,7 @@ A killed writer leaves at worst a hidden ``.<name>.*.tmp`` file, never a truncat
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -52,6 +53,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
 def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf (an undefined HD95 or AUC) -> null, recursively, so the files are standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, lines: bool = False, mode: int = 0o644) -> Path:

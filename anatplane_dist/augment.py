@@ -219,14 +219,19 @@ def visible_length(lines: Tensor, height: int, width: int) -> Tensor:
     return torch.where(ok, hi - lo, 0.0)
 
 
+def unit_range(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each image of a (B, C, H, W) batch mapped to [0, 1]: ``(x01, lo, span)``, so that
+    ``x01 * span + lo`` maps back to the image's own range (intensity transforms work in between)."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
+    return (x - lo) / span, lo, span
+
+
 def _intensity(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
     b, _, h, w = images.shape
     dev = images.device
     u = uniform((b, 4), generator, dev)
-    x = images.float()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
-    x01 = (x - lo) / span
+    x01, lo, span = unit_range(images.float())
     if cfg.gamma != [1.0, 1.0]:
         g = torch.where(u[:, 0] < cfg.p, _log_uniform(cfg.gamma, u[:, 1]), 1.0)
         x01 = x01.clamp(min=0.0).pow(g.view(b, 1, 1, 1))

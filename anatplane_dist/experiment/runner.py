@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text, json_safe
 from .arms import ArmResult, prepare_arm
 from .cell import CellData, CellJob, init_worker, run_cell, run_cell_in_worker
 from .spec import ExperimentSpec, SpecError
@@ -186,15 +185,6 @@ def _read_cell(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint else None
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
 
 def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False,
                    slurm_args: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -260,7 +250,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
     log(f"cells: {total} ({cached} cached, {len(jobs)} to run) with {spec.workers} worker(s)")
 
     def finish(job: CellJob, key: dict[str, Any], path: Path, result: dict[str, Any]) -> None:
-        atomic_write_json(path, _jsonable({**key, **result}))
+        atomic_write_json(path, json_safe({**key, **result}))
 
     bar = tqdm(total=total, initial=cached, desc="fine-tune cells", unit="cell", disable=None, smoothing=0.1)
     failures: list[str] = []

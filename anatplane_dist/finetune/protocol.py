@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, json_safe
 from ..errors import AnatplaneError
 from ..sources.base import Skip
 from .backbone import INITS, Backbone
@@ -182,19 +182,8 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf (an undefined HD95 or AUC) -> null, so the files are standard JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False).encode())
+    atomic_write_bytes(path, json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
 
 
 def _num(value: Any) -> float:

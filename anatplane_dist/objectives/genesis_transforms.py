@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anatplane_dist.augment import uniform
+from anatplane_dist.augment import uniform, unit_range
 
 from .base import GenesisConfig
 
@@ -126,9 +126,7 @@ def genesis_corrupt(image: Tensor, cfg: GenesisConfig, gen: torch.Generator) -> 
     dev = image.device
     u = uniform((b, 9), gen, dev)
     x = image.float()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
-    x01 = (x - lo) / span
+    x01, lo, span = unit_range(x)
     x01 = local_shuffle(x01, u[:, 0] < cfg.local_shuffle_p, cfg.local_block, gen)
     x01 = bezier_map(x01, u[:, 5:9], u[:, 2] < _INVERT_P, u[:, 1] < cfg.nonlinear_p)
     inpaint, keep = paint_masks(b, h, w, cfg, gen, dev)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anatplane_dist.augment import normal, uniform
+from anatplane_dist.augment import normal, uniform, unit_range
 
 from .base import SimCLRConfig
 
@@ -73,9 +73,7 @@ def random_view(image: Tensor, cfg: SimCLRConfig, gen: torch.Generator) -> Tenso
     x = image.float()
     grid = F.affine_grid(crop_thetas(u[:, :5], cfg), [b, c, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp(min=1e-6)
-    x01 = (x - lo) / span
+    x01, lo, span = unit_range(x)
     jitter = (u[:, 5] < cfg.jitter_p).view(b, 1, 1, 1)
     bright = _uniform([1 - cfg.brightness, 1 + cfg.brightness], u[:, 6]).view(b, 1, 1, 1)
     contrast = _uniform([1 - cfg.contrast, 1 + cfg.contrast], u[:, 7]).view(b, 1, 1, 1)
