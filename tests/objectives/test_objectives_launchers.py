@@ -41,7 +41,7 @@ def tiny_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("objective-launchers")
     shards = write_shards(root / "shards", [24, 15, 9], [10, 5])
     cfg = root / "tiny.yaml"
-    cfg.write_text(config_yaml(shards, train={"epochs": 1, "log_every": 1, "progress": "lines", "zero_stage": 1}))
+    cfg.write_text(config_yaml(shards, train={"epochs": 1, "log_every": 1, "progress": "lines"}))
     return cfg
 
 
@@ -51,11 +51,11 @@ def _launch(launcher: str, cfg: Path, run: Path, name: str) -> subprocess.Comple
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), *CLI]
     else:
-        # the deepspeed launcher puts --local_rank=N right after the module, before the
-        # sub-command; --no_local_rank leaves it out (LOCAL_RANK is in the environment)
+        # the deepspeed launcher puts --local_rank=N right after the module, before the sub-command
+        # (the CLI moves it behind); `auto` then picks DeepSpeed, here with ZeRO-1
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-               "--no_local_rank", "--module", CLI[1], CLI[2]]
-        overrides.append("train.backend=deepspeed")
+               "--module", CLI[1], CLI[2]]
+        overrides.append("train.zero_stage=1")
     cmd += ["--config", str(cfg), "--run-dir", str(run), *overrides]
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400, cwd=run.parent)
 
