@@ -74,6 +74,27 @@ def find_latest_complete(run_dir: str | os.PathLike) -> Path | None:
     return done[0] if done else None
 
 
+def is_unsigned(ckpt_dir: Path) -> bool:
+    """A marker of the older format (empty or without the signed file list)."""
+    try:
+        doc = json.loads((ckpt_dir / COMPLETE).read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") != MARKER_FORMAT and "hmac" not in doc
+
+
+def latest_verified(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint whose files match its signed marker (publish and export
+    read weights only from one; a newer one that fails is skipped, and the caller may say so)."""
+    for cand in list_complete(run_dir):
+        try:
+            verify(cand)
+        except CheckpointVerifyError:
+            continue
+        return cand
+    return None
+
+
 def tmp_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return checkpoints_root(run_dir) / f"{step_name(step)}.tmp"
 
@@ -112,20 +133,27 @@ def checkpoint_key(create: bool = False) -> bytes | None:
     forge a marker. On a cluster, $HOME is the same on every node.
     """
     path = Path(os.environ.get(KEY_ENV) or DEFAULT_KEY_FILE).expanduser()
-    if path.is_file():
-        return path.read_bytes()
-    if not create:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:  # O_EXCL: two ranks or jobs creating it at once keep the first one's key
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_bytes()
+    if not path.is_file():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # link(2) is an atomic exclusive create: two jobs creating it at once keep the first key
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise CheckpointVerifyError(f"{path}: a checkpoint key is 32 bytes, this file has {len(key)}; "
+                                    f"move it away (a new key is made on the next save)")
+    return key
 
 
 def _sha256(path: Path) -> str:
@@ -191,19 +219,27 @@ def verify(ckpt_dir: Path) -> None:
 
 
 def finalize(tmp: Path) -> Path:
-    """Rank 0, after every rank has written: rename ``.tmp`` away, then the signed marker last.
+    """Rank 0, after every rank has written: the signed marker inside ``.tmp``, then the rename.
 
-    Never replaces an existing checkpoint of the same step: a run resumed from an older
-    checkpoint (the newer one refused) moves the refused one aside first (:func:`set_aside`).
+    The rename is the commit: a kill before it leaves a ``.tmp`` (removed at the next start), a
+    kill after it a complete checkpoint. Never replaces an existing checkpoint of the same step
+    (a run resumed from an older checkpoint moves refused newer ones aside first, :func:`set_aside`).
     """
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     if final.exists():
         raise FileExistsError(f"{final} exists; refusing to replace a checkpoint")
+    write_marker(tmp)
+    _fsync_dir(tmp)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    write_marker(final)
-    _fsync_dir(final)
     return final
+
+
+def unmarked(run_dir: str | os.PathLike) -> list[Path]:
+    """``step_N`` dirs without a marker (renamed by an older version, killed before its marker)."""
+    root = checkpoints_root(run_dir)
+    return [p for p in sorted(root.iterdir()) if p.is_dir() and step_of(p) is not None
+            and not (p / COMPLETE).is_file()] if root.is_dir() else []
 
 
 def set_aside(ckpt_dir: Path, reason: str) -> Path:

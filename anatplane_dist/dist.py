@@ -281,15 +281,6 @@ def all_ranks_true(flag: bool) -> bool:
     return bool(all_reduce(torch.tensor([0.0 if flag else 1.0]), "max").item() == 0.0)
 
 
-def any_rank_true(flag: bool) -> bool:
-    """True on every rank iff ``flag`` is true on some rank."""
-    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), "max").item() == 1.0)
-
-
-def all_finite(value: torch.Tensor) -> bool:
-    """True on every rank iff ``value`` is finite on every rank (one host sync)."""
-    bad = (~torch.isfinite(value.detach())).any().to(torch.float32).reshape(1)
-    return bool(all_reduce(bad, "max").item() == 0)
 
 
 def gather_ints(value: int) -> list[int]:
@@ -311,6 +302,34 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on rank 0, its result on every rank; a failure on rank 0 fails every rank.
+
+    For the rank-0-only work between collectives (writing meta and markers, the config history,
+    taking the run lock): without it an exception on rank 0 (a full disk) would leave the other
+    ranks waiting in the next barrier until the process-group timeout. Rank 0 re-raises its own
+    exception; the others raise an AnatplaneError carrying rank 0's message and exit code.
+    """
+    from anatplane_dist.errors import AnatplaneError, ExitCode, one_line
+
+    error: BaseException | None = None
+    result: tuple[str, Any, int] = ("", None, 0)
+    if is_main_process():
+        try:
+            result = ("ok", fn(*args), 0)
+        except Exception as e:  # noqa: BLE001 — re-raised below, after the other ranks know
+            error = e
+            result = ("error", f"rank 0: {one_line(e)}", int(getattr(e, "exit_code", ExitCode.USAGE)))
+    kind, value, code = broadcast_object(result)
+    if error is not None:
+        raise error
+    if kind == "error":
+        exc = AnatplaneError(value)
+        exc.exit_code = code
+        raise exc
+    return value
 
 
 def params_in_sync(module: torch.nn.Module) -> bool:

@@ -448,6 +448,14 @@ def _load_part(path: Path) -> dict[str, Any]:
     return obj
 
 
+def _verify_reason(ck: Path) -> str:
+    try:
+        ckpt.verify(ck)
+    except ckpt.CheckpointVerifyError as e:
+        return str(e)
+    return "verifies"
+
+
 def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None = None) -> Path:
     """Publish the newest complete checkpoint of ``run_dir`` as ``<to>/<name>/<version>/``.
 
@@ -455,9 +463,19 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
     checkpoint or its fp32 exports are missing or unreadable.
     """
     run_dir = Path(run_dir)
-    ck = ckpt.find_latest_complete(run_dir)
+    ck = ckpt.latest_verified(run_dir)   # never re-certify a corrupted or tampered checkpoint
+    newest = ckpt.find_latest_complete(run_dir)
+    if ck is None and newest is not None and ckpt.is_unsigned(newest):
+        # a run of an older version: nothing to verify against; its weights are read without pickle
+        print(f"publish: {newest.name} has an unsigned marker (an older version wrote it): publishing "
+              "it unverified", file=sys.stderr)
+        ck = newest
     if ck is None:
-        raise PublishError(f"{run_dir}: no complete checkpoint (checkpoints/step_*/COMPLETE) to publish")
+        why = "" if newest is None else f"; {newest.name} does not verify: {_verify_reason(newest)}"
+        raise PublishError(f"{run_dir}: no complete checkpoint that verifies (checkpoints/step_*/COMPLETE) "
+                           f"to publish{why}")
+    if ck != newest:
+        print(f"publish: the newest checkpoint does not verify; publishing {ck.name}", file=sys.stderr)
     name = _check_name(name or run_dir.resolve().name)
     fp32 = ck / "fp32"
     sources = weights.find_parts(fp32)
@@ -608,11 +626,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        version = publish(args.run_dir, args.to, args.name)
-    except (PublishError, VerificationError, FileNotFoundError) as e:
-        print(f"anatplane publish: {e}", file=sys.stderr, flush=True)
-        return 1
+    """Errors are AnatplaneErrors / OSErrors: ``anatplane_dist.cli`` prints one line and exits 2."""
+    version = publish(args.run_dir, args.to, args.name)
     print(f"published {version}\nlatest -> {os.readlink(version.parent / LATEST)}\n"
           f"load: from anatplane_dist.publish import load_pretrained; "
           f"load_pretrained({str(version.parent)!r}, part='encoder')")

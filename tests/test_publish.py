@@ -189,10 +189,13 @@ def test_publish_refuses_runs_without_a_complete_checkpoint(tmp_path):
         pub.publish(run, tmp_path / "pub")
     make_run(run)
     (ckpt.find_latest_complete(run) / "fp32" / "encoder.safetensors").write_bytes(b"not torch")
-    with pytest.raises(pub.PublishError, match="not a loadable"):
+    # a changed file is refused by the checkpoint's signed marker before it is read (never re-certified)
+    with pytest.raises(pub.PublishError, match="does not verify: .*encoder.safetensors differs"):
         pub.publish(run, tmp_path / "pub")
+    good = tmp_path / "good"
+    make_run(good)
     with pytest.raises(pub.PublishError, match="invalid publish name"):
-        pub.publish(run, tmp_path / "pub", name="latest")
+        pub.publish(good, tmp_path / "pub", name="latest")
     assert not (tmp_path / "pub" / "run").exists() or not list((tmp_path / "pub" / "run").iterdir())
 
 
@@ -202,7 +205,7 @@ def test_cli(tmp_path, capsys):
     assert anatplane(["publish", str(run), "--to", str(tmp_path / "pub"), "--name", "cli-model"]) == 0
     out = capsys.readouterr().out
     assert "published" in out and "latest -> step00000004-" in out
-    assert anatplane(["publish", str(tmp_path / "nothing"), "--to", str(tmp_path / "pub")]) == 1
+    assert anatplane(["publish", str(tmp_path / "nothing"), "--to", str(tmp_path / "pub")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
@@ -296,6 +299,7 @@ def test_run_with_legacy_pt_exports_publishes_safetensors_same_version(tmp_path)
     for part, f in weights.find_parts(fp32).items():
         torch.save(weights.load_weights(f), fp32 / f"{part}.pt")
         f.unlink()
+    (fp32.parent / ckpt.COMPLETE).write_bytes(b"")      # such runs carry the old, unsigned marker
     legacy = pub.publish(run, tmp_path / "b", name="m")
     assert legacy.name == modern.name
     assert sorted(p.name for p in legacy.glob("*.safetensors")) == [

@@ -45,9 +45,10 @@ def read_model(path: str | Path) -> ModelWeights:
     if not p.exists():
         raise ModelSourceError(f"{p} does not exist (MODEL is a run directory or a published model)")
     if (p / "checkpoints").is_dir():
-        ck = ckpt.find_latest_complete(p)
+        ck = ckpt.latest_verified(p)
         if ck is None:
-            raise ModelSourceError(f"{p}: no complete checkpoint (checkpoints/step_*/COMPLETE)")
+            raise ModelSourceError(f"{p}: no complete checkpoint that verifies against its signed marker "
+                                   "(checkpoints/step_*/COMPLETE)")
         folder, source = ck / "fp32", f"{p} checkpoint {ck.name}"
     else:
         try:

@@ -5,10 +5,12 @@ Resume (``resume_plan`` on rank 0, before the backend exists, then ``load`` on e
 1. ``train.resume=never`` refuses a run dir that holds checkpoints; ``must`` one that holds none.
 2. Complete checkpoints are tried newest first; each is verified against its signed marker
    (:func:`anatplane_dist.checkpoint.verify`) *before* anything in it is read. The newest that
-   verifies is used; newer ones that did not are moved to ``checkpoints/refused/`` (kept, with
+   verifies is loaded; newer ones that did not are moved to ``checkpoints/refused/`` (kept, with
    the reason) once the load succeeded, since the run will write those steps again.
-3. When checkpoints exist and none verifies or loads, the run stops with exit 2 naming each
-   one and why; nothing of the run is pruned, rewritten or overwritten.
+3. When checkpoints exist and none verifies, or the newest that verifies does not load (a
+   verified checkpoint that does not fit this model and code: older ones would not either), the
+   run stops with exit 2 naming each one and why; nothing of the run is pruned, rewritten or
+   overwritten.
 
 Saving: every ``ckpt_every`` optimiser steps (default: each epoch), at the last step, and when
 a stop is requested: ``step_N.tmp/`` → engine state (every rank) → meta + fp32 export (rank 0)
@@ -117,11 +119,12 @@ class Checkpointer:
             why = error or "failed on another rank"
             raise ResumeRefused(_none_loads(self.run_dir, [*plan.refused, (plan.path, f"verified but does not "
                                                                                      f"load ({why})")]))
-        if dist.is_main_process():
+
+        def set_aside_refused() -> None:
             for path, why in plan.refused:
                 moved = ckpt.set_aside(path, why)
                 log.warning("moved refused checkpoint %s to %s", path.name, moved)
-        dist.barrier()
+        dist.on_main(set_aside_refused)
         self.last_saved_step = state.step
         return state
 
@@ -135,15 +138,13 @@ class Checkpointer:
 
         t0 = time.perf_counter()
         tmp = ckpt.tmp_dir(self.run_dir, state.step)
-        if dist.is_main_process():
-            ckpt.prepare_tmp(self.run_dir, state.step)
-        dist.barrier()
+        dist.on_main(ckpt.prepare_tmp, self.run_dir, state.step)
         backend.save(tmp, state.to_client_state())
         in_sync = dist.params_in_sync(backend.module)
         rank_micro = dist.gather_ints(micro_done)
         dist.barrier()
-        final = tmp.with_name(tmp.name[: -len(".tmp")])
-        if dist.is_main_process():
+
+        def finish() -> Path:   # rank 0; a failure here (a full disk) fails every rank, none hangs
             meta = dict(state.to_client_state(), world_size=plan.world_size, backend=backend.name,
                         grad_accum=plan.grad_accum, micro_batch=plan.micro_batch, metrics=metrics,
                         params_in_sync=in_sync, rank_micro_steps=rank_micro,
@@ -151,9 +152,11 @@ class Checkpointer:
             weights.export_fp32(tmp, backend.fp32_state_dict(tmp), model_config_yaml=self.model_config_yaml,
                                 num_channels=self.num_channels, step=state.step)
             ckpt.write_meta(tmp, meta)
-            final = ckpt.finalize(tmp)
+            done = ckpt.finalize(tmp)
             ckpt.prune(self.run_dir, self.keep_last)
-        dist.barrier()
+            return done
+
+        final = dist.on_main(finish)
         self.last_saved_step = state.step
         self.last_save_s = time.perf_counter() - t0
         return final

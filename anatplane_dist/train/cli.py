@@ -41,34 +41,20 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _on_rank0_then_all(fn, *args):
-    """Run ``fn`` on rank 0; every rank returns its result or raises its AnatplaneError (no hang)."""
-    from anatplane_dist import dist
-    result: tuple[str, object] = ("", None)
-    if dist.is_main_process():
-        try:
-            result = ("ok", fn(*args))
-        except AnatplaneError as e:
-            result = ("error", one_line(e))
-    kind, value = dist.broadcast_object(result)
-    if kind == "error":
-        raise AnatplaneError(value)
-    return value
-
-
 def _resolve_data(cfg):
     """Built-in data made on rank 0 (others wait), then a shard folder expanded to its tar files."""
     from anatplane_dist import demo_data
     from anatplane_dist.config import resolve_shard_dir
+    from anatplane_dist.dist import on_main
     if demo_data.is_builtin(cfg.data.shards):
-        shards = _on_rank0_then_all(lambda spec: str(demo_data.resolve_builtin(spec)), cfg.data.shards)
+        shards = on_main(lambda spec: str(demo_data.resolve_builtin(spec)), cfg.data.shards)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=shards))
     return dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
 
 
 def _train(args: argparse.Namespace, denv) -> int:
     from anatplane_dist.config import load_config, resolve_config_path
-    from anatplane_dist.dist import barrier, is_main_process
+    from anatplane_dist.dist import is_main_process, on_main
     from anatplane_dist.testing.faults import hooks_from_env
     from anatplane_dist.train.runlock import RunLock
     from anatplane_dist.train.signals import StopRequest
@@ -78,7 +64,7 @@ def _train(args: argparse.Namespace, denv) -> int:
     cfg = _resolve_data(load_config(config_path, list(args.overrides)))
     run_dir = args.run_dir or (Path(cfg.run_dir) if cfg.run_dir else Path("runs") / config_path.stem)
     lock = RunLock(run_dir)
-    _on_rank0_then_all(lock.acquire)   # held by rank 0 for the whole run; released at exit
+    on_main(lambda: lock.acquire() and None)   # held by rank 0 for the whole run; released at exit
     try:
         with StopRequest() as stop:
             summary = train(cfg, run_dir, denv, stop=stop, allow_config_change=args.allow_config_change,
@@ -86,11 +72,9 @@ def _train(args: argparse.Namespace, denv) -> int:
         if summary.interrupted:
             return ExitCode.INTERRUPTED
         if cfg.publish.dir:
-            barrier()
-            if is_main_process():
-                from anatplane_dist import publish
-                dest = publish.publish(run_dir, cfg.publish.dir, name=cfg.publish.name or None)
-                log.info("published to %s", dest)
+            from anatplane_dist import publish
+            dest = on_main(publish.publish, run_dir, cfg.publish.dir, cfg.publish.name or None)
+            log.info("published to %s", dest)
         if is_main_process():
             log.info("done: %d steps, last checkpoint %s", summary.steps, summary.last_checkpoint)
         return ExitCode.OK

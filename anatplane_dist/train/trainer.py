@@ -31,7 +31,7 @@ from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import dist, stream
 from anatplane_dist.atomic import atomic_write_text
 from anatplane_dist.augment import augment_batch
-from anatplane_dist.config import PretrainConfig, accum_for, dump_yaml, micro_batch, scaled_lr, to_dict
+from anatplane_dist.config import PretrainConfig, accum_for, dump_yaml, global_batch, micro_batch, scaled_lr, to_dict
 from anatplane_dist.data.shardlist import SharedEpoch, derive_seed
 from anatplane_dist.dist import DistEnv, MetricSums
 from anatplane_dist.errors import AnatplaneError, ExitCode
@@ -117,12 +117,11 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> Setup:
         cfg, world = self.cfg, self.denv.world_size
-        facts = read_shard_facts(cfg.data.val_shards or cfg.data.shards)
+        facts = read_shard_facts(_shard_list(cfg.data.shards) + _shard_list(cfg.data.val_shards))
         check_data_grid(cfg.model, facts.grid, facts.spacing_mm)  # nnunet: the plans' 2d patch and spacing
         cfg = _with_facts(cfg, facts)
         resume = self._agree_on_resume(cfg, facts)
-        gbs = int(resume.meta.get("global_batch") or cfg.train.global_batch
-                  or micro_batch(cfg) * cfg.train.grad_accum * world)
+        gbs = int(resume.meta.get("global_batch") or cfg.train.global_batch or global_batch(cfg, world))
         accum = accum_for(cfg, world, gbs)
         before = resume.meta.get("world_size")
         if before is not None and int(before) != world:
@@ -191,8 +190,9 @@ class Trainer:
         return model
 
     def _record_start(self, backend: Backend, resume: ResumePlan, facts: ShardFacts) -> None:
-        """Rank 0: the config history, ``config.yaml``, ``ds_config.json`` and the metrics file."""
-        if dist.is_main_process():
+        """Rank 0: the config history, ``config.yaml``, ``ds_config.json``, the metrics file, and
+        leftovers of killed saves (``.tmp``: removed; a ``step_N`` without a marker: set aside)."""
+        def record() -> None:
             resume_rules.record_start(self.run_dir, to_dict(self.cfg), dump_yaml(self.cfg),
                                       world_size=self.denv.world_size, backend=backend.name,
                                       start_step=self.state.step, changed=self._changed_keys,
@@ -209,7 +209,10 @@ class Trainer:
                 _set_aside_metrics(self.run_dir)
             for p in ckpt.remove_stale_tmp(self.run_dir):
                 log.warning("removed interrupted checkpoint save %s", p)
-        dist.barrier()
+            for p in ckpt.unmarked(self.run_dir):
+                log.warning("set aside %s (no COMPLETE marker) as %s", p.name,
+                            ckpt.set_aside(p, "no COMPLETE marker: a save killed before it finished"))
+        dist.on_main(record)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, s: Setup, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], float, bool]:
@@ -382,6 +385,13 @@ class _Window:
         out.update(samples_per_s=self.samples / max(time.perf_counter() - self.t0, 1e-9), data_time=self.data_time / n)
         self.reset()
         return out
+
+
+def _shard_list(spec: Any) -> list[str]:
+    """A shard spec (a list, a folder or brace pattern string, or nothing) as a list for the manifest reader."""
+    if not spec:
+        return []
+    return [str(x) for x in spec] if isinstance(spec, (list, tuple)) else [str(spec)]
 
 
 def _run_plan(cfg: PretrainConfig, world: int, loader_steps: int) -> RunPlan:

@@ -170,3 +170,13 @@ def test_publishing_into_an_unwritable_folder_is_one_line(tmp_path, finished, ca
     assert anatplane(["publish", str(finished), "--to", str(blocker / "models"), "--name", "tiny"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(blocker) in err
+
+
+def test_a_step_dir_without_marker_is_set_aside_not_a_dead_end(tmp_path, shards, finished):
+    """A save killed between rename and marker (older versions) must not block step 8 forever."""
+    newest = ckpt.find_latest_complete(finished)
+    (newest / ckpt.COMPLETE).unlink()
+    assert _run(tmp_path, shards, finished, train={"epochs": 1, "ckpt_every": 4}) == 0
+    assert ckpt.step_of(ckpt.find_latest_complete(finished)) == 8
+    kept = finished / "checkpoints" / ckpt.REFUSED / newest.name
+    assert "no COMPLETE marker" in (kept / "REFUSED.txt").read_text()
