@@ -10,9 +10,9 @@ Design (see docs/slurm.md):
   through :func:`anatplane_dist.checkpoint.find_latest_complete`.
 - :class:`TrainJob` implements ``checkpoint()``: on the preemption/timeout signal submitit
   calls it on global rank 0 only, and it returns a new submission of the very same command.
-  Nothing is saved inside submitit's signal handler (a collective save there would hang); the
-  SIGTERM SLURM sends afterwards makes every rank finish its step and save together
-  (:mod:`anatplane_dist.train.signals`), and ``signal_delay_s`` leaves time for that save.
+  Nothing is saved inside submitit's signal handler (a collective save there would hang): the
+  requeued job resumes from the trainer's newest periodic checkpoint, and ``signal_delay_s``
+  leaves time for a save already in flight to finish.
 """
 from __future__ import annotations
 

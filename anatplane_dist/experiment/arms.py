@@ -26,9 +26,7 @@ from .. import weights
 from ..atomic import atomic_write_json
 from .spec import ArmSpec, ExperimentSpec
 
-__all__ = ["ArmResult", "arm_fingerprint", "pretrain_command", "prepare_arm", "trainer_has_objective"]
-
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["ArmResult", "arm_fingerprint", "pretrain_command", "prepare_arm"]
 
 
 @dataclass
@@ -46,28 +44,16 @@ class ArmResult:
         return dataclasses.asdict(self)
 
 
-def trainer_has_objective() -> bool:
-    """Whether this trainer's config knows ``objective.name`` (older trainers are multitask only)."""
-    from ..config import PretrainConfig
-
-    return "objective" in {f.name for f in dataclasses.fields(PretrainConfig)}
-
-
 def _config_path(spec: ExperimentSpec) -> Path:
-    p = Path(spec.pretrain.config)
-    return p if p.is_absolute() else (p.absolute() if p.exists() else REPO / p)
+    """The arm's preset: a file, or a packaged preset by name (``launch/configs/X.yaml`` names one)."""
+    from ..config import resolve_config_path
+    return resolve_config_path(spec.pretrain.config).absolute()
 
 
 def arm_overrides(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> list[str]:
     """Trainer overrides of one arm: the shared ones, the shards, the objective, the arm's own."""
-    over = [f"data.shards={shards}", *spec.pretrain.overrides]
-    if trainer_has_objective():
-        over.append(f"objective.name={arm.objective}")
-    elif arm.objective != "multitask":
-        # an old trainer would silently train multitask under another arm's name: refuse
-        raise RuntimeError(f"this trainer has no objective.name config key; arm {arm.name!r} "
-                           f"(objective {arm.objective}) needs it")
-    return over + list(arm.overrides)
+    return [f"data.shards={shards}", *spec.pretrain.overrides, f"objective.name={arm.objective}",
+            *arm.overrides]
 
 
 def arm_fingerprint(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> str:
@@ -90,6 +76,23 @@ def pretrain_command(spec: ExperimentSpec, run_dir: Path, overrides: list[str], 
         return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.pretrain.ranks),
                 "-m", "anatplane_dist.cli", "pretrain", "--config", cfg, "--run-dir", str(run_dir), *overrides]
     return [py, "-m", "anatplane_dist.cli", "pretrain", "--config", cfg, "--run-dir", str(run_dir), *overrides]
+
+
+def _run_group(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: float | None) -> int:
+    """Run the arm's launcher in its own process group; on timeout the whole group is killed, so
+    no rank outlives it holding the run-dir lock. Returns the exit code, -1 on timeout."""
+    import signal
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return -1
+    except BaseException:   # the runner itself interrupted: take the ranks along
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
 
 
 def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, slurm: bool = False,
@@ -124,11 +127,7 @@ def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "ab") as fh:
-        try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                timeout=spec.pretrain.timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            rc = -1
+        rc = _run_group(cmd, env, fh, spec.pretrain.timeout_s)
     seconds = round(time.perf_counter() - t0, 1)
     tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
     if rc != 0:

@@ -77,10 +77,16 @@ def load_results(out: str | Path) -> Results:
     for arm in res.arm_names:
         if arm in res.failed_arms():
             continue
+        # a pretrained arm's cells must come from the weights it published last: after the arm
+        # changed, cells of its old weights (a run killed before they were redone) are left out
+        published = (arms.get(arm) or {}).get("published")
+        version = Path(published).name if published else None
         for path in sorted((out / "cells" / arm).glob("n*-seed*.json")):
             try:
                 rec = json.loads(path.read_text())
             except ValueError:
+                continue
+            if version is not None and rec.get("weights") != version:
                 continue
             if rec.get("seed") in seeds and rec.get("n_labelled") in counts and rec.get("test") == split["test"]:
                 res.cells.append(rec)

@@ -7,7 +7,8 @@ or ``_orig_mod.`` prefix, no heads of ours), and before writing it the export bu
 network from the same plans and checks every key and shape itself: a mismatch is our error
 message, not an assertion inside nnU-Net's trainer.
 
-It is the one weights file we write with ``torch.save``: nnU-Net's loader expects that container.
+Written with ``torch.save`` because nnU-Net's loader expects that container (like the fine-tuned
+cell models of ``anatplane_dist.predict``, read back with ``weights_only=True``).
 """
 from __future__ import annotations
 

@@ -5,12 +5,13 @@ collective as the NaN check, so every rank sees a stop requested on any rank at 
 step, writes the checkpoint together (a collective save inside a signal handler would hang)
 and exits with ``ExitCode.INTERRUPTED``. A second SIGINT (Ctrl-C twice) restores the default
 behaviour at once, for a user who does not want to wait for the save. SIGUSR2 (SLURM's
-pre-timeout warning) is left to submitit, which requeues the job; the SIGTERM that SLURM
-sends at the end of the grace time then lands here.
+pre-timeout warning) is left to submitit: on global rank 0 it requeues the job and exits at
+once, without a save, so a requeued job redoes the steps since its last periodic checkpoint
+(``train.ckpt_every`` bounds that loss; a kill in the middle of a save leaves only a ``.tmp``,
+never a damaged checkpoint).
 
-DataLoader workers are forked after the handlers are installed and inherit them, so a
-Ctrl-C no longer prints a KeyboardInterrupt traceback from every worker; the trainer shuts
-them down itself on the way out.
+DataLoader workers ignore these signals (``stream._worker_init``): the trainer alone decides,
+and shuts them down itself on the way out.
 """
 from __future__ import annotations
 
