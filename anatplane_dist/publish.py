@@ -587,6 +587,23 @@ def resolve_version(path_or_dir: str | os.PathLike) -> Path:
     return p
 
 
+def _network_of(version: Path, model_cfg: Any, num_channels: int) -> Any:
+    """The network the published weights were trained in: built by their pretraining objective
+    (a genesis decoder ends in image channels, SimCLR adds a projection head), read from the
+    published ``config.yaml``; the multitask network when there is none (older versions)."""
+    from anatplane_dist.model import build_model
+
+    path = version / "config.yaml"
+    if path.is_file():
+        from anatplane_dist.config import load_config
+        from anatplane_dist.objectives import get_objective
+        cfg = load_config(path)
+        # only the network is built: the loss's ridge width (which needs a spacing) plays no part
+        return get_objective(cfg.objective, cfg.loss, grid_spacing_mm=cfg.loss.spacing_mm or 1.0).build_model(
+            model_cfg, num_channels)
+    return build_model(model_cfg, num_channels)
+
+
 def load_pretrained(path_or_dir: str | os.PathLike, part: str = "encoder"):
     """Verified published weights -> ``torch.nn.Module`` ready for fine-tuning.
 
@@ -598,7 +615,7 @@ def load_pretrained(path_or_dir: str | os.PathLike, part: str = "encoder"):
         VerificationError: partial version, missing/extra files or a checksum mismatch.
         ValueError: unknown part, or a part this version does not contain.
     """
-    from anatplane_dist.model import ModelConfig, build_model, load_parts
+    from anatplane_dist.model import ModelConfig, load_parts
 
     version = resolve_version(path_or_dir)
     verify(version)
@@ -612,7 +629,7 @@ def load_pretrained(path_or_dir: str | os.PathLike, part: str = "encoder"):
         raise ValueError(f"{version} has no {missing[0]} (published parts: {available})")
     loaded = {p: weights.load_part(version, p) for p in wanted}
     first = next(iter(loaded.values()))
-    model = build_model(ModelConfig.from_yaml(first["model_config"]), int(first["num_channels"]))
+    model = _network_of(version, ModelConfig.from_yaml(first["model_config"]), int(first["num_channels"]))
     load_parts(model, {p: obj["state_dict"] for p, obj in loaded.items()})
     model.train()
     return model if part == "full" else getattr(model, part)

@@ -307,3 +307,25 @@ def test_run_with_legacy_pt_exports_publishes_safetensors_same_version(tmp_path)
     assert not list(legacy.glob("*.pt"))
     enc = pub.load_pretrained(legacy, part="encoder")
     assert all(torch.equal(enc.state_dict()[k], v) for k, v in models[4].encoder.state_dict().items())
+
+
+def test_published_weights_rebuild_in_their_objectives_network(tmp_path):
+    """A genesis decoder ends in image channels, not K heatmaps: loading it must not assume the
+    multitask network (the published config.yaml names the objective)."""
+    from anatplane_dist.objectives import ObjectiveConfig, get_objective
+    from anatplane_dist.losses import LossConfig
+    run = tmp_path / "run"
+    make_run(run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["objective"] = {"name": "genesis"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    net = get_objective(ObjectiveConfig(name="genesis"), LossConfig()).build_model(MODEL, K)
+    ck = ckpt.find_latest_complete(run)
+    for f in (ck / "fp32").iterdir():
+        f.unlink()
+    weights.export_fp32(ck, net.state_dict(), model_config_yaml=MODEL.to_yaml(), num_channels=K, step=4)
+    ckpt.write_marker(ck)
+    version = pub.publish(run, tmp_path / "pub", name="g")
+    dec = pub.load_pretrained(version, part="decoder")
+    assert dec.head.out_channels == 1
+    assert all(torch.equal(dec.state_dict()[k], v) for k, v in net.decoder.state_dict().items())
