@@ -53,7 +53,12 @@ def test_nnunet_export_loads_with_nnunets_own_loader(tmp_path, capsys):
     saved = torch.load(out, weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) or ".seg_layers." in k or "head" in k
                    for k in saved["network_weights"])
-    # the target network nnU-Net builds for a 4-class dataset, loaded by nnU-Net's function
+    # the target network nnU-Net builds for a 4-class dataset, loaded by nnU-Net's function. Like
+    # nnUNetv2_train on a CPU, no process group: nnU-Net maps the file to cuda:<rank> when one exists
+    # (an earlier in-process test may have left one behind)
+    import torch.distributed as tdist
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
     target = build_nnunet_network(cfg.nnunet, 1, 4)
     load_pretrained_weights(target, str(out))
     ours = model.state_dict()
