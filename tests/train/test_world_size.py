@@ -102,7 +102,8 @@ def test_ddp_1_2_1_ranks_equals_an_uninterrupted_run(tmp_path, constant_shards):
     assert _max_param_diff(_final_weights(run), _final_weights(ref_run)) == 0.0      # bit-exact
 
 
-@pytest.mark.parametrize("stage, worlds", [(1, [2, 1]), (2, [1, 2])], ids=["zero1-2to1", "zero2-1to2"])
+@pytest.mark.parametrize("stage, worlds", [(1, [2, 1]), (1, [1, 2]), (2, [2, 1]), (2, [1, 2])],
+                         ids=["zero1-2to1", "zero1-1to2", "zero2-2to1", "zero2-1to2"])
 def test_deepspeed_zero_resumes_on_another_world_size(tmp_path, constant_shards, stage, worlds):
     cfg = _config(tmp_path, constant_shards, epochs=2, backend="deepspeed", zero_stage=stage)
     ref_run, run = tmp_path / "reference", tmp_path / "run"
