@@ -8,7 +8,7 @@ config ``checkpoint.load_universal``, which restores parameters, fp32 masters an
 partitioning; the scratch folder is removed after the load. DeepSpeed's universal loader skips
 module buffers, so BatchNorm statistics come from the checkpoint's fp32 export (rank 0's, as in
 every checkpoint). tests/train/test_world_size.py checks ZeRO-1 and ZeRO-2, 2 -> 1 and 1 -> 2 (fp32):
-4 steps after the change, the weights are within 1e-6 of an uninterrupted run (measured 0.0).
+4 steps after the change, the weights are within 1e-6 of an uninterrupted run.
 """
 from __future__ import annotations
 
