@@ -27,13 +27,8 @@ class TrainState:
 
     @classmethod
     def from_client_state(cls, d: dict[str, Any]) -> "TrainState":
-        """Also reads checkpoints of the previous layout (``micro_in_epoch`` per rank)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: int(v) for k, v in d.items() if k in names})
-        if "samples_in_epoch" not in d and "micro_in_epoch" in d:
-            per_micro = int(d.get("global_batch", 0)) // max(1, int(d.get("grad_accum", 1)))
-            state.samples_in_epoch = int(d["micro_in_epoch"]) * per_micro
-        return state
+        return cls(**{k: int(v) for k, v in d.items() if k in names})
 
     def advance(self, steps_per_epoch: int) -> None:
         """One optimiser step of ``global_batch`` samples; roll the epoch over at its end."""

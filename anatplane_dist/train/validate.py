@@ -2,18 +2,17 @@
 
 The ridge of each predicted heatmap channel is fitted with weighted second moments (its
 centroid and principal axis), which needs no peak search and runs as a handful of tensor
-reductions on the device. Each rank sums errors and counts over its own exact share of the
-validation split, with no collective inside the loop (ranks may hold different numbers of
-batches), and one all-reduce of the sums and counts at the end gives the global means.
+reductions on the device. :func:`pretext_sums` gives one batch's (sum, count) per metric; the
+trainer's validation pass (``Trainer.validate``) adds them over this rank's share of the split,
+with no collective inside the loop, and reduces once at the end (``dist.MetricSums``).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from anatplane_dist.dist import MetricSums
 
 #: reported means (every rank reduces the same names, also a rank that saw no batch)
 NAMES = ("val/loss", "val/loss_ori", "val/loss_loc", "val/angle_err_deg", "val/offset_err_px", "val/loc_mae")
@@ -81,23 +80,3 @@ def pretext_sums(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
         sums["val/loc_mae"] = (float((out["location"].float() - batch["loc"]).abs()[loc_mask].sum()),
                                float(loc_mask.sum()))
     return sums
-
-
-@torch.no_grad()
-def evaluate(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], batches: Iterable[Mapping[str, Any]],
-             loss_fn: Callable, device: torch.device, max_batches: int = 0) -> dict[str, float]:
-    """Run ``forward`` over this rank's validation batches and reduce the metrics over ranks.
-
-    Every rank must call this (one all-reduce at the end, in :class:`MetricSums`), with any
-    number of batches, including none. A head that the model does not have is left out.
-    """
-    sums = MetricSums(NAMES)
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        for name, (total, count) in pretext_sums(forward(batch["image"]), batch, loss_fn).items():
-            sums.add(name, total, count)
-    means = sums.reduce()
-    means["val/samples"] = float(sums.counts[sums.names.index("val/loss")])
-    return means
