@@ -78,21 +78,40 @@ def pretrain_command(spec: ExperimentSpec, run_dir: Path, overrides: list[str], 
     return [py, "-m", "anatplane_dist.cli", "pretrain", "--config", cfg, "--run-dir", str(run_dir), *overrides]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            out += [child, *_descendants(child)]
+    return out
+
+
 def _run_group(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: float | None) -> int:
-    """Run the arm's launcher in its own process group; on timeout the whole group is killed, so
-    no rank outlives it holding the run-dir lock. Returns the exit code, -1 on timeout."""
+    """Run the arm's launcher; on timeout it and every rank below it are killed, so no rank
+    outlives it holding the run-dir lock. It stays in the runner's process group, so whatever
+    kills the runner's group (Ctrl-C, a SIGKILL of the group) takes the ranks along too.
+    Returns the exit code, -1 on timeout."""
     import signal
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
         return -1
-    except BaseException:   # the runner itself interrupted: take the ranks along
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
 
 
 def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, slurm: bool = False,

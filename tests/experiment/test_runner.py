@@ -148,3 +148,18 @@ def test_best_val_selection_is_recorded_and_named_in_the_report(tmp_path, tiny_d
     assert set(rec["val"]).isdisjoint(rec["train"]) and set(rec["val"]).isdisjoint(rec["test"])
     render_report(out)
     assert "**best on validation**" in (out / "results.md").read_text()
+
+
+def test_a_timed_out_arm_launcher_takes_its_ranks_along(tmp_path):
+    """A launcher killed on timeout must not leave ranks behind (they would hold the run lock)."""
+    from anatplane_dist.experiment.arms import _run_group
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    with open(tmp_path / "log", "wb") as log:
+        assert _run_group([sys.executable, "-c", code], dict(os.environ), log, timeout_s=3) == -1
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}").exists() else "gone"
+    assert state in ("gone", "Z"), state
