@@ -25,6 +25,18 @@ from .synth import config_yaml
 LONG = {"epochs": 40, "ckpt_every": 1000, "log_every": 1, "progress": "none", "keep_last": 3}
 
 
+def _config(tmp_path: Path, shards: Path, **train) -> Path:
+    """A long tiny run with one DataLoader worker (so there is a worker to watch)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, data={"num_workers": 1}, train={**LONG, **train}))
+    return cfg
+
+
+def _pretrain(cfg: Path, run_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(run_dir)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def _start(cfg: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(run_dir), *extra],
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -77,14 +89,12 @@ def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 
 
 def test_second_trainer_on_a_running_run_exits_2(tmp_path, shards):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(config_yaml(shards, data={"num_workers": 1}, train=LONG))
+    cfg = _config(tmp_path, shards)
     run = tmp_path / "run"
     first = _start(cfg, run)
     try:
         _wait_for_step(run, 2, first)
-        second = subprocess.run([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(run)],
-                                env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        second = _pretrain(cfg, run, timeout=120)
         assert second.returncode == ExitCode.USAGE, tail(second)
         assert f"pid {first.pid} since" in second.stderr and "in use by host" in second.stderr
         assert first.poll() is None                       # the owner trains on, undisturbed
@@ -95,12 +105,9 @@ def test_second_trainer_on_a_running_run_exits_2(tmp_path, shards):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path, shards, sig):
-    cfg = tmp_path / "cfg.yaml"
-    short = {**LONG, "epochs": 3}
-    cfg.write_text(config_yaml(shards, data={"num_workers": 1}, train=short))
+    cfg = _config(tmp_path, shards, epochs=3)
     ref_run, run = tmp_path / "reference", tmp_path / "run"
-    ref = subprocess.run([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(ref_run)],
-                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    ref = _pretrain(cfg, ref_run)
     assert ref.returncode == 0, tail(ref)
 
     proc = _start(cfg, run)
@@ -117,8 +124,7 @@ def test_signal_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path, 
     assert stopped is not None and 3 <= ckpt.step_of(stopped) < 24
     ckpt.verify(stopped)
 
-    resumed = subprocess.run([sys.executable, PRETRAIN, "--config", str(cfg), "--run-dir", str(run)],
-                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    resumed = _pretrain(cfg, run)
     assert resumed.returncode == 0, tail(resumed)
     final, ref_final = ckpt.find_latest_complete(run), ckpt.find_latest_complete(ref_run)
     assert ckpt.step_of(final) == ckpt.step_of(ref_final) == 24
@@ -135,8 +141,7 @@ def test_signal_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path, 
 
 def test_workers_die_with_a_killed_trainer(tmp_path, shards):
     """SIGKILL leaves no time to shut workers down: PR_SET_PDEATHSIG takes them along."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(config_yaml(shards, data={"num_workers": 1}, train=LONG))
+    cfg = _config(tmp_path, shards)
     run = tmp_path / "run"
     proc = _start(cfg, run)
     try:
