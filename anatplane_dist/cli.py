@@ -9,20 +9,20 @@ import argparse
 import importlib
 import sys
 
-from anatplane_dist.errors import AnatplaneError, ExitCode, one_line
+from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("anatplane_dist.sources.phantom.cli", "write a built-in phantom data set (DICOM/NIfTI)"),
-    "inspect": ("anatplane_dist.inspect", "print the line where plane B cuts image A"),
+    "inspect": ("anatplane_dist.sources.inspect_planes", "print the line where plane B cuts image A"),
     "shard": ("anatplane_dist.shards.cli", "write WebDataset shards of plane pairs with their targets"),
     "pretrain": ("anatplane_dist.train.cli", "multitask pretraining (same as launch/pretrain.py)"),
-    "submit": ("anatplane_dist.slurm", "submit pretraining to SLURM with submitit (requeue + resume)"),
+    "submit": ("anatplane_dist.train.submit", "submit pretraining to SLURM with submitit (requeue + resume)"),
     "publish": ("anatplane_dist.publish", "publish a run's pretrained weights to a shared directory"),
-    "finetune": ("anatplane_dist.finetune.cli", "fine-tune a pretrained encoder on a target task"),
+    "finetune": ("anatplane_dist.experiment.finetune_cli", "fine-tune a pretrained encoder on a target task"),
     "experiment": ("anatplane_dist.experiment.cli", "run / report a pretraining comparison (arms x labels x seeds)"),
-    "predict": ("anatplane_dist.predict", "segment a folder of NIfTI images with a fine-tuned model"),
-    "figures": ("anatplane_dist.figures", "draw figures (heatmaps: predicted vs ground truth)"),
+    "predict": ("anatplane_dist.finetune.predict", "segment a folder of NIfTI images with a fine-tuned model"),
+    "figures": ("anatplane_dist.experiment.figures", "draw figures (heatmaps: predicted vs ground truth)"),
     "export": ("anatplane_dist.export.cli", "export weights / an ACDC cohort for nnU-Net (--format nnunet | nnunet-dataset)"),
 }
 

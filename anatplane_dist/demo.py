@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from anatplane_dist.atomic import atomic_write_text
+from anatplane_dist.core.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPEC = REPO / "experiments" / "demo.yaml"

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from anatplane_dist.geometry import Plane, intersection_lines, render_heatmaps
+from anatplane_dist.core.geometry import Plane, intersection_lines, render_heatmaps
 
 
 def random_planes(n: int, rng: np.random.Generator) -> Plane:

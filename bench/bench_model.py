@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatplane_dist.augment import AugmentConfig, augment_batch
-from anatplane_dist.geometry import render_heatmaps
-from anatplane_dist.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+from anatplane_dist.core.geometry import render_heatmaps
+from anatplane_dist.data.augment import AugmentConfig, augment_batch
 from anatplane_dist.model import ModelConfig, build_model
+from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
 
 
 def make_batch(b: int, k: int, size: int, device: torch.device, seed: int = 0) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from anatplane_dist.geometry import Plane, plane_from_dicom, resample_to_grid, target_grid  # noqa: E402
+from anatplane_dist.core.geometry import Plane, plane_from_dicom, resample_to_grid, target_grid  # noqa: E402
 from anatplane_dist.shards.pipeline import shard_dataset  # noqa: E402
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig  # noqa: E402
 from anatplane_dist.shards.samples import _stack_lines  # noqa: E402
@@ -121,6 +121,7 @@ def read_back(out: Path) -> float:
     """Samples/s reading the train+val shards back through WebDataset and the loader's own
     per-sample decode (checksum, schema checks, targets out of meta.json)."""
     import webdataset as wds
+
     from anatplane_dist.data.decode import decode_sample
     urls = sorted(str(p) for p in out.glob("*.tar"))
     t = time.perf_counter()

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from anatplane_dist.data.shardspec import all_urls, parse_sources
-from anatplane_dist.data.synthetic import write_shards
-from anatplane_dist.stream import DataConfig, make_train_loader, make_val_loader
+from anatplane_dist.data.stream import DataConfig, make_train_loader, make_val_loader
+from tests.data.synthetic import write_shards
 
 
 def raw_read(urls: list[str]) -> int:

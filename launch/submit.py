@@ -1,4 +1,4 @@
 """Submit pretraining to SLURM with submitit (one task per GPU, requeue + resume): see docs/slurm.md."""
-from anatplane_dist.slurm import main
+from anatplane_dist.train.submit import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from anatplane_dist.dist import free_port
+from anatplane_dist.core.dist import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,7 +19,7 @@ def _quiet_threads():
 @pytest.fixture(scope="session", autouse=True)
 def _checkpoint_key(tmp_path_factory):
     """Checkpoint markers signed with a session key (inherited by launched ranks), not the user's."""
-    from anatplane_dist.checkpoint import KEY_ENV
+    from anatplane_dist.core.checkpoints import KEY_ENV
     old = os.environ.get(KEY_ENV)
     os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
     yield

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from anatplane_dist.dist import free_port
+from anatplane_dist.core.dist import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

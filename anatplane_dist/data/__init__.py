@@ -1,4 +1,4 @@
-"""Building blocks of the training/validation stream (see :mod:`anatplane_dist.stream`).
+"""Building blocks of the training/validation stream (see :mod:`anatplane_dist.data.stream`).
 
 Split by job: ``shardspec`` (which tar files, with which weights and sizes), ``shardlist``
 (which worker reads which shard, seeded per epoch), ``decode`` (bytes -> checked arrays ->

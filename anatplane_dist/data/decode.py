@@ -24,7 +24,7 @@ import numpy as np
 import numpy.lib.format as npformat
 import torch
 
-from ..shards.seal import seal_error
+from anatplane_dist.shards.seal import seal_error
 
 #: members of a format-1 sample (the arrays as separate ``.npy`` members, no checksum)
 REQUIRED_V1 = ("image.npy", "lines.npy", "valid.npy", "loc.npy")

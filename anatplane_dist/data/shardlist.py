@@ -29,7 +29,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch.utils.data
 
-from .stats import StreamStats, worker_slot
+from anatplane_dist.data.stats import StreamStats, worker_slot
 
 Mode = Literal["resample", "permute", "once"]
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import braceexpand
 
-from ..errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError
 
 ShardSpec = str | Sequence[str | Mapping[str, Any]]
 

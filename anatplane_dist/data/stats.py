@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch.utils.data
 
-log = logging.getLogger("anatplane_dist.stream")
+log = logging.getLogger("anatplane_dist.data.stream")
 
 FIELDS = ("shards", "tar_errors", "raw", "skipped", "samples")
 

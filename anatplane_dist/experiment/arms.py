@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import weights
-from ..atomic import atomic_write_json
-from .spec import ArmSpec, ExperimentSpec
+from anatplane_dist.core import weights
+from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.experiment.spec import ArmSpec, ExperimentSpec
 
 __all__ = ["ArmResult", "arm_fingerprint", "pretrain_command", "prepare_arm"]
 
@@ -46,7 +46,7 @@ class ArmResult:
 
 def _config_path(spec: ExperimentSpec) -> Path:
     """The arm's preset: a file, or a packaged preset by name (``launch/configs/X.yaml`` names one)."""
-    from ..config import resolve_config_path
+    from anatplane_dist.train.config import resolve_config_path
     return resolve_config_path(spec.pretrain.config).absolute()
 
 
@@ -117,7 +117,7 @@ def _run_group(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: fl
 def prepare_arm(spec: ExperimentSpec, arm: ArmSpec, out: Path, shards: Path, *, slurm: bool = False,
                 slurm_args: list[str] | None = None, log: Callable[[str], None] = print) -> ArmResult:
     """Pretrain (or resume) and publish one arm; never raises for a failing arm."""
-    from .. import publish
+    from anatplane_dist import publish
 
     if not arm.pretrained:
         return ArmResult(arm.name, "random")

@@ -17,12 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..finetune.backbone import Backbone, make_backbone
-from ..finetune.classification import (ClsTrainConfig, StackClassifier, evaluate_classifier,
-                                       summarise_classification, train_classifier)
-from ..finetune.data import KneeStack, SegSubject
-from ..finetune.segmentation import (SegNet, SegTrainConfig, evaluate_segmentation, predict_volume,
-                                     summarise_segmentation, train_segmentation)
+from anatplane_dist.finetune.backbone import Backbone, make_backbone
+from anatplane_dist.finetune.classification import (
+    ClsTrainConfig,
+    StackClassifier,
+    evaluate_classifier,
+    summarise_classification,
+    train_classifier,
+)
+from anatplane_dist.finetune.data import KneeStack, SegSubject
+from anatplane_dist.finetune.segmentation import (
+    SegNet,
+    SegTrainConfig,
+    evaluate_segmentation,
+    predict_volume,
+    summarise_segmentation,
+    train_segmentation,
+)
 
 __all__ = ["CellJob", "CellData", "run_cell"]
 
@@ -60,7 +71,7 @@ class CellData:
 
 
 def _backbone(job: CellJob) -> Backbone:
-    from ..model import ModelConfig
+    from anatplane_dist.model import ModelConfig
 
     if job.pretrained is not None:
         return make_backbone("pretrained", pretrained=job.pretrained, transfer=job.transfer, seed=job.seed)
@@ -89,7 +100,7 @@ class _Selector:
 
 
 def _run_seg(job: CellJob, data: CellData, backbone: Backbone) -> dict[str, Any]:
-    from ..predict import prediction_path, save_seg_model, write_prediction
+    from anatplane_dist.finetune.predict import prediction_path, save_seg_model, write_prediction
 
     cfg = data.seg_cfg
     assert cfg is not None and data.seg is not None

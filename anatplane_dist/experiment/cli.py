@@ -27,15 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from anatplane_dist.experiment.report import render_report
 
     if args.action == "report":
         info = render_report(args.dir)
         print((args.dir / "results.md").read_text())
         print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)")
         return 0
-    from .runner import run_experiment
-    from .spec import load_spec
+    from anatplane_dist.experiment.runner import run_experiment
+    from anatplane_dist.experiment.spec import load_spec
 
     spec = load_spec(args.config)
     if args.workers is not None:

@@ -3,7 +3,7 @@
 Which samples: for a cardiac short-axis series, one slice at two cardiac phases, frame 0
 (ED in the phantom and in ACDC) and the frame at ~35% of the cycle (systole); for any other
 view (the knee), two slices on either side of the centre of one series.  The ground truth is
-rendered from the stored lines with :func:`anatplane_dist.geometry.render_heatmaps` and the
+rendered from the stored lines with :func:`anatplane_dist.core.geometry.render_heatmaps` and the
 pretraining run's own ridge width, so the figure compares the network with the exact target
 it was trained on.
 """
@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import render_heatmaps
+from anatplane_dist.core.geometry import render_heatmaps
 
 __all__ = ["read_validation_samples", "pick_samples", "sigma_px_of", "target_heatmaps"]
 
 
 def read_validation_samples(shards: str | Path) -> dict[str, dict[str, Any]]:
     """Every sample of the first validation shard (``val-*.tar``; else the first train shard)."""
-    from ..errors import AnatplaneError
-    from ..shards.reader import read_samples
+    from anatplane_dist.core.errors import AnatplaneError
+    from anatplane_dist.shards.reader import read_samples
 
     shards = Path(shards)
     tars = sorted(shards.glob("val-*.tar")) or sorted(shards.glob("*.tar"))

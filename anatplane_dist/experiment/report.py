@@ -7,8 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
-from .results import Results, cell_stats, comparisons, load_results, results_markdown, write_csv
+from anatplane_dist.core.atomic import atomic_write_text
+from anatplane_dist.experiment.results import (
+    Results,
+    cell_stats,
+    comparisons,
+    load_results,
+    results_markdown,
+    write_csv,
+)
 
 __all__ = ["render_report", "overlay_panels"]
 
@@ -49,7 +56,7 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
 def _heatmap_figures(res: Results) -> list[str]:
     """figures/heatmaps-<arm>.png for every published arm with a heatmap decoder (drawn once;
     an arm without one, e.g. a location-only objective, is left out with a note)."""
-    from .. import figures
+    from anatplane_dist.experiment import figures
 
     data = res.out / "data.json"
     if not data.is_file():
@@ -73,7 +80,7 @@ def _heatmap_figures(res: Results) -> list[str]:
 
 def render_report(out: str | Path) -> dict[str, Any]:
     """Re-render everything from the stored cells; returns the paths written."""
-    from .. import figures
+    from anatplane_dist.experiment import figures
 
     out = Path(out)
     res = load_results(out)

@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
-from .stats import Estimate, Paired, auc, bootstrap_auc, bootstrap_ci, paired_auc_difference, paired_difference
-from .spec import RANDOM
+from anatplane_dist.core.atomic import atomic_write_text
+from anatplane_dist.experiment.spec import RANDOM
+from anatplane_dist.experiment.stats import (
+    Estimate,
+    Paired,
+    auc,
+    bootstrap_auc,
+    bootstrap_ci,
+    paired_auc_difference,
+    paired_difference,
+)
 
 __all__ = ["Results", "load_results", "csv_rows", "write_csv", "CellStats", "cell_stats", "comparisons",
            "results_markdown", "CSV_COLUMNS", "STRUCTURES"]
@@ -62,7 +70,7 @@ class Results:
 
 def load_results(out: str | Path) -> Results:
     """Read an experiment directory; only cells of the stored spec's grid are used."""
-    from .spec import SpecError
+    from anatplane_dist.experiment.spec import SpecError
 
     out = Path(out)
     try:

@@ -24,10 +24,10 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json, atomic_write_text, json_safe
-from .arms import ArmResult, prepare_arm
-from .cell import CellData, CellJob, init_worker, run_cell, run_cell_in_worker
-from .spec import ExperimentSpec, SpecError
+from anatplane_dist.core.atomic import atomic_write_json, atomic_write_text, json_safe
+from anatplane_dist.experiment.arms import ArmResult, prepare_arm
+from anatplane_dist.experiment.cell import CellData, CellJob, init_worker, run_cell, run_cell_in_worker
+from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
 
 __all__ = ["draw_split", "draw_subsets", "prepare_data", "load_cell_data", "run_experiment", "cell_path"]
 
@@ -61,7 +61,7 @@ def draw_subsets(pool: list[str], counts: list[int], seed: int) -> dict[int, lis
 # -- data ------------------------------------------------------------------------------------
 
 def _anatplane(argv: list[str], what: str) -> None:
-    from ..cli import main as anatplane
+    from anatplane_dist.cli import main as anatplane
 
     rc = anatplane(argv)
     if rc:
@@ -93,7 +93,7 @@ def prepare_data(spec: ExperimentSpec, out: Path, log: Callable[[str], None] = p
     if not (lab / ".complete").exists():
         log(f"data: phantom {ph.kind}, {ph.labelled_subjects} labelled subjects -> {lab}")
         if ph.kind == "heart":
-            from ..sources.phantom.acdc import AcdcCohortConfig, write_acdc_cohort
+            from anatplane_dist.sources.phantom.acdc import AcdcCohortConfig, write_acdc_cohort
 
             write_acdc_cohort(lab, AcdcCohortConfig(patients=ph.labelled_subjects, seed=ph.seed,
                                                     matrix=(ph.size, ph.size), first_index=1001))
@@ -110,9 +110,9 @@ def prepare_data(spec: ExperimentSpec, out: Path, log: Callable[[str], None] = p
 
 def load_cell_data(spec: ExperimentSpec, root: Path) -> tuple[CellData, list[Any]]:
     """The fine-tuning data on the model grid, and the inputs skipped while loading."""
-    from ..finetune.classification import ClsTrainConfig
-    from ..finetune.data import FinetuneDataError, GridSpec, load_acdc, load_knee
-    from ..finetune.segmentation import SegTrainConfig
+    from anatplane_dist.finetune.classification import ClsTrainConfig
+    from anatplane_dist.finetune.data import FinetuneDataError, GridSpec, load_acdc, load_knee
+    from anatplane_dist.finetune.segmentation import SegTrainConfig
 
     grid = GridSpec(spec.data.grid, spec.data.spacing)
     ft = spec.finetune
@@ -144,9 +144,9 @@ def _train_config(data: CellData) -> dict[str, Any]:
 def _architecture(spec: ExperimentSpec, shards: Path) -> tuple[str, int]:
     """(ModelConfig YAML, K) of the shared preset: the network the random arm builds (the
     pretrained arms build the same one from their published weights' header)."""
-    from ..config import ConfigError, load_config
-    from ..shards.manifest import read_shard_facts
-    from .arms import _config_path
+    from anatplane_dist.experiment.arms import _config_path
+    from anatplane_dist.shards.manifest import read_shard_facts
+    from anatplane_dist.train.config import ConfigError, load_config
 
     try:
         cfg = load_config(_config_path(spec), [f"data.shards={shards}", *spec.pretrain.overrides])
@@ -158,7 +158,7 @@ def _architecture(spec: ExperimentSpec, shards: Path) -> tuple[str, int]:
 def _arm_transfer(spec: ExperimentSpec, res: ArmResult) -> str:
     """What one arm transfers: the spec's choice, reduced to the encoder when the arm published
     no decoder (location, SimCLR and rotation pretraining train none) or for classification."""
-    from ..finetune.backbone import read_pretrained_info
+    from anatplane_dist.finetune.backbone import read_pretrained_info
 
     if spec.task != "seg" or not res.published:
         return "encoder"

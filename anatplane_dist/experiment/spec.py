@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError
 
 __all__ = ["SpecError", "ArmSpec", "PhantomData", "DataSpec", "PretrainSpec", "FinetuneSpec",
            "ProtocolSpec", "ExperimentSpec", "load_spec", "RANDOM", "TASKS", "SELECTIONS"]

@@ -20,12 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.format == "nnunet":
-        from .nnunet_weights import export_nnunet
+        from anatplane_dist.export.nnunet_weights import export_nnunet
 
         out = export_nnunet(args.src, args.out)
         print(f"wrote {out}\nuse: nnUNetv2_train DATASET 2d FOLD -pretrained_weights {out}")
         return 0
-    from .nnunet_dataset import export_acdc_dataset
+    from anatplane_dist.export.nnunet_dataset import export_acdc_dataset
 
     res = export_acdc_dataset(args.src, args.out, dataset_id=args.dataset_id, name=args.dataset_name)
     for f, why in res.skipped:

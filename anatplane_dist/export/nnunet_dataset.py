@@ -21,9 +21,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_json
-from ..errors import AnatplaneError
-from ..finetune.data import ACDC_CLASSES
+from anatplane_dist.core.atomic import atomic_path, atomic_write_json
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.finetune.data import ACDC_CLASSES
 
 __all__ = ["DatasetExportError", "DatasetExport", "export_acdc_dataset"]
 

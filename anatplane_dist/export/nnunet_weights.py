@@ -8,7 +8,7 @@ network from the same plans and checks every key and shape itself: a mismatch is
 message, not an assertion inside nnU-Net's trainer.
 
 Written with ``torch.save`` because nnU-Net's loader expects that container (like the fine-tuned
-cell models of ``anatplane_dist.predict``, read back with ``weights_only=True``).
+cell models of ``anatplane_dist.finetune.predict``, read back with ``weights_only=True``).
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .. import weights
-from ..errors import AnatplaneError
-from ..model import ModelConfig
-from ..model.nnunet import build_nnunet_network, nnunet_state_dict
-from .source import read_model
+from anatplane_dist.core import weights
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.export.source import read_model
+from anatplane_dist.model import ModelConfig
+from anatplane_dist.model.nnunet import build_nnunet_network, nnunet_state_dict
 
 __all__ = ["NnUNetExportError", "to_nnunet", "export_nnunet"]
 

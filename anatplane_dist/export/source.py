@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint as ckpt
-from .. import weights
-from ..errors import AnatplaneError
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
+from anatplane_dist.core.errors import AnatplaneError
 
 __all__ = ["ModelSourceError", "ModelWeights", "read_model"]
 
@@ -39,7 +39,7 @@ def read_model(path: str | Path) -> ModelWeights:
     Raises:
         ModelSourceError: neither, no encoder, or a part that is not a weights file.
     """
-    from ..publish import VerificationError, resolve_version, verify
+    from anatplane_dist.publish import VerificationError, resolve_version, verify
 
     p = Path(path)
     if not p.exists():

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import weights
-from ..model import ModelConfig, build_model
+from anatplane_dist.core import weights
+from anatplane_dist.model import ModelConfig, build_model
 
 __all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "BackboneFactory", "read_pretrained_info", "make_backbone",
            "grid_from_pretrained"]
@@ -65,7 +65,7 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
         PretrainedError: missing, or no ``anatplane-weights/1`` encoder (``encoder.safetensors``,
             or the legacy ``encoder.pt``) in the version.
     """
-    from ..publish import CARD, resolve_version
+    from anatplane_dist.publish import CARD, resolve_version
 
     try:
         version = resolve_version(path)
@@ -141,7 +141,7 @@ def grid_from_pretrained(info: PretrainedInfo) -> tuple[int, float] | None:
 
 def _published_state(info: PretrainedInfo, part: str) -> dict[str, torch.Tensor]:
     """State dict of one published part via the one verified loader (checksums included)."""
-    from ..publish import VerificationError, load_pretrained
+    from anatplane_dist.publish import VerificationError, load_pretrained
 
     try:
         return load_pretrained(info.path.parent, part=part).state_dict()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import KneeStack
+from anatplane_dist.finetune.data import KneeStack
 
 __all__ = ["ClsTrainConfig", "StackClassifier", "roc_auc", "train_classifier", "predict_stacks",
            "evaluate_classifier", "summarise_classification", "fit_and_evaluate_classifier"]

@@ -2,7 +2,7 @@
 
 Fine-tuning must show the encoder what pretraining showed it: 2D slices resampled onto the
 same isotropic grid (size and mm spacing) and normalised the same way
-(:mod:`anatplane_dist.intensity`).  Segmentation labels are resampled with nearest neighbour;
+(:mod:`anatplane_dist.core.intensity`).  Segmentation labels are resampled with nearest neighbour;
 the native label volumes are kept so that metrics are computed at native resolution, not on
 the (coarser or finer) model grid.
 
@@ -23,10 +23,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from ..geometry import GeometryError, Plane, plane_from_nifti, resample_to_grid, target_grid
-from ..data.decode import zscore_
-from ..intensity import robust_rescale
-from ..sources.base import ReaderError, Skip, Slice, Study
+from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_nifti, resample_to_grid, target_grid
+from anatplane_dist.core.intensity import robust_rescale
+from anatplane_dist.data.decode import zscore_
+from anatplane_dist.sources.base import ReaderError, Skip, Slice, Study
 
 __all__ = [
     "FinetuneDataError", "GridSpec", "SegVolume", "SegSubject", "KneeStack", "ACDC_CLASSES",
@@ -318,7 +318,7 @@ def load_knee(root: str | Path, grid: GridSpec, view: str = "sagittal",
     Raises:
         FinetuneDataError: nothing usable.
     """
-    from ..sources import knee as knee_reader  # imported here: pydicom only when needed
+    from anatplane_dist.sources import knee as knee_reader  # imported here: pydicom only when needed
 
     root = Path(root)
     if not root.is_dir():

@@ -23,8 +23,8 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..geometry import resample_to_grid
-from .data import ACDC_CLASSES, SegSubject, SegVolume
+from anatplane_dist.core.geometry import resample_to_grid
+from anatplane_dist.finetune.data import ACDC_CLASSES, SegSubject, SegVolume
 
 __all__ = ["SegTrainConfig", "SegNet", "dice_score", "hd95", "largest_component",
            "train_segmentation", "probs_to_native", "predict_volume", "evaluate_segmentation",

@@ -68,7 +68,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.loc_hidden = [int(h) for h in self.loc_hidden]
         if self.name == "nnunet" and self.plans and self.plans != self.nnunet.get("plans_file"):
-            from .nnunet import read_plans  # (re-)read when the plans path is new or changed
+            from anatplane_dist.model.nnunet import (
+                read_plans,  # (re-)read when the plans path is new or changed
+            )
 
             self.nnunet = read_plans(self.plans, self.in_channels)
         self.validate()
@@ -96,7 +98,7 @@ class ModelConfig:
         if not (self.orientation_head or self.location_head):
             raise ValueError("model: at least one of orientation_head / location_head must be on")
         if self.name == "nnunet" and self.nnunet:  # no plans yet: refused when the network is built
-            from .nnunet import PlansError
+            from anatplane_dist.model.nnunet import PlansError
 
             if int(self.nnunet.get("input_channels", self.in_channels)) != self.in_channels:
                 raise PlansError(f"model.plans: the nnU-Net dataset has {self.nnunet['input_channels']} input "

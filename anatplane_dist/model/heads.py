@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import conv_block
+from anatplane_dist.model.layers import conv_block
 
 __all__ = ["UNetDecoder", "LocationHead"]
 

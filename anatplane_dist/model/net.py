@@ -12,11 +12,11 @@ from typing import Mapping
 
 from torch import Tensor, nn
 
-from .. import weights
-from .config import ModelConfig
-from .heads import LocationHead
-from .layers import init_weights
-from .registry import get_builder
+from anatplane_dist.core import weights
+from anatplane_dist.model.config import ModelConfig
+from anatplane_dist.model.heads import LocationHead
+from anatplane_dist.model.layers import init_weights
+from anatplane_dist.model.registry import get_builder
 
 __all__ = ["MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model", "PARTS"]
 
@@ -87,7 +87,7 @@ def export_parts(model: nn.Module) -> dict[str, dict[str, Tensor]]:
     """fp32 CPU copies of the state dict of each present part (every top-level submodule:
     ``encoder``, ``decoder``, ``location_head``, then any head an objective adds), with
     part-local names, independent of wrappers and of the training precision; what
-    :func:`anatplane_dist.weights.save_part` writes."""
+    :func:`anatplane_dist.core.weights.save_part` writes."""
     return weights.split_parts(weights.fp32_cpu(unwrap_model(model).state_dict()))
 
 

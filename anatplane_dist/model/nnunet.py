@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import AnatplaneError
-from .heads import UNetDecoder
-from .registry import register_encoder
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.model.heads import UNetDecoder
+from anatplane_dist.model.registry import register_encoder
 
 __all__ = ["PlansError", "CONFIGURATION", "read_plans", "build_nnunet_network", "NnUNetDecoder",
            "build_nnunet", "check_data_grid", "nnunet_state_dict"]

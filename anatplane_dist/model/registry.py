@@ -18,7 +18,7 @@ from typing import Callable
 
 from torch import nn
 
-from .config import ModelConfig
+from anatplane_dist.model.config import ModelConfig
 
 __all__ = ["Builder", "register_encoder", "available_models", "get_builder"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .heads import UNetDecoder
-from .layers import check_input_size, make_norm
-from .registry import register_encoder
+from anatplane_dist.model.config import ModelConfig
+from anatplane_dist.model.heads import UNetDecoder
+from anatplane_dist.model.layers import check_input_size, make_norm
+from anatplane_dist.model.registry import register_encoder
 
 __all__ = ["BasicBlock", "ResNetEncoder", "build_resnet"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .heads import UNetDecoder
-from .layers import check_input_size, conv_block
-from .registry import register_encoder
+from anatplane_dist.model.config import ModelConfig
+from anatplane_dist.model.heads import UNetDecoder
+from anatplane_dist.model.layers import check_input_size, conv_block
+from anatplane_dist.model.registry import register_encoder
 
 __all__ = ["UNetEncoder", "build_unet"]
 

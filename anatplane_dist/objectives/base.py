@@ -15,9 +15,9 @@ from typing import Callable, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from anatplane_dist.errors import AnatplaneError
-from anatplane_dist.losses import LossConfig
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.model import ModelConfig
+from anatplane_dist.objectives.losses import LossConfig
 
 __all__ = ["ObjectiveConfig", "SimCLRConfig", "GenesisConfig", "RotationConfig", "Objective",
            "ObjectiveError", "register_objective", "get_objective", "available_objectives"]

@@ -8,12 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from anatplane_dist.losses import LossConfig
 from anatplane_dist.model import ModelConfig
-
-from .base import GenesisConfig, ObjectiveConfig, register_objective
-from .genesis_transforms import genesis_corrupt
-from .nets import RestorationNet, build_encoder_decoder
+from anatplane_dist.objectives.base import GenesisConfig, ObjectiveConfig, register_objective
+from anatplane_dist.objectives.genesis_transforms import genesis_corrupt
+from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.nets import RestorationNet, build_encoder_decoder
 
 __all__ = ["GenesisObjective"]
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anatplane_dist.augment import uniform, unit_range
-
-from .base import GenesisConfig
+from anatplane_dist.data.augment import uniform, unit_range
+from anatplane_dist.objectives.base import GenesisConfig
 
 __all__ = ["genesis_corrupt", "local_shuffle", "bezier_map", "paint_masks"]
 

@@ -1,7 +1,7 @@
 """The paper's objectives: ``multitask`` and its single-task ablations ``orientation`` / ``location``.
 
 All three are today's network (:func:`anatplane_dist.model.build_model`) and today's
-:class:`anatplane_dist.losses.MultitaskLoss`; a single-task variant switches the other head off
+:class:`anatplane_dist.objectives.losses.MultitaskLoss`; a single-task variant switches the other head off
 in the model config (it is not built, so neither its compute nor an unused-parameter problem
 exists) and sets that term's weight to 0.
 """
@@ -12,11 +12,10 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from anatplane_dist.losses import LossConfig, MultitaskLoss
 from anatplane_dist.model import ModelConfig, build_model
-from anatplane_dist.train.validate import pretext_sums
-
-from .base import ObjectiveError, register_objective
+from anatplane_dist.objectives.base import ObjectiveError, register_objective
+from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss
+from anatplane_dist.objectives.validate import pretext_sums
 
 __all__ = ["PretextObjective"]
 

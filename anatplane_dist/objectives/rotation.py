@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anatplane_dist.losses import LossConfig
 from anatplane_dist.model import ModelConfig
-
-from .base import ObjectiveConfig, ObjectiveError, RotationConfig, register_objective
-from .nets import PooledHeadNet, build_encoder, mlp
+from anatplane_dist.objectives.base import ObjectiveConfig, ObjectiveError, RotationConfig, register_objective
+from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.nets import PooledHeadNet, build_encoder, mlp
 
 __all__ = ["RotationObjective", "rotate_batch"]
 

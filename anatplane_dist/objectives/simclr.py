@@ -2,7 +2,7 @@
 
 ``inputs`` stacks the views as ``[view 1 of every image; view 2 of every image]`` (2B images),
 so the positive of row ``i`` is row ``(i + B) mod 2B``. The loss normalises the projections,
-gathers them from every rank with gradients (:func:`anatplane_dist.dist.all_gather_with_grad`) and
+gathers them from every rank with gradients (:func:`anatplane_dist.core.dist.all_gather_with_grad`) and
 takes, for each local anchor, the cross-entropy of its positive among all 2N - 1 other
 embeddings of the global batch (N = images over all ranks). Its mean over ranks - what DDP's
 gradient averaging optimises - equals the loss of one process on the concatenated batch, and so
@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anatplane_dist.losses import LossConfig
+from anatplane_dist.core.dist import all_gather_with_grad
 from anatplane_dist.model import ModelConfig
-
-from .base import ObjectiveConfig, SimCLRConfig, register_objective
-from anatplane_dist.dist import all_gather_with_grad
-from .nets import PooledHeadNet, build_encoder, mlp
-from .views import random_view
+from anatplane_dist.objectives.base import ObjectiveConfig, SimCLRConfig, register_objective
+from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.nets import PooledHeadNet, build_encoder, mlp
+from anatplane_dist.objectives.views import random_view
 
 __all__ = ["SimCLRObjective", "nt_xent_logits"]
 

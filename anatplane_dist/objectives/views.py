@@ -5,7 +5,7 @@ an optional horizontal flip), brightness/contrast jitter, Gaussian blur and addi
 each with its own probability (SimCLR's recipe with the colour operations reduced to the
 two a grayscale MR image has). Intensity operations act on each image rescaled to [0, 1] (the
 stream z-scores images), then the image's own range is restored, as in
-:mod:`anatplane_dist.augment`. Shapes are static and nothing is read back to the host, so it
+:mod:`anatplane_dist.data.augment`. Shapes are static and nothing is read back to the host, so it
 runs inside the train step after the host-to-device copy.
 """
 from __future__ import annotations
@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anatplane_dist.augment import normal, uniform, unit_range
-
-from .base import SimCLRConfig
+from anatplane_dist.data.augment import normal, uniform, unit_range
+from anatplane_dist.objectives.base import SimCLRConfig
 
 __all__ = ["random_view", "crop_thetas", "gaussian_blur"]
 

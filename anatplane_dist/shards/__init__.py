@@ -6,6 +6,6 @@ per-sample crc32 the loader checks), ``writer`` (atomic, deterministic, resumabl
 (a shard read back with tarfile), ``verify`` (``--verify``), ``cli`` (``anatplane shard``).
 The sample schema is in ``shards/FORMAT.md``.
 """
-from .profiles import BUILTIN_PROFILES, Profile, ShardConfig, load_profile
+from anatplane_dist.shards.profiles import BUILTIN_PROFILES, Profile, ShardConfig, load_profile
 
 __all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile"]

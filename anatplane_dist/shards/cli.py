@@ -19,11 +19,11 @@ import argparse
 import os
 import sys
 
-from ..errors import ExitCode
-from .manifest import MergeError, merge_parts
-from .profiles import ShardConfig, load_profile
-from .splits import parse_part
-from .writer import ResumeMismatch
+from anatplane_dist.core.errors import ExitCode
+from anatplane_dist.shards.manifest import MergeError, merge_parts
+from anatplane_dist.shards.profiles import ShardConfig, load_profile
+from anatplane_dist.shards.splits import parse_part
+from anatplane_dist.shards.writer import ResumeMismatch
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
 
 def verify(args: argparse.Namespace) -> int:
     """``--verify DIR``: exit 0 when every shard matches, else ``CHECK_FAILED`` with the list."""
-    from .verify import verify_dir
+    from anatplane_dist.shards.verify import verify_dir
 
     checks = verify_dir(args.verify, workers=max(1, args.workers), progress=not args.no_progress)
     bad = [c for c in checks if not c.ok]
@@ -84,7 +84,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .pipeline import PartBusy, shard_dataset
+    from anatplane_dist.shards.pipeline import PartBusy, shard_dataset
 
     if args.verify:
         return verify(args)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"anatplane shard: {exc}", file=sys.stderr)
         return 2
     if args.slurm_array:
-        from .slurm_array import submit_array
+        from anatplane_dist.shards.slurm_array import submit_array
         return submit_array(args, cfg)
     try:
         result = shard_dataset(args.input, args.out, cfg, workers=args.workers, part=part,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import __version__
-from ..atomic import atomic_write_json
-from ..errors import AnatplaneError
+from anatplane_dist import __version__
+from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.errors import AnatplaneError
 
 __all__ = ["MergeError", "part_path", "write_part", "merge_parts", "PARTS_DIR", "ShardFacts",
            "ShardFactsError", "read_shard_facts", "shard_facts_of_config"]

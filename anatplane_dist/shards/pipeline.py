@@ -24,14 +24,14 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
-from ..sources.base import Skip
-from .manifest import merge_parts, write_part
-from .profiles import ShardConfig
-from .samples import StudySamples
-from .splits import assign_splits, part_subjects
-from .worker import SubjectTask, list_subjects, process_subject, resolve_reader
-from ..atomic import atomic_write_json
-from .writer import Journal, ResumeState, ShardRecord, SplitWriter
+from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.shards.manifest import merge_parts, write_part
+from anatplane_dist.shards.profiles import ShardConfig
+from anatplane_dist.shards.samples import StudySamples
+from anatplane_dist.shards.splits import assign_splits, part_subjects
+from anatplane_dist.shards.worker import SubjectTask, list_subjects, process_subject, resolve_reader
+from anatplane_dist.shards.writer import Journal, ResumeState, ShardRecord, SplitWriter
+from anatplane_dist.sources.base import Skip
 
 __all__ = ["ShardRun", "PartBusy", "shard_dataset"]
 

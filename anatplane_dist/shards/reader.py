@@ -49,7 +49,7 @@ def read_samples(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     Raises:
         anatplane_dist.data.decode.SampleError: a sample the loader would skip (checksum, schema).
     """
-    from ..data.decode import decode_sample
+    from anatplane_dist.data.decode import decode_sample
 
     out: dict[str, dict[str, Any]] = {}
     for raw in iter_raw_samples(path):

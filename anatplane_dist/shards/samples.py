@@ -19,12 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import (Plane, heart_locations, intersection_lines, resample_to_grid, stack_positions,
-                        symmetric_locations, target_grid)
-from ..sources.base import Skip, Slice, Study
-from ..sources.plausible import stack_outliers
-from .profiles import ShardConfig
-from .seal import dumps, join_bodies, seal_body
+from anatplane_dist.core.geometry import (
+    Plane,
+    heart_locations,
+    intersection_lines,
+    resample_to_grid,
+    stack_positions,
+    symmetric_locations,
+    target_grid,
+)
+from anatplane_dist.shards.profiles import ShardConfig
+from anatplane_dist.shards.seal import dumps, join_bodies, seal_body
+from anatplane_dist.sources.base import Skip, Slice, Study
+from anatplane_dist.sources.plausible import stack_outliers
 
 __all__ = ["Sample", "StudySamples", "study_samples", "sample_key", "key_part", "npy_bytes", "MEMBERS",
            "MAX_KEY_BYTES", "robust_range", "PERCENTILE_SAMPLES", "to_float16"]

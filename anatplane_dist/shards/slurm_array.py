@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .profiles import ShardConfig
+from anatplane_dist.shards.profiles import ShardConfig
 
 __all__ = ["PartJob", "run_part", "submit_array"]
 
@@ -35,7 +35,7 @@ class PartJob:
 def run_part(job: PartJob) -> dict[str, Any]:
     """Shard one part (runs inside the array task); returns a small summary."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from .pipeline import shard_dataset
+    from anatplane_dist.shards.pipeline import shard_dataset
 
     run = shard_dataset(job.input_root, job.out_dir, ShardConfig.from_dict(job.config), workers=job.workers,
                         part=(job.part, job.parts), progress=False)
@@ -52,7 +52,7 @@ def submit_array(args: argparse.Namespace, cfg: ShardConfig, cluster: str | None
     """
     import submitit
 
-    from .manifest import MergeError, merge_parts
+    from anatplane_dist.shards.manifest import MergeError, merge_parts
 
     n = int(args.slurm_array)
     out = Path(args.out)

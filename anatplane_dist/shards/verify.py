@@ -19,8 +19,8 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from ..errors import AnatplaneError
-from .seal import seal_error
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.shards.seal import seal_error
 
 __all__ = ["ShardCheck", "verify_shard", "verify_dir"]
 

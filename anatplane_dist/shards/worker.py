@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ..sources.base import Skip
-from .profiles import ShardConfig
-from .samples import StudySamples, study_samples
+from anatplane_dist.shards.profiles import ShardConfig
+from anatplane_dist.shards.samples import StudySamples, study_samples
+from anatplane_dist.sources.base import Skip
 
 __all__ = ["SubjectTask", "process_subject", "resolve_reader", "list_subjects"]
 

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
-from ..atomic import atomic_write_json
-from ..errors import AnatplaneError
-from .samples import Sample
+from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.shards.samples import Sample
 
 if TYPE_CHECKING:                  # webdataset imports torch: seconds, only paid once a shard opens
     import webdataset as wds

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..geometry import Plane
+from anatplane_dist.core.geometry import Plane
 
 __all__ = ["Skip", "Frame", "Slice", "Study", "ReaderError"]
 

@@ -30,15 +30,15 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
-from pydicom.pixels import pixel_array
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from ..geometry import GeometryError, Plane, plane_from_dicom
-from .base import Frame, ReaderError, Slice, Study
-from .plausible import frame_problem
-from .rawtags import RawTags
+from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_dicom
+from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
+from anatplane_dist.sources.plausible import frame_problem
+from anatplane_dist.sources.rawtags import RawTags
 
 __all__ = [
     "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",

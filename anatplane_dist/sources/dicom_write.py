@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
-from ..atomic import atomic_path
-from ..geometry import Plane
+from anatplane_dist.core.atomic import atomic_path
+from anatplane_dist.core.geometry import Plane
 
 __all__ = ["SeriesInfo", "deterministic_uid", "write_mr_image", "format_ds"]
 

@@ -25,11 +25,22 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..geometry import Plane, heart_locations, stack_positions
-from .base import ReaderError, Slice, Study
-from .dicom_read import (DICOM_SUFFIXES, angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
-                         iter_subjects, majority, relpath, relative_reason, scan_headers,
-                         slice_from_group, split_stray_frames)
+from anatplane_dist.core.geometry import Plane, heart_locations, stack_positions
+from anatplane_dist.sources.base import ReaderError, Slice, Study
+from anatplane_dist.sources.dicom_read import (
+    DICOM_SUFFIXES,
+    angle_between_normals_deg,
+    drop_coincident,
+    group_by_plane,
+    iter_subjects,
+    list_dicom_files,
+    majority,
+    relative_reason,
+    relpath,
+    scan_headers,
+    slice_from_group,
+    split_stray_frames,
+)
 
 __all__ = ["VIEWS", "iter_studies", "read_study"]
 

@@ -18,11 +18,19 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..geometry import Plane, stack_positions
-from .base import Slice, Study
-from .dicom_read import (angle_between_normals_deg, drop_coincident, group_by_plane, list_dicom_files,
-                         iter_subjects, majority, relpath, scan_headers,
-                         slice_from_group)
+from anatplane_dist.core.geometry import Plane, stack_positions
+from anatplane_dist.sources.base import Slice, Study
+from anatplane_dist.sources.dicom_read import (
+    angle_between_normals_deg,
+    drop_coincident,
+    group_by_plane,
+    iter_subjects,
+    list_dicom_files,
+    majority,
+    relpath,
+    scan_headers,
+    slice_from_group,
+)
 
 __all__ = ["VIEWS", "classify_normal", "iter_studies", "read_study"]
 

@@ -19,9 +19,9 @@ from typing import Iterator
 import nibabel as nib
 import numpy as np
 
-from ..geometry import GeometryError, plane_from_nifti
-from .base import Frame, ReaderError, Slice, Study
-from .dicom_read import relpath
+from anatplane_dist.core.geometry import GeometryError, plane_from_nifti
+from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
+from anatplane_dist.sources.dicom_read import relpath
 
 __all__ = ["read_nifti_stack", "read_study", "iter_studies", "nifti_stem"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import Plane
+from anatplane_dist.core.geometry import Plane
 
 __all__ = ["MAX_ABS_POSITION_MM", "SPACING_RANGE_MM", "frame_problem", "stack_outliers",
            "OFF_LINE_FLOOR_MM", "GAP_FLOOR_MM", "ROBUST_FACTOR"]

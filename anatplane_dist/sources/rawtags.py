@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 
 __all__ = ["RawTags"]
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import GeometryError, Plane
+from anatplane_dist.core.geometry import GeometryError, Plane
 
 __all__ = ["reslice", "plane_through", "world_to_voxel"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from anatplane_dist.config import PretrainConfig, ds_config
-from anatplane_dist.options import TrainConfig, resolve_backend
-from anatplane_dist.dist import DistEnv, disable_deepspeed_shm_build, is_main_process
+from anatplane_dist.core.dist import DistEnv, disable_deepspeed_shm_build, is_main_process
+from anatplane_dist.train.config import PretrainConfig, ds_config
+from anatplane_dist.train.options import TrainConfig, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class CheckpointLoadError(RuntimeError):
 
 
 def choose_backend(train: "TrainConfig", denv: DistEnv) -> str:
-    """:func:`anatplane_dist.options.resolve_backend` for this process group's launcher."""
+    """:func:`anatplane_dist.train.options.resolve_backend` for this process group's launcher."""
     return resolve_backend(train, denv.world_size, denv.source)
 
 

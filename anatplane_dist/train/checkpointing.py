@@ -4,7 +4,7 @@ Resume (``resume_plan`` on rank 0, before the backend exists, then ``load`` on e
 
 1. ``train.resume=never`` refuses a run dir that holds checkpoints; ``must`` one that holds none.
 2. Complete checkpoints are tried newest first; each is verified against its signed marker
-   (:func:`anatplane_dist.checkpoint.verify`) *before* anything in it is read. The newest that
+   (:func:`anatplane_dist.core.checkpoints.verify`) *before* anything in it is read. The newest that
    verifies is loaded; newer ones that did not are moved to ``checkpoints/refused/`` (kept, with
    the reason) once the load succeeded, since the run will write those steps again.
 3. When checkpoints exist and none verifies, or the newest that verifies does not load (a
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import dist
-from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import dist
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.train.state import RunPlan, TrainState
 
 log = logging.getLogger("anatplane.train")
@@ -134,7 +134,7 @@ class Checkpointer:
     def save(self, backend: Any, state: TrainState, plan: RunPlan, metrics: dict[str, float],
              micro_done: int, train_time_s: float) -> Path:
         """tmp dir (rank 0) → engine state (all ranks) → barrier → meta, fp32, rename, marker."""
-        from anatplane_dist import weights
+        from anatplane_dist.core import weights
 
         t0 = time.perf_counter()
         tmp = ckpt.tmp_dir(self.run_dir, state.step)

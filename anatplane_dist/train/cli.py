@@ -1,10 +1,10 @@
 """``anatplane pretrain`` / ``launch/pretrain.py``: ``--config FILE|PRESET [--run-dir DIR] [key=value ...]``.
 
 The same command runs under ``python``, ``torchrun --nproc_per_node G`` and ``deepspeed
---num_gpus G`` (which adds ``--local_rank=N``); :mod:`anatplane_dist.dist` sorts out which.
+--num_gpus G`` (which adds ``--local_rank=N``); :mod:`anatplane_dist.core.dist` sorts out which.
 Without ``--config`` it trains the tiny preset on the built-in heart phantom (generated on
 first use). Re-running the same command on the same run directory resumes (the rules are in
-docs/training.md, "Resume"). Exit codes are the package's table (:mod:`anatplane_dist.errors`).
+docs/training.md, "Resume"). Exit codes are the package's table (:mod:`anatplane_dist.core.errors`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from anatplane_dist.errors import EXIT_CODES, AnatplaneError, ExitCode, one_line
+from anatplane_dist.core.errors import EXIT_CODES, AnatplaneError, ExitCode, one_line
 
 log = logging.getLogger("anatplane.train")
 
@@ -43,9 +43,9 @@ def _setup_logging(rank: int) -> None:
 
 def _resolve_data(cfg):
     """Built-in data made on rank 0 (others wait), then a shard folder expanded to its tar files."""
-    from anatplane_dist import demo_data
-    from anatplane_dist.config import resolve_shard_dir
-    from anatplane_dist.dist import on_main
+    from anatplane_dist.core.dist import on_main
+    from anatplane_dist.data import builtin as demo_data
+    from anatplane_dist.train.config import resolve_shard_dir
     if demo_data.is_builtin(cfg.data.shards):
         shards = on_main(lambda spec: str(demo_data.resolve_builtin(spec)), cfg.data.shards)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shards=shards))
@@ -53,9 +53,9 @@ def _resolve_data(cfg):
 
 
 def _train(args: argparse.Namespace, denv) -> int:
-    from anatplane_dist.config import load_config, resolve_config_path
-    from anatplane_dist.dist import is_main_process, on_main
-    from anatplane_dist.testing.faults import hooks_from_env
+    from anatplane_dist.core.dist import is_main_process, on_main
+    from anatplane_dist.train.config import load_config, resolve_config_path
+    from anatplane_dist.train.hooks import hooks_from_env
     from anatplane_dist.train.runlock import RunLock
     from anatplane_dist.train.signals import StopRequest
     from anatplane_dist.train.trainer import train
@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace, denv) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anatplane_dist.dist import DistEnvError, init_distributed, resolve_env, shutdown
+    from anatplane_dist.core.dist import DistEnvError, init_distributed, resolve_env, shutdown
 
     argv = [f"--local_rank={args.local_rank}"] if args.local_rank is not None else []
     try:

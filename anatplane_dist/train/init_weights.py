@@ -12,9 +12,9 @@ from pathlib import Path
 
 from torch import nn
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
-from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
+from anatplane_dist.core.errors import AnatplaneError
 
 log = logging.getLogger("anatplane.train")
 

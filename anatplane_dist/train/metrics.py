@@ -59,7 +59,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     On resume from step N the history must read as one run: steps N+1... are trained again
     and would otherwise appear twice. Rewritten atomically; returns the rows dropped.
     """
-    from anatplane_dist.atomic import atomic_write_text
+    from anatplane_dist.core.atomic import atomic_write_text
 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():

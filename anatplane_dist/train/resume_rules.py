@@ -22,9 +22,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from anatplane_dist.atomic import atomic_write_text
-from anatplane_dist.config import changed_keys, read_yaml_mapping
-from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.core.atomic import atomic_write_text
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.train.config import changed_keys, read_yaml_mapping
 
 HISTORY = "config-history.jsonl"
 CONFIG = "config.yaml"
@@ -76,7 +76,7 @@ def check_config_change(run_dir: Path, new: dict[str, Any], manifest_hash: str |
     Raises:
         ConfigChangeRefused: names every unsafe key with its old and new value.
     """
-    from anatplane_dist.checkpoint import list_complete
+    from anatplane_dist.core.checkpoints import list_complete
     old = saved_config(run_dir)
     if old is None or not list_complete(run_dir):   # nothing to resume: a fresh start may differ
         return []
@@ -86,7 +86,7 @@ def check_config_change(run_dir: Path, new: dict[str, Any], manifest_hash: str |
     same_data = manifest_hash is not None and manifest_hash == last_manifest_hash(run_dir)
     unsafe = [k for k in changed if not _is_safe(k) and not (_is_data_path(k) and same_data)]
     if unsafe and not allow:
-        from anatplane_dist.config import flatten
+        from anatplane_dist.train.config import flatten
         a, b = flatten(old), flatten(new)
         shown = "; ".join(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in unsafe[:6])
         more = f" and {len(unsafe) - 6} more" if len(unsafe) > 6 else ""

@@ -21,7 +21,7 @@ import socket
 import sys
 from pathlib import Path
 
-from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError
 
 LOCK_NAME = ".lock"
 

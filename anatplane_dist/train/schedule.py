@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 
-from anatplane_dist.options import OptimConfig
+from anatplane_dist.train.options import OptimConfig
 
 
 @dataclass(frozen=True)

@@ -27,20 +27,30 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import dist, stream
-from anatplane_dist.atomic import atomic_write_text
-from anatplane_dist.augment import augment_batch
-from anatplane_dist.config import PretrainConfig, accum_for, dump_yaml, global_batch, micro_batch, scaled_lr, to_dict
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import dist
+from anatplane_dist.core.atomic import atomic_write_text
+from anatplane_dist.core.dist import DistEnv, MetricSums
+from anatplane_dist.core.errors import AnatplaneError, ExitCode
+from anatplane_dist.data import stream
+from anatplane_dist.data.augment import augment_batch
 from anatplane_dist.data.shardlist import SharedEpoch, derive_seed
-from anatplane_dist.dist import DistEnv, MetricSums
-from anatplane_dist.errors import AnatplaneError, ExitCode
 from anatplane_dist.model import check_data_grid
 from anatplane_dist.objectives import Objective, get_objective
 from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts
 from anatplane_dist.train import resume_rules
 from anatplane_dist.train.backends import Backend, choose_backend, make_backend
 from anatplane_dist.train.checkpointing import Checkpointer, ResumePlan, agree_on_plan
+from anatplane_dist.train.config import (
+    PretrainConfig,
+    accum_for,
+    dump_yaml,
+    global_batch,
+    micro_batch,
+    scaled_lr,
+    to_dict,
+)
+from anatplane_dist.train.hooks import StepHook
 from anatplane_dist.train.init_weights import load_init_weights
 from anatplane_dist.train.metrics import MetricsWriter, Progress, truncate_metrics
 from anatplane_dist.train.schedule import LRSchedule, build_optimizer, make_schedule, set_lr
@@ -56,7 +66,6 @@ class NonFiniteLossError(AnatplaneError):
 
 
 #: called with the optimiser step about to start (tests use it to kill a run at a known step)
-StepHook = Callable[[int], None]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from anatplane_dist import dist, weights
+from anatplane_dist.core import dist, weights
 
 
 @contextlib.contextmanager

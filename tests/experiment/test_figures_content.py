@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from anatplane_dist.experiment.figures import overlay_rgb, plot_heatmaps, plot_overlays
 from anatplane_dist.experiment.heatmaps import pick_samples, read_validation_samples, target_heatmaps
-from anatplane_dist.figures import overlay_rgb, plot_heatmaps, plot_overlays
-
-from .conftest import SPACING
+from tests.experiment.conftest import SPACING
 
 
 def _pixel_to_mm(grid: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

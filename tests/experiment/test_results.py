@@ -9,9 +9,9 @@ import matplotlib
 import numpy as np
 import pytest
 
+from anatplane_dist.experiment.figures import plot_curves, plot_paired
 from anatplane_dist.experiment.report import render_report
 from anatplane_dist.experiment.results import cell_stats, comparisons, load_results
-from anatplane_dist.figures import plot_curves, plot_paired
 
 TEST = ["p1", "p2", "p3", "p4"]
 SEEDS = [0, 1, 2]

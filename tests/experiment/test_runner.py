@@ -15,8 +15,7 @@ import pytest
 from anatplane_dist.cli import main as anatplane
 from anatplane_dist.experiment.runner import draw_split, draw_subsets, run_experiment
 from anatplane_dist.experiment.spec import SpecError, load_spec
-
-from .conftest import write_spec
+from tests.experiment.conftest import write_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,9 +120,8 @@ def test_changed_arm_reruns_only_its_cells(tmp_path, tiny_data):
     assert second["cells_cached"] == 1 and second["cells_run"] == 1       # random kept, multitask rerun
     assert second["arms"]["multitask"]["published"] != first["arms"]["multitask"]["published"]
     # the heatmap figure of a real published network: its ground truth on the plane intersection
-    from anatplane_dist.figures import heatmap_panels
-
-    from .test_figures_content import assert_ridge_on_plane
+    from anatplane_dist.experiment.figures import heatmap_panels
+    from tests.experiment.test_figures_content import assert_ridge_on_plane
 
     panels = heatmap_panels(second["arms"]["multitask"]["published"], tiny_data[0], count=2)
     assert len(panels) == 2 and panels[0]["pred"].shape == panels[0]["gt"].shape

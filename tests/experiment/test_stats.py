@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from anatplane_dist.experiment.stats import (auc, bootstrap_auc, bootstrap_ci, paired_auc_difference,
-                                             paired_difference, wilcoxon_p)
+from anatplane_dist.experiment.stats import (
+    auc,
+    bootstrap_auc,
+    bootstrap_ci,
+    paired_auc_difference,
+    paired_difference,
+    wilcoxon_p,
+)
 
 
 def test_bootstrap_of_two_points_matches_the_exact_bootstrap_distribution():

@@ -81,7 +81,7 @@ def write_knee_subject(root: Path, subject: str, rng: np.random.Generator, lesio
     ~y), one frame of reference; ``lesion`` puts a bright blob on one sagittal slice."""
     from pydicom.uid import generate_uid
 
-    from anatplane_dist.geometry import Plane
+    from anatplane_dist.core.geometry import Plane
     from anatplane_dist.sources.dicom_write import SeriesInfo, write_mr_image
 
     study_uid, for_uid = generate_uid(), generate_uid()
@@ -131,8 +131,8 @@ def publish_weights(tmp_path: Path, model_config, num_channels: int = 2, grid: i
     import torch
     import yaml
 
-    from anatplane_dist import checkpoint as ckpt
-    from anatplane_dist import weights
+    from anatplane_dist.core import checkpoints as ckpt
+    from anatplane_dist.core import weights
     from anatplane_dist.model import build_model, export_parts
     from anatplane_dist.publish import publish
 

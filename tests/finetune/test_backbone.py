@@ -6,13 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from anatplane_dist import weights
-from anatplane_dist.finetune.backbone import (PretrainedError, grid_from_pretrained, make_backbone,
-                                              read_pretrained_info)
+from anatplane_dist.core import weights
+from anatplane_dist.finetune.backbone import (
+    PretrainedError,
+    grid_from_pretrained,
+    make_backbone,
+    read_pretrained_info,
+)
 from anatplane_dist.model import ModelConfig
 from anatplane_dist.publish import load_pretrained
-
-from .conftest import publish_weights
+from tests.finetune.conftest import publish_weights
 
 TINY = ModelConfig(name="unet", width=8, depth=3, loc_hidden=[16])
 

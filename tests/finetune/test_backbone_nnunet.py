@@ -12,8 +12,7 @@ from anatplane_dist.finetune.backbone import make_backbone  # noqa: E402
 from anatplane_dist.finetune.segmentation import SegNet  # noqa: E402
 from anatplane_dist.model import ModelConfig  # noqa: E402
 from anatplane_dist.publish import load_pretrained  # noqa: E402
-
-from .conftest import publish_weights  # noqa: E402
+from tests.finetune.conftest import publish_weights  # noqa: E402
 
 
 def _write_plans(folder: Path) -> Path:

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from anatplane_dist.finetune.classification import (ClsTrainConfig, StackClassifier, evaluate_classifier,
-                                                    roc_auc, summarise_classification, train_classifier)
+from anatplane_dist.finetune.classification import (
+    ClsTrainConfig,
+    StackClassifier,
+    evaluate_classifier,
+    roc_auc,
+    summarise_classification,
+    train_classifier,
+)
 from anatplane_dist.finetune.data import KneeStack
 from anatplane_dist.model import ModelConfig, build_model
 

@@ -7,12 +7,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from anatplane_dist.finetune.data import (ACDC_CLASSES, FinetuneDataError, GridSpec, load_acdc, load_knee,
-                                          read_labels_csv, stack_from_study)
-from anatplane_dist.geometry import Plane
+from anatplane_dist.core.geometry import Plane
+from anatplane_dist.finetune.data import (
+    ACDC_CLASSES,
+    FinetuneDataError,
+    GridSpec,
+    load_acdc,
+    load_knee,
+    read_labels_csv,
+    stack_from_study,
+)
 from anatplane_dist.sources.base import Frame, Slice, Study
-
-from .conftest import write_acdc, write_acdc_subject
+from tests.finetune.conftest import write_acdc, write_acdc_subject
 
 GRID = GridSpec(size=64, spacing=1.5)
 

@@ -8,9 +8,17 @@ import pytest
 import torch
 
 from anatplane_dist.finetune.data import GridSpec, load_acdc
-from anatplane_dist.finetune.segmentation import (SegNet, SegTrainConfig, dice_score, evaluate_segmentation,
-                                                  hd95, largest_component, probs_to_native,
-                                                  summarise_segmentation, train_segmentation)
+from anatplane_dist.finetune.segmentation import (
+    SegNet,
+    SegTrainConfig,
+    dice_score,
+    evaluate_segmentation,
+    hd95,
+    largest_component,
+    probs_to_native,
+    summarise_segmentation,
+    train_segmentation,
+)
 from anatplane_dist.model import ModelConfig, build_model
 
 GRID = GridSpec(size=64, spacing=1.5)

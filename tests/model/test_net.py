@@ -5,9 +5,15 @@ import pytest
 import torch
 import yaml
 
-from anatplane_dist import weights
-from anatplane_dist.model import (ModelConfig, available_models, build_model, export_parts, load_parts,
-                                  unwrap_model)
+from anatplane_dist.core import weights
+from anatplane_dist.model import (
+    ModelConfig,
+    available_models,
+    build_model,
+    export_parts,
+    load_parts,
+    unwrap_model,
+)
 
 ARCHS = ["unet", "resnet"]
 
@@ -171,7 +177,7 @@ def test_compiled_training_step_matches_eager():
 @pytest.mark.parametrize("name", ARCHS)
 def test_starts_near_zero_heatmaps_and_mid_location_then_fits_a_batch(name):
     """Output layers start small (heatmaps ~0, location ~0.5) and the network can learn."""
-    from anatplane_dist.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+    from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
     torch.manual_seed(0)
     net = build_model(ModelConfig(name=name, width=4, depth=2, loc_dropout=0.0), 1).train()
     g = torch.Generator().manual_seed(0)

@@ -8,12 +8,11 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from anatplane_dist.losses import LossConfig  # noqa: E402
 from anatplane_dist.model import ModelConfig, build_model, check_data_grid, export_parts  # noqa: E402
 from anatplane_dist.model.nnunet import PlansError, build_nnunet_network, nnunet_state_dict  # noqa: E402
 from anatplane_dist.objectives.base import ObjectiveConfig, available_objectives, get_objective  # noqa: E402
-
-from .nnunet_plans import write_plans  # noqa: E402
+from anatplane_dist.objectives.losses import LossConfig  # noqa: E402
+from tests.model.nnunet_plans import write_plans  # noqa: E402
 
 K = 3
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anatplane_dist.model import ModelConfig, available_models, build_model, register_encoder
-from anatplane_dist.model import registry
+from anatplane_dist.model import ModelConfig, available_models, build_model, register_encoder, registry
 from anatplane_dist.model.heads import UNetDecoder
 from anatplane_dist.model.unet import UNetEncoder
 

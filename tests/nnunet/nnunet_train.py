@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "trainers"))
 
-from nnunetv2.run import run_training  # noqa: E402
 from nnUNetTrainer_anatplaneShort import nnUNetTrainer_anatplaneShort  # noqa: E402
+from nnunetv2.run import run_training  # noqa: E402
 
 _find = run_training.recursive_find_trainer_class_by_name
 

@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from anatplane_dist import checkpoint as ckpt  # noqa: E402
-from anatplane_dist import weights  # noqa: E402
+from anatplane_dist.core import checkpoints as ckpt  # noqa: E402
+from anatplane_dist.core import weights  # noqa: E402
 from anatplane_dist.model import ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

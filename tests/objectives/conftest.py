@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from anatplane_dist.geometry import render_heatmaps
-from anatplane_dist.losses import LossConfig
+from anatplane_dist.core.geometry import render_heatmaps
 from anatplane_dist.model import ModelConfig
+from anatplane_dist.objectives.losses import LossConfig
 
 
 def tiny_model(norm: str = "batch") -> ModelConfig:

@@ -6,9 +6,13 @@ import dataclasses
 import torch
 
 from anatplane_dist.objectives import GenesisConfig
-from anatplane_dist.objectives.genesis_transforms import bezier_map, genesis_corrupt, local_shuffle, paint_masks
-
-from .conftest import fixed_batch
+from anatplane_dist.objectives.genesis_transforms import (
+    bezier_map,
+    genesis_corrupt,
+    local_shuffle,
+    paint_masks,
+)
+from tests.objectives.conftest import fixed_batch
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist.dist import free_port
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core.dist import free_port
+from anatplane_dist.core.weights import find_parts
 from anatplane_dist.objectives import ObjectiveConfig, get_objective
 from anatplane_dist.train.metrics import read_metrics
-from anatplane_dist.weights import find_parts
+from tests.objectives.conftest import tiny_loss
 from tests.train.conftest import subprocess_env
 from tests.train.synth import config_yaml, write_shards
-
-from .conftest import tiny_loss
 
 #: objective -> (its loss parts in metrics.jsonl, the parts its checkpoint exports)
 EXPECTED = {

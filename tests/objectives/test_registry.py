@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from anatplane_dist.config import ConfigError, apply_overrides, from_dict
-from anatplane_dist.errors import AnatplaneError, ExitCode
-from anatplane_dist.losses import LossConfig
-from anatplane_dist.objectives import (ObjectiveConfig, ObjectiveError, available_objectives, get_objective)
-
-from .conftest import tiny_loss
+from anatplane_dist.core.errors import AnatplaneError, ExitCode
+from anatplane_dist.objectives import ObjectiveConfig, ObjectiveError, available_objectives, get_objective
+from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.train.config import ConfigError, apply_overrides, from_dict
+from tests.objectives.conftest import tiny_loss
 
 ALL = ["genesis", "location", "multitask", "orientation", "rotation", "simclr"]
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.multiprocessing as tmp
 
-from anatplane_dist.dist import free_port
+from anatplane_dist.core.dist import free_port
 from anatplane_dist.objectives import ObjectiveConfig, SimCLRConfig, get_objective
 from anatplane_dist.objectives.simclr import nt_xent_logits
-
-from .conftest import fixed_batch, tiny_loss, tiny_model
+from tests.objectives.conftest import fixed_batch, tiny_loss, tiny_model
 
 WORLD = 2
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from anatplane_dist.objectives import ObjectiveConfig, available_objectives, get_objective
-
-from .conftest import fixed_batch, tiny_loss, tiny_model
+from tests.objectives.conftest import fixed_batch, tiny_loss, tiny_model
 
 #: the parts each objective's network must expose (top-level children), and what transfers
 PARTS = {

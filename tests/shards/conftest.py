@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anatplane_dist.geometry import Plane
+from anatplane_dist.core.geometry import Plane
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
 from anatplane_dist.sources.base import Frame, Slice, Study
 

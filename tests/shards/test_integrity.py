@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from anatplane_dist.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
@@ -74,8 +74,9 @@ def flip_inside_first_image(tar: Path) -> str:
 
 def test_verify_passes_a_good_set_and_lists_a_flipped_byte(tmp_path, shard_dir, capsys):
     import shutil
+
     from anatplane_dist.cli import main
-    from anatplane_dist.errors import ExitCode
+    from anatplane_dist.core.errors import ExitCode
 
     assert main(["shard", "--verify", str(shard_dir), "--no-progress"]) == ExitCode.OK
     assert "every shard matches" in capsys.readouterr().out
@@ -93,7 +94,8 @@ def test_verify_passes_a_good_set_and_lists_a_flipped_byte(tmp_path, shard_dir, 
 
 def test_loader_skips_and_counts_a_flipped_image_byte(tmp_path, shard_dir):
     import shutil
-    from anatplane_dist.stream import DataConfig, make_val_loader
+
+    from anatplane_dist.data.stream import DataConfig, make_val_loader
 
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import re
 import json
+import re
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from anatplane_dist.geometry import Plane
+from anatplane_dist.core.geometry import Plane
 from anatplane_dist.shards.samples import sample_key, study_samples
 from tests.shards.conftest import heart_study, make_slice, plane_through
 

@@ -31,7 +31,7 @@ def test_array_of_parts_merges_to_the_single_run_result(dsbcc_tree, tmp_path, ca
 
 @pytest.mark.slurm
 def test_array_on_a_real_slurm_cluster(dsbcc_tree, tmp_path, monkeypatch):
-    from anatplane_dist.testing.slurm_cluster import ClusterUnavailable, SlurmCluster, unavailable_reason
+    from tests.slurm.cluster import ClusterUnavailable, SlurmCluster, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from anatplane_dist.testing.slurm_cluster import ClusterUnavailable, SlurmCluster, unavailable_reason
+from tests.slurm.cluster import ClusterUnavailable, SlurmCluster, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "launch" / "submit.py"
@@ -43,7 +43,7 @@ def slurm_cluster():
 def tiny_shards(tmp_path_factory) -> Path:
     """The built-in heart phantom, sharded by the real ``anatplane phantom`` / ``shard`` commands
     (3 subjects); reused from ``$ANATPLANE_CACHE`` when that is set."""
-    from anatplane_dist.demo_data import DEMO_CACHE_ENV, ensure_demo_shards
+    from anatplane_dist.data.builtin import DEMO_CACHE_ENV, ensure_demo_shards
 
     cache = os.environ.get(DEMO_CACHE_ENV)
     root = Path(cache) if cache else tmp_path_factory.mktemp("demo-data")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from anatplane_dist.testing import slurm_cluster as sc
+from tests.slurm import cluster as sc
 
 pytestmark = pytest.mark.slurm
 
 
 def _start_harness_process() -> tuple[subprocess.Popen, Path]:
-    """``python -m anatplane_dist.testing.slurm_cluster`` (the runbook's command) in the background."""
-    proc = subprocess.Popen([sys.executable, "-m", "anatplane_dist.testing.slurm_cluster"],
+    """``python -m tests.slurm.cluster`` (the runbook's command) in the background."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.slurm.cluster"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("export SLURM_CONF="), (line, proc.stderr.read() if proc.poll() is not None else "")

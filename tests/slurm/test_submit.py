@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
 from anatplane_dist import publish as pub
-
-from .conftest import TINY, run_submit, submit_env
+from anatplane_dist.core import checkpoints as ckpt
+from tests.slurm.conftest import TINY, run_submit, submit_env
 
 pytestmark = pytest.mark.slurm
 

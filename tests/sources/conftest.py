@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from anatplane_dist.geometry import Plane
+from anatplane_dist.core.geometry import Plane
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from anatplane_dist.sources.reslice import plane_through
 

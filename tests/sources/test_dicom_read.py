@@ -10,8 +10,15 @@ import pydicom
 import pytest
 
 from anatplane_dist.sources.base import ReaderError, Study
-from anatplane_dist.sources.dicom_read import (group_by_plane, iter_subjects, list_dicom_files, load_frames,
-                                               load_pixels, read_header, scan_headers)
+from anatplane_dist.sources.dicom_read import (
+    group_by_plane,
+    iter_subjects,
+    list_dicom_files,
+    load_frames,
+    load_pixels,
+    read_header,
+    scan_headers,
+)
 from anatplane_dist.sources.dicom_write import write_mr_image
 
 
@@ -182,6 +189,7 @@ def test_raw_tag_fast_path_agrees_with_pydicom(tmp_path, kit):
     implicit VR little endian), and anything it is unsure of falls back to pydicom."""
     import pydicom
     from pydicom.uid import ImplicitVRLittleEndian
+
     from anatplane_dist.sources.rawtags import _VR, RawTags
 
     files = kit.write_series(tmp_path / "s", kit.sax_planes(2), kit.series_info("S", "s", 7), frames=2)

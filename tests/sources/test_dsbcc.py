@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from anatplane_dist.geometry import Plane, heart_locations, stack_positions
+from anatplane_dist.core.geometry import Plane, heart_locations, stack_positions
 from anatplane_dist.sources import dsbcc
 from anatplane_dist.sources.dicom_read import load_pixels
 from anatplane_dist.sources.reslice import plane_through
@@ -211,6 +211,7 @@ def test_nothing_usable_does_not_stop_iteration(tmp_path: Path, kit):
 
 def test_nan_pixels_surface_as_reader_error_at_load(tmp_path: Path, kit):
     import pydicom
+
     from anatplane_dist.sources.base import ReaderError
     kit.write_heart_study(tmp_path, "S", n_sax=2)
     f = sorted((tmp_path / "S/study/sax_10").glob("*.dcm"))[0]

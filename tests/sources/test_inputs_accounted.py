@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from anatplane_dist.sources import dsbcc
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
+from anatplane_dist.sources import dsbcc
 
 
 def unreadable(monkeypatch, folder: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anatplane_dist.geometry import Plane, stack_positions, symmetric_locations
+from anatplane_dist.core.geometry import Plane, stack_positions, symmetric_locations
 from anatplane_dist.sources import knee
 from anatplane_dist.sources.dicom_write import write_mr_image
 from anatplane_dist.sources.reslice import plane_through

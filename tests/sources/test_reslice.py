@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from anatplane_dist.geometry import GeometryError, Plane, clip_lines, intersection_lines, plane_from_nifti
+from anatplane_dist.core.geometry import (
+    GeometryError,
+    Plane,
+    clip_lines,
+    intersection_lines,
+    plane_from_nifti,
+)
 from anatplane_dist.sources.reslice import plane_through, reslice, world_to_voxel
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")

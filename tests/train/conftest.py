@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from .synth import write_shards
+from tests.train.synth import write_shards
 
 DIST_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anatplane_dist.dist import free_port
-
-from .conftest import subprocess_env
+from anatplane_dist.core.dist import free_port
+from tests.train.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = str(REPO / "launch" / "pretrain.py")

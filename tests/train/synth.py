@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from anatplane_dist.geometry import render_heatmaps
+from anatplane_dist.core.geometry import render_heatmaps
 
 
 def _sample(rng: np.random.Generator, grid: int, k: int) -> dict[str, np.ndarray]:

@@ -7,17 +7,16 @@ import sys
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist.weights import load_part
-from anatplane_dist.dist import DistEnv
-from anatplane_dist.errors import AnatplaneError
-from anatplane_dist.options import TrainConfig
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core.dist import DistEnv
+from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.weights import load_part
 from anatplane_dist.train.backends import ENGINE_TAG, choose_backend
 from anatplane_dist.train.cli import main
-
-from .conftest import subprocess_env
-from .launch import PRETRAIN, tail
-from .synth import config_yaml
+from anatplane_dist.train.options import TrainConfig
+from tests.train.conftest import subprocess_env
+from tests.train.launch import PRETRAIN, tail
+from tests.train.synth import config_yaml
 
 
 def test_deepspeed_bf16_exports_fp32_master_weights(tmp_path, shards):

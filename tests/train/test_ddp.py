@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from anatplane_dist import checkpoint as ckpt
+from anatplane_dist.core import checkpoints as ckpt
 from anatplane_dist.train.metrics import read_metrics
-
-from .launch import tail, torchrun
-from .synth import config_yaml
+from tests.train.launch import tail, torchrun
+from tests.train.synth import config_yaml
 
 
 @pytest.mark.parametrize("resampled", [False, True], ids=["permuted", "resampled"])

@@ -4,14 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
 from anatplane_dist.train.backends import ENGINE_TAG
-from anatplane_dist.testing.faults import FAULT_ENV
 from anatplane_dist.train.metrics import read_metrics
-
-from .launch import tail, torchrun
-from .synth import config_yaml
+from tests.train.faults import fault_env
+from tests.train.launch import tail, torchrun
+from tests.train.synth import config_yaml
 
 
 def _weights(ckpt_dir):
@@ -31,7 +30,7 @@ def test_zero_kill_and_resume_matches_uninterrupted(tmp_path, shards, stage):
     assert ref.returncode == 0, tail(ref)
     assert (ref_run / "ds_config.json").is_file()
 
-    killed = torchrun(2, cfg, run, env={FAULT_ENV: "5"})      # SIGKILL on both ranks as step 6 starts
+    killed = torchrun(2, cfg, run, env=fault_env(5))      # SIGKILL on both ranks as step 6 starts
     assert killed.returncode != 0
     latest = ckpt.find_latest_complete(run)
     assert ckpt.step_of(latest) == 3                        # mid-epoch 0 (4 steps/epoch)

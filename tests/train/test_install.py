@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from .conftest import subprocess_env
-from .launch import REPO, tail
+from tests.train.conftest import subprocess_env
+from tests.train.launch import REPO, tail
 
 
 @pytest.mark.slow

@@ -7,15 +7,14 @@ import sys
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
 from anatplane_dist.cli import main as anatplane
-from anatplane_dist.testing.faults import FAULT_ENV
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
 from anatplane_dist.train.metrics import read_metrics
-
-from .conftest import subprocess_env
-from .launch import PRETRAIN, deepspeed_launcher, tail
-from .synth import config_yaml
+from tests.train.conftest import subprocess_env
+from tests.train.faults import fault_env
+from tests.train.launch import PRETRAIN, deepspeed_launcher, tail
+from tests.train.synth import config_yaml
 
 
 def test_deepspeed_launcher_two_ranks_and_rerun_resumes(tmp_path, shards, monkeypatch):
@@ -23,11 +22,14 @@ def test_deepspeed_launcher_two_ranks_and_rerun_resumes(tmp_path, shards, monkey
     cfg.write_text(config_yaml(shards, train={"epochs": 2, "backend": "auto", "zero_stage": 1, "grad_accum": 2,
                                               "ckpt_every": 1, "log_every": 1}))
     run = tmp_path / "run"
-    monkeypatch.setenv(FAULT_ENV, "3")
+    for k, v in fault_env(3).items():
+        monkeypatch.setenv(k, v)
     first = deepspeed_launcher(2, cfg, run)
     assert first.returncode != 0                      # both ranks SIGKILLed as step 4 starts
     assert ckpt.step_of(ckpt.find_latest_complete(run)) == 3
-    monkeypatch.delenv(FAULT_ENV)
+    for k in fault_env(3):
+        if k != "PYTHONPATH":
+            monkeypatch.delenv(k)
     second = deepspeed_launcher(2, cfg, run)          # the same command again: resumes
     assert second.returncode == 0, tail(second)
     meta = ckpt.read_meta(ckpt.find_latest_complete(run))

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
-from anatplane_dist.errors import ExitCode
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
+from anatplane_dist.core.errors import ExitCode
 from anatplane_dist.train.metrics import read_metrics
 from anatplane_dist.train.runlock import RunLock, RunLockedError
-
-from .conftest import subprocess_env
-from .launch import PRETRAIN, tail
-from .synth import config_yaml
+from tests.train.conftest import subprocess_env
+from tests.train.launch import PRETRAIN, tail
+from tests.train.synth import config_yaml
 
 #: long enough that the signal always lands mid-run (steps take ~10-50 ms here)
 LONG = {"epochs": 40, "ckpt_every": 1000, "log_every": 1, "progress": "none", "keep_last": 3}

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
-from anatplane_dist.errors import ExitCode
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
+from anatplane_dist.core.errors import ExitCode
 from anatplane_dist.train.cli import main
 from anatplane_dist.train.metrics import read_metrics
 from anatplane_dist.train.resume_rules import HISTORY
-
-from .synth import config_yaml
+from tests.train.synth import config_yaml
 
 QUIET = {"progress": "none"}
 

@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from anatplane_dist.options import OptimConfig
-from anatplane_dist.train.schedule import LRSchedule, Lamb, build_optimizer, make_schedule, param_groups, set_lr
+from anatplane_dist.train.options import OptimConfig
+from anatplane_dist.train.schedule import (
+    Lamb,
+    LRSchedule,
+    build_optimizer,
+    make_schedule,
+    param_groups,
+    set_lr,
+)
 
 
 def test_warmup_is_linear_and_reaches_peak():

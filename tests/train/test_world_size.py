@@ -15,17 +15,13 @@ import sys
 
 import pytest
 
-from anatplane_dist import checkpoint as ckpt
-from anatplane_dist import weights
-
-from anatplane_dist.testing.faults import FAULT_ENV
+from anatplane_dist.core import checkpoints as ckpt
+from anatplane_dist.core import weights
 from anatplane_dist.train.metrics import read_metrics
-
-
-
-from .conftest import subprocess_env
-from .launch import PRETRAIN, tail, torchrun
-from .synth import config_yaml, write_shards
+from tests.train.conftest import subprocess_env
+from tests.train.faults import fault_env
+from tests.train.launch import PRETRAIN, tail, torchrun
+from tests.train.synth import config_yaml, write_shards
 
 # 32 samples/epoch at a global batch of 8: 4 steps/epoch, 3 epochs = 12 steps
 TRAIN = {"epochs": 3, "global_batch": 8, "ckpt_every": 2, "log_every": 1, "progress": "none", "keep_last": 10}
@@ -74,7 +70,7 @@ def _lr_by_step(run_dir):
 def _segments(cfg, run, worlds, kill_at):
     """Train on ``worlds[i]`` ranks until step ``kill_at[i]`` (SIGKILL), the last one to the end."""
     for i, nproc in enumerate(worlds):
-        env = {FAULT_ENV: str(kill_at[i])} if i < len(kill_at) else None
+        env = fault_env(kill_at[i]) if i < len(kill_at) else None
         proc = _launch(nproc, cfg, run, env)
         if env is None:
             assert proc.returncode == 0, tail(proc)

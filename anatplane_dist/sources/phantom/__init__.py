@@ -8,9 +8,9 @@
 Images are rendered by evaluating an analytic anatomy at the world position of every pixel of
 a prescribed plane, so the geometry the readers recover is exact by construction.
 """
-from .acdc import AcdcCohortConfig, write_acdc_cohort
-from .dsbcc_writer import MESS_KINDS, HeartCohortConfig, write_heart_cohort
-from .knee_writer import KneeCohortConfig, write_knee_cohort
+from anatplane_dist.sources.phantom.acdc import AcdcCohortConfig, write_acdc_cohort
+from anatplane_dist.sources.phantom.dsbcc_writer import MESS_KINDS, HeartCohortConfig, write_heart_cohort
+from anatplane_dist.sources.phantom.knee_writer import KneeCohortConfig, write_knee_cohort
 
 __all__ = ["AcdcCohortConfig", "write_acdc_cohort", "MESS_KINDS", "HeartCohortConfig", "write_heart_cohort",
            "KneeCohortConfig", "write_knee_cohort"]

@@ -18,11 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from ...geometry import Plane
-from .heart import GROUPS, render_cine, sample_heart
-from .io import (atomic_write_text, check_sizes, map_subjects, merge_truth, save_nifti, staged_dir,
-                 subject_rng)
-from .prescribe import prescribe_heart_views
+from anatplane_dist.core.geometry import Plane
+from anatplane_dist.sources.phantom.heart import GROUPS, render_cine, sample_heart
+from anatplane_dist.sources.phantom.io import (
+    atomic_write_text,
+    check_sizes,
+    map_subjects,
+    merge_truth,
+    save_nifti,
+    staged_dir,
+    subject_rng,
+)
+from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from .acdc import AcdcCohortConfig, write_acdc_cohort
-from .dsbcc_writer import HeartCohortConfig, write_heart_cohort
-from .io import parse_range
-from .knee_writer import KneeCohortConfig, write_knee_cohort
+from anatplane_dist.sources.phantom.acdc import AcdcCohortConfig, write_acdc_cohort
+from anatplane_dist.sources.phantom.dsbcc_writer import HeartCohortConfig, write_heart_cohort
+from anatplane_dist.sources.phantom.io import parse_range
+from anatplane_dist.sources.phantom.knee_writer import KneeCohortConfig, write_knee_cohort
 
 __all__ = ["add_arguments", "run"]
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ...geometry import Plane
-from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from .heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from .io import check_sizes, merge_truth, map_subjects, staged_dir, subject_rng
-from .prescribe import HeartViews, prescribe_heart_views
-from .render import rotation
+from anatplane_dist.core.geometry import Plane
+from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
+from anatplane_dist.sources.phantom.heart import GROUPS, HeartAnatomy, render_cine, sample_heart
+from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, staged_dir, subject_rng
+from anatplane_dist.sources.phantom.prescribe import HeartViews, prescribe_heart_views
+from anatplane_dist.sources.phantom.render import rotation
 
 __all__ = ["MESS_KINDS", "HeartCohortConfig", "write_heart_subject", "write_heart_cohort", "mess_kind"]
 

@@ -16,10 +16,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...geometry import ANATOMICAL_APEX_LPS, Plane
-from .render import (Bullet, Canvas, Capsule, Ellipsoid, PointsLike, as_points, bias_field, halfspace,
-                     occupancy, orthonormal_frame, plane_points, random_waves, rician, rotation, texture,
-                     to_12bit)
+from anatplane_dist.core.geometry import ANATOMICAL_APEX_LPS, Plane
+from anatplane_dist.sources.phantom.render import (
+    Bullet,
+    Canvas,
+    Capsule,
+    Ellipsoid,
+    PointsLike,
+    as_points,
+    bias_field,
+    halfspace,
+    occupancy,
+    orthonormal_frame,
+    plane_points,
+    random_waves,
+    rician,
+    rotation,
+    texture,
+    to_12bit,
+)
 
 __all__ = ["GROUPS", "HeartAnatomy", "HeartSolids", "sample_heart", "render_cine", "LABEL_RV", "LABEL_MYO", "LABEL_LV"]
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ...atomic import atomic_path, atomic_write_json, atomic_write_text
+from anatplane_dist.core.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "merge_truth", "save_nifti",
            "parse_range", "subject_rng", "map_subjects"]

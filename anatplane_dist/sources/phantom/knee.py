@@ -18,10 +18,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...geometry import Plane
-from .prescribe import make_plane
-from .render import (Bullet, Canvas, Capsule, Ellipsoid, Points, PointsLike, as_points, bias_field,
-                     occupancy, plane_points, random_waves, rician, rotation, texture, to_12bit)
+from anatplane_dist.core.geometry import Plane
+from anatplane_dist.sources.phantom.prescribe import make_plane
+from anatplane_dist.sources.phantom.render import (
+    Bullet,
+    Canvas,
+    Capsule,
+    Ellipsoid,
+    Points,
+    PointsLike,
+    as_points,
+    bias_field,
+    occupancy,
+    plane_points,
+    random_waves,
+    rician,
+    rotation,
+    texture,
+    to_12bit,
+)
 
 __all__ = ["KneeAnatomy", "sample_knee", "prescribe_knee_views", "render_knee_slice", "with_pathology", "KNEE_VIEWS"]
 

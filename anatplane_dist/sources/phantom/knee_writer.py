@@ -15,9 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from ..dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from .io import atomic_write_text, check_sizes, merge_truth, map_subjects, staged_dir, subject_rng
-from .knee import KNEE_VIEWS, prescribe_knee_views, render_knee_slice, sample_knee
+from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
+from anatplane_dist.sources.phantom.io import (
+    atomic_write_text,
+    check_sizes,
+    map_subjects,
+    merge_truth,
+    staged_dir,
+    subject_rng,
+)
+from anatplane_dist.sources.phantom.knee import (
+    KNEE_VIEWS,
+    prescribe_knee_views,
+    render_knee_slice,
+    sample_knee,
+)
 
 __all__ = ["KneeCohortConfig", "write_knee_subject", "write_knee_cohort", "LABELS_FILE"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...geometry import Plane
-from .heart import HeartAnatomy
-from .render import rotation
+from anatplane_dist.core.geometry import Plane
+from anatplane_dist.sources.phantom.heart import HeartAnatomy
+from anatplane_dist.sources.phantom.render import rotation
 
 __all__ = ["HeartViews", "make_plane", "prescribe_heart_views"]
 

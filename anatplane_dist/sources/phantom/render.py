@@ -13,7 +13,7 @@ from typing import Union
 
 import numpy as np
 
-from ...geometry import Plane
+from anatplane_dist.core.geometry import Plane
 
 __all__ = ["Points", "as_points", "Ellipsoid", "Bullet", "Capsule", "occupancy", "halfspace", "Canvas",
            "bias_field", "rician", "to_12bit", "texture", "random_waves", "plane_points", "rotation",

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from anatplane_dist.sources.phantom import write_acdc_cohort, write_heart_cohort, write_knee_cohort
-
-from .support import ACDC_CFG, HEART_CFG, KNEE_CFG
+from tests.sources.phantom.support import ACDC_CFG, HEART_CFG, KNEE_CFG
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from anatplane_dist.geometry import Plane, plane_from_nifti
+from anatplane_dist.core.geometry import Plane, plane_from_nifti
 from anatplane_dist.sources.phantom.acdc import stack_affine_ras
 from anatplane_dist.sources.phantom.heart import GROUPS
-
-from .support import ACDC_CFG
+from tests.sources.phantom.support import ACDC_CFG
 
 
 def _info(path) -> dict[str, str]:

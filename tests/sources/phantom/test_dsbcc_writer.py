@@ -10,8 +10,7 @@ import numpy as np
 import pydicom
 
 from anatplane_dist.sources.phantom.dsbcc_writer import MESS_KINDS, write_heart_subject
-
-from .support import HEART_CFG, dciodvfy_errors
+from tests.sources.phantom.support import HEART_CFG, dciodvfy_errors
 
 _FILE_RE = re.compile(r"^IM-(\d{4})-(\d{4})\.dcm$")
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anatplane_dist.geometry import ANATOMICAL_APEX_LPS, heart_locations, intersection_lines
-from anatplane_dist.sources.phantom.heart import (GROUPS, LABEL_LV, LABEL_MYO, LABEL_RV, render_cine,
-                                                  sample_heart)
+from anatplane_dist.core.geometry import ANATOMICAL_APEX_LPS, heart_locations, intersection_lines
+from anatplane_dist.sources.phantom.heart import (
+    GROUPS,
+    LABEL_LV,
+    LABEL_MYO,
+    LABEL_RV,
+    render_cine,
+    sample_heart,
+)
 from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 from anatplane_dist.sources.phantom.render import plane_points
 

@@ -7,8 +7,7 @@ import pytest
 
 from anatplane_dist.sources.phantom.dsbcc_writer import write_heart_subject
 from anatplane_dist.sources.phantom.io import parse_range, staged_dir
-
-from .support import HEART_CFG
+from tests.sources.phantom.support import HEART_CFG
 
 
 def test_rewriting_a_subject_replaces_it_whole(tmp_path):

@@ -7,12 +7,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from anatplane_dist.sources.phantom.knee import (KNEE_VIEWS, prescribe_knee_views, sample_knee,
-                                                 with_pathology)
+from anatplane_dist.sources.phantom.knee import KNEE_VIEWS, prescribe_knee_views, sample_knee, with_pathology
 from anatplane_dist.sources.phantom.prescribe import make_plane
 from anatplane_dist.sources.phantom.render import plane_points
-
-from .support import KNEE_CFG, dciodvfy_errors
+from tests.sources.phantom.support import KNEE_CFG, dciodvfy_errors
 
 
 def _healthy(seed: int = 0, side: str | None = None):

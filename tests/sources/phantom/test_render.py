@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from anatplane_dist.sources.phantom.render import (Bullet, Canvas, Capsule, Ellipsoid, bias_field, occupancy,
-                                                   rician, rotation, to_12bit)
+from anatplane_dist.sources.phantom.render import (
+    Bullet,
+    Canvas,
+    Capsule,
+    Ellipsoid,
+    bias_field,
+    occupancy,
+    rician,
+    rotation,
+    to_12bit,
+)
 
 
 def test_sphere_sdf_is_exact_and_grow_shifts_it():

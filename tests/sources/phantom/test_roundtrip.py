@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from anatplane_dist.geometry import (Plane, heart_locations, intersection_lines, symmetric_locations,
-                                     target_grid)
+from anatplane_dist.core.geometry import (
+    Plane,
+    heart_locations,
+    intersection_lines,
+    symmetric_locations,
+    target_grid,
+)
 from anatplane_dist.sources import dsbcc, knee
-
-from .support import KNEE_CFG
+from tests.sources.phantom.support import KNEE_CFG
 
 
 def _axis_hits(stack: Plane, base: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

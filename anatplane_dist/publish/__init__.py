@@ -1,0 +1,1 @@
+from anatplane_dist.publish.versions import *  # noqa  (temporary during the split)
