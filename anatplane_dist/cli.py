@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("anatplane_dist.shards.cli", "write WebDataset shards of plane pairs with their targets"),
     "pretrain": ("anatplane_dist.train.cli", "multitask pretraining (same as launch/pretrain.py)"),
     "submit": ("anatplane_dist.train.submit", "submit pretraining to SLURM with submitit (requeue + resume)"),
-    "publish": ("anatplane_dist.publish", "publish a run's pretrained weights to a shared directory"),
+    "publish": ("anatplane_dist.publish.cli", "publish a run's pretrained weights to a shared directory"),
     "finetune": ("anatplane_dist.experiment.finetune_cli", "fine-tune a pretrained encoder on a target task"),
     "experiment": ("anatplane_dist.experiment.cli", "run / report a pretraining comparison (arms x labels x seeds)"),
     "predict": ("anatplane_dist.finetune.predict", "segment a folder of NIfTI images with a fine-tuned model"),

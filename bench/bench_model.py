@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 from anatplane_dist.core.geometry import render_heatmaps
-from anatplane_dist.data.augment import AugmentConfig, augment_batch
+from anatplane_dist.data.augment import augment_batch
+from anatplane_dist.data.config import AugmentConfig
 from anatplane_dist.model import ModelConfig, build_model
-from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+from anatplane_dist.objectives.config import LossConfig
+from anatplane_dist.objectives.losses import MultitaskLoss, render_heatmaps_torch
 
 
 def make_batch(b: int, k: int, size: int, device: torch.device, seed: int = 0) -> dict:

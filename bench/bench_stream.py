@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anatplane_dist.data.config import DataConfig
 from anatplane_dist.data.shardspec import all_urls, parse_sources
-from anatplane_dist.data.stream import DataConfig, make_train_loader, make_val_loader
+from anatplane_dist.data.stream import make_train_loader, make_val_loader
 from tests.data.synthetic import write_shards
 
 

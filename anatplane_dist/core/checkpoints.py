@@ -29,8 +29,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from anatplane_dist.core.atomic import atomic_write_bytes, atomic_write_json
+from anatplane_dist.core.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.hashing import sha256_file
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
@@ -108,19 +109,6 @@ def prepare_tmp(run_dir: str | os.PathLike, step: int) -> Path:
     return tmp
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class CheckpointVerifyError(AnatplaneError):
     """A checkpoint's files do not match its signed marker (or it has none): never load it."""
 
@@ -156,17 +144,9 @@ def checkpoint_key(create: bool = False) -> bytes | None:
     return key
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _listing(ckpt_dir: Path) -> dict[str, str]:
     """sha256 of every file under ``ckpt_dir`` except the marker, by relative posix path."""
-    return {p.relative_to(ckpt_dir).as_posix(): _sha256(p)
+    return {p.relative_to(ckpt_dir).as_posix(): sha256_file(p)
             for p in sorted(ckpt_dir.rglob("*")) if p.is_file() and p.name != COMPLETE}
 
 
@@ -214,7 +194,7 @@ def verify(ckpt_dir: Path) -> None:
                                     f"{'; ' if missing and extra else ''}"
                                     f"{'not in the signed list: ' + ', '.join(extra) if extra else ''}")
     for rel, digest in files.items():
-        if _sha256(ckpt_dir / rel) != digest:
+        if sha256_file(ckpt_dir / rel) != digest:
             raise CheckpointVerifyError(f"{ckpt_dir}: {rel} differs from the sha256 recorded at save time")
 
 
@@ -229,9 +209,9 @@ def finalize(tmp: Path) -> Path:
     if final.exists():
         raise FileExistsError(f"{final} exists; refusing to replace a checkpoint")
     write_marker(tmp)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
@@ -252,7 +232,7 @@ def set_aside(ckpt_dir: Path, reason: str) -> Path:
         dest, n = dest_root / f"{ckpt_dir.name}.{n}", n + 1
     os.replace(ckpt_dir, dest)
     atomic_write_bytes(dest / "REFUSED.txt", (reason.strip() + "\n").encode())
-    _fsync_dir(dest_root)
+    fsync_dir(dest_root)
     return dest
 
 

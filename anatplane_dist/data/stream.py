@@ -35,15 +35,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.utils.data
 import webdataset as wds
 
+from anatplane_dist.data.config import DataConfig
 from anatplane_dist.data.decode import SampleError, collate, decode_sample, wanted_member
 from anatplane_dist.data.shardlist import SAMPLE_SHUFFLE_TAG, ShardList, SharedEpoch, derive_seed
 from anatplane_dist.data.shardspec import (
-    ShardSpec,
     all_urls,
     check_exist,
     parse_sources,
@@ -64,45 +63,6 @@ __all__ = ["DataConfig", "EpochPlan", "EpochReport", "SharedEpoch", "StreamLoade
            "make_val_loader", "read_sizes", "total_samples"]     # MetricSums & co. live in dist.py
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """What the stream reads and how (the ``data:`` section of the pretraining config).
-
-    ``shards``/``val_shards``: a brace pattern, several joined by ``::`` (with ``weights`` such
-    as ``"1::3"``), or a list of patterns or of ``{path, weight}`` mappings. A weight is a
-    source's share of the samples drawn; unweighted sources are sampled in proportion to their
-    size. ``samples_per_epoch`` defaults to the train shards' total from ``sizes.json``.
-    ``batch_size`` is the micro batch per rank.
-    """
-
-    shards: ShardSpec = ""
-    weights: str | list[float] | None = None
-    val_shards: ShardSpec | None = None
-    samples_per_epoch: int | None = None
-    batch_size: int = 16
-    val_batch_size: int | None = None
-    num_workers: int = 2
-    val_num_workers: int | None = None
-    shuffle_buffer: int = 1000
-    shuffle_initial: int = 100
-    seed: int = 0
-    resampled: bool = True
-    pin_memory: bool = False
-    prefetch_factor: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "prefetch_factor"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "shuffle_buffer", "shuffle_initial", "seed"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("samples_per_epoch", "val_batch_size", "val_num_workers"):
-            value = getattr(self, name)
-            if value is not None and int(value) < (0 if name == "val_num_workers" else 1):
-                raise ValueError(f"data.{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)

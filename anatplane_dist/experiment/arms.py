@@ -11,7 +11,6 @@ resumes (the trainer's own resume) or, once published, is skipped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -24,6 +23,7 @@ from typing import Any, Callable
 
 from anatplane_dist.core import weights
 from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.hashing import json_fingerprint, sha256_file
 from anatplane_dist.experiment.spec import ArmSpec, ExperimentSpec
 
 __all__ = ["ArmResult", "arm_fingerprint", "pretrain_command", "prepare_arm"]
@@ -60,8 +60,8 @@ def arm_fingerprint(spec: ExperimentSpec, arm: ArmSpec, shards: Path) -> str:
     manifest = shards / "manifest.json"
     key = {"preset": _config_path(spec).read_text(), "overrides": spec.pretrain.overrides,
            "objective": arm.objective, "arm_overrides": arm.overrides, "ranks": spec.pretrain.ranks,
-           "shards": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else str(shards)}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+           "shards": sha256_file(manifest) if manifest.is_file() else str(shards)}
+    return json_fingerprint(key, 12)
 
 
 def pretrain_command(spec: ExperimentSpec, run_dir: Path, overrides: list[str], *,

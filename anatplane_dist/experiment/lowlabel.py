@@ -17,7 +17,6 @@ Outputs (atomic): ``results.json`` (config, split, skips, every run with per-sub
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -30,6 +29,7 @@ import torch
 
 from anatplane_dist.core.atomic import atomic_write_bytes, json_safe
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.finetune.backbone import INITS, Backbone
 from anatplane_dist.finetune.classification import ClsTrainConfig, fit_and_evaluate_classifier
 from anatplane_dist.finetune.data import KneeStack, SegSubject
@@ -178,8 +178,6 @@ class ClsTask(Task):
 
 # -- the protocol ---------------------------------------------------------------------------
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -245,7 +243,7 @@ def run_protocol(task: Task, cfg: ProtocolConfig, make_backbone: Callable[[str, 
                 key = {"task": task.name, "init": init, "transfer": cfg.transfer if init == "pretrained" else None,
                        "n_labelled": n, "seed": seed, "train": train, "test": test,
                        "train_config": task.config(), "provenance": provenance}
-                key["fingerprint"] = _fingerprint(key)
+                key["fingerprint"] = json_fingerprint(key)
                 path = out / "runs" / f"{init}-n{n:03d}-seed{seed}.json"
                 order.append(path.name)
                 cached = _read_cached(path, key["fingerprint"])

@@ -13,7 +13,6 @@ written atomically when a cell finishes, never partially.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anatplane_dist.core.atomic import atomic_write_json, atomic_write_text, json_safe
+from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.experiment.arms import ArmResult, prepare_arm
 from anatplane_dist.experiment.cell import CellData, CellJob, init_worker, run_cell, run_cell_in_worker
 from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
@@ -169,8 +169,6 @@ def _arm_transfer(spec: ExperimentSpec, res: ArmResult) -> str:
 
 # -- cells -----------------------------------------------------------------------------------
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cell_path(out: Path, arm: str, n: int, seed: int) -> Path:
@@ -241,7 +239,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
                        "val_every": ft.val_every if ft.select == "best-val" else None,
                        "transfer": job.transfer if res.published else None, "architecture": [arch_yaml, k],
                        "train_config": _train_config(data), "data": data_id, "predictions": job.predictions}
-                key["fingerprint"] = _fingerprint(key)
+                key["fingerprint"] = json_fingerprint(key)
                 if _read_cell(path, key["fingerprint"]) is not None:
                     cached += 1
                     continue

@@ -12,16 +12,14 @@ a partial one; an existing dataset is not overwritten.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from anatplane_dist.core.atomic import atomic_path, atomic_write_json
+from anatplane_dist.core.atomic import atomic_write_json, copy_durable, staged_dir
 from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.finetune.data import ACDC_CLASSES
 
@@ -59,11 +57,6 @@ def _check_frame(image: Path, gt: Path, num_classes: int) -> str | None:
         return "ground truth holds non-integer values"
     bad = sorted(set(np.unique(np.rint(values)).astype(int).tolist()) - set(range(num_classes)))
     return f"ground truth label values {bad} outside 0..{num_classes - 1}" if bad else None
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 def export_acdc_dataset(acdc_root: str | Path, nnunet_raw: str | Path, *, dataset_id: int = 501,
@@ -107,12 +100,10 @@ def export_acdc_dataset(acdc_root: str | Path, nnunet_raw: str | Path, *, datase
         raise DatasetExportError(f"{root}: no usable labelled frame (patientXXX/patientXXX_frameYY.nii.gz + _gt); "
                                  f"{len(skipped)} left out: {[w for _, w in skipped[:3]]}")
     raw.mkdir(parents=True, exist_ok=True)
-    staging = raw / f".{final.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_dir(final) as staging:
         for case, image, gt in pairs:
-            _copy(image, staging / "imagesTr" / f"{case}_0000.nii.gz")
-            _copy(gt, staging / "labelsTr" / f"{case}.nii.gz")
+            copy_durable(image, staging / "imagesTr" / f"{case}_0000.nii.gz")
+            copy_durable(gt, staging / "labelsTr" / f"{case}.nii.gz")
         atomic_write_json(staging / "dataset.json", {
             "name": name, "description": f"ACDC-format cohort {root.name}, exported by anatplane export",
             "channel_names": {"0": "cineMRI"},
@@ -121,8 +112,4 @@ def export_acdc_dataset(acdc_root: str | Path, nnunet_raw: str | Path, *, datase
         })
         if skipped:
             atomic_write_json(staging / "skipped.json", [{"file": f, "reason": w} for f, w in skipped])
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return DatasetExport(final, [c for c, _, _ in pairs], skipped)

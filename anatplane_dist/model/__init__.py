@@ -4,16 +4,25 @@
 ``.encoder``, ``.decoder`` and ``.location_head``; ``export_parts`` gives their fp32 weights.
 New encoders are added with ``@register_encoder("name")``; ``"nnunet"`` is nnU-Net's own 2d
 network from a plans file (:mod:`anatplane_dist.model.nnunet`).
-"""
-from anatplane_dist.model import nnunet as _nnunet  # noqa: F401  (registers "nnunet"; nnU-Net itself is imported on use)
-from anatplane_dist.model import resnet as _resnet  # noqa: F401  (registers "resnet")
-from anatplane_dist.model import unet as _unet  # noqa: F401  (registers "unet")
-from anatplane_dist.model.config import ModelConfig
-from anatplane_dist.model.heads import LocationHead, UNetDecoder
-from anatplane_dist.model.net import PARTS, MultitaskNet, build_model, export_parts, load_parts, unwrap_model
-from anatplane_dist.model.nnunet import check_data_grid
-from anatplane_dist.model.registry import available_models, get_builder, register_encoder
 
-__all__ = ["ModelConfig", "MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model",
-           "PARTS", "register_encoder", "available_models", "get_builder", "UNetDecoder", "LocationHead",
-           "check_data_grid"]
+Names are handed on lazily, so ``anatplane_dist.model.config`` imports without torch (a
+config validates on a login node). The registry lookups come from :mod:`.net`, which imports
+the built-in architectures and so registers them before any lookup.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {"ModelConfig": "config", "MultitaskNet": "net", "build_model": "net", "export_parts": "net",
+         "load_parts": "net", "unwrap_model": "net", "PARTS": "net", "available_models": "net",
+         "get_builder": "net", "register_encoder": "registry", "UNetDecoder": "heads",
+         "LocationHead": "heads", "check_data_grid": "nnunet"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

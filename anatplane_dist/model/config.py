@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from anatplane_dist.model.plans import PlansError, read_plans
+
 __all__ = ["ModelConfig"]
 
 _NORMS = ("batch", "group")
@@ -45,7 +47,7 @@ class ModelConfig:
         plans: ``name: nnunet`` only - an nnU-Net ``nnUNetPlans.json``; its ``2d``
             configuration is the network (``width``/``depth``/``norm`` do not apply).
         nnunet: the plans' 2d architecture, patch size and spacing, copied from ``plans`` when
-            the config is made (:func:`anatplane_dist.model.nnunet.read_plans`), so a weights
+            the config is made (:func:`anatplane_dist.model.plans.read_plans`), so a weights
             file rebuilds its network without the plans file.
     """
 
@@ -68,10 +70,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.loc_hidden = [int(h) for h in self.loc_hidden]
         if self.name == "nnunet" and self.plans and self.plans != self.nnunet.get("plans_file"):
-            from anatplane_dist.model.nnunet import (
-                read_plans,  # (re-)read when the plans path is new or changed
-            )
-
             self.nnunet = read_plans(self.plans, self.in_channels)
         self.validate()
 
@@ -98,8 +96,6 @@ class ModelConfig:
         if not (self.orientation_head or self.location_head):
             raise ValueError("model: at least one of orientation_head / location_head must be on")
         if self.name == "nnunet" and self.nnunet:  # no plans yet: refused when the network is built
-            from anatplane_dist.model.nnunet import PlansError
-
             if int(self.nnunet.get("input_channels", self.in_channels)) != self.in_channels:
                 raise PlansError(f"model.plans: the nnU-Net dataset has {self.nnunet['input_channels']} input "
                                  f"channel(s), model.in_channels={self.in_channels}")

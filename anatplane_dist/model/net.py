@@ -13,12 +13,16 @@ from typing import Mapping
 from torch import Tensor, nn
 
 from anatplane_dist.core import weights
+from anatplane_dist.model import nnunet as _nnunet  # noqa: F401  (registers "nnunet"; nnU-Net is imported on use)
+from anatplane_dist.model import resnet as _resnet  # noqa: F401  (registers "resnet")
+from anatplane_dist.model import unet as _unet  # noqa: F401  (registers "unet")
 from anatplane_dist.model.config import ModelConfig
 from anatplane_dist.model.heads import LocationHead
 from anatplane_dist.model.layers import init_weights
-from anatplane_dist.model.registry import get_builder
+from anatplane_dist.model.registry import available_models, get_builder
 
-__all__ = ["MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model", "PARTS"]
+__all__ = ["MultitaskNet", "build_model", "export_parts", "load_parts", "unwrap_model", "PARTS",
+           "available_models", "get_builder"]  # the lookups, with the built-ins registered
 
 #: The parts every network has (when enabled), in their listed order; a network may have more
 #: (any top-level submodule is a part).  Also the weights file names: ``<part>.safetensors``.

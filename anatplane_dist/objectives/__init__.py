@@ -4,22 +4,25 @@ ablations and generic self-supervised baselines, all behind one :class:`Objectiv
 ``get_objective(ObjectiveConfig(name="simclr"), loss_cfg)`` returns the objective; the trainer
 builds ``obj.build_model(model_cfg, K)``, feeds ``obj.inputs(batch, gen)`` and minimises
 ``obj.loss(out, batch)``. Add one with ``@register_objective("name")``.
-"""
-from anatplane_dist.objectives import genesis as _genesis  # noqa: F401  (registers "genesis")
-from anatplane_dist.objectives import pretext as _pretext  # noqa: F401  (registers "multitask", "orientation", "location")
-from anatplane_dist.objectives import rotation as _rotation  # noqa: F401  (registers "rotation")
-from anatplane_dist.objectives import simclr as _simclr  # noqa: F401  (registers "simclr")
-from anatplane_dist.objectives.base import (
-                                            GenesisConfig,
-                                            Objective,
-                                            ObjectiveConfig,
-                                            ObjectiveError,
-                                            RotationConfig,
-                                            SimCLRConfig,
-                                            available_objectives,
-                                            get_objective,
-                                            register_objective,
-)
 
-__all__ = ["Objective", "ObjectiveConfig", "ObjectiveError", "SimCLRConfig", "GenesisConfig", "RotationConfig",
-           "get_objective", "available_objectives", "register_objective"]
+Names are handed on lazily, so ``anatplane_dist.objectives.config`` imports without torch.
+The registry lookups come from :mod:`.builtin`, which imports every built-in objective and so
+registers them before any lookup.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {"Objective": "base", "register_objective": "base",
+         "get_objective": "builtin", "available_objectives": "builtin",
+         "ObjectiveConfig": "config", "ObjectiveError": "config", "SimCLRConfig": "config",
+         "GenesisConfig": "config", "RotationConfig": "config", "LossConfig": "config"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from anatplane_dist.model import ModelConfig
-from anatplane_dist.objectives.base import GenesisConfig, ObjectiveConfig, register_objective
+from anatplane_dist.objectives.base import register_objective
+from anatplane_dist.objectives.config import GenesisConfig, LossConfig, ObjectiveConfig
 from anatplane_dist.objectives.genesis_transforms import genesis_corrupt
-from anatplane_dist.objectives.losses import LossConfig
 from anatplane_dist.objectives.nets import RestorationNet, build_encoder_decoder
 
 __all__ = ["GenesisObjective"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from anatplane_dist.data.augment import uniform, unit_range
-from anatplane_dist.objectives.base import GenesisConfig
+from anatplane_dist.objectives.config import GenesisConfig
 
 __all__ = ["genesis_corrupt", "local_shuffle", "bezier_map", "paint_masks"]
 

@@ -11,12 +11,12 @@ per-term values it returns are device tensors the trainer syncs only when it log
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import Tensor
+
+from anatplane_dist.objectives.config import LossConfig
 
 __all__ = ["LossConfig", "MultitaskLoss", "render_heatmaps_torch", "orientation_loss", "masked_heatmap_mse",
            "masked_mse"]
@@ -86,70 +86,6 @@ def orientation_loss(pred: Tensor, lines: Tensor, valid: Tensor, sigma_px: float
     """``L_ori``: masked MSE between predicted (B, K, H, W) heatmaps and the lines' ridges."""
     target = render_heatmaps_torch(lines, valid, pred.shape[-2], pred.shape[-1], sigma_px)
     return masked_heatmap_mse(pred, target, valid)
-
-
-@dataclass
-class LossConfig:
-    """Weights of the two pretext terms and the width of the heatmap ridge.
-
-    Attributes:
-        alpha: weight of ``L_ori`` (heatmap MSE); 0 disables it (no decoder output needed).
-        beta: weight of ``L_loc`` (location MSE); 0 disables it (no location output needed).
-        sigma_mm: ridge width in millimetres (paper code: 6 px at 1.26 mm, about 7.5 mm).
-        spacing_mm: model-grid pixel spacing, converts ``sigma_mm`` to pixels.
-        sigma_px: ridge width in pixels directly; takes precedence over ``sigma_mm``.
-        compile: run the orientation term (render + masked MSE, forward and backward) through
-            ``torch.compile``, which fuses it into a few kernels and never materialises the
-            target heatmaps: measured 3.1-4.4x eager on CPU at 32x2x224^2 (five runs of
-            ``bench/bench_model.py --compile``, variants interleaved), for a one-off
-            compilation of ~2-5 s.  Off by default so short runs and tests pay nothing.
-    """
-
-    alpha: float = 1.0
-    beta: float = 1.0
-    sigma_mm: float = 7.5
-    spacing_mm: float | None = None
-    sigma_px: float | None = None
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        for name in ("alpha", "beta"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {v}")
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("loss.alpha and loss.beta are both 0: nothing to train")
-        for name in ("sigma_mm", "spacing_mm", "sigma_px"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v > 0):
-                raise ValueError(f"loss.{name} must be > 0, got {v}")
-
-    def resolved_sigma_px(self, grid_spacing_mm: float | None = None) -> float:
-        """Ridge width in pixels of the model grid.
-
-        Args:
-            grid_spacing_mm: the data's grid spacing, used when ``spacing_mm`` is not set (the
-                trainer passes what the shards declare, so the config need not repeat it).
-        Raises:
-            ValueError: no ``sigma_px`` and no spacing known.
-        """
-        if self.sigma_px is not None:
-            return float(self.sigma_px)
-        spacing = self.spacing_mm if self.spacing_mm is not None else grid_spacing_mm
-        if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
-            raise ValueError(f"grid spacing must be > 0 mm, got {spacing}")
-        if spacing is None:
-            raise ValueError("loss: set sigma_px, or spacing_mm (the model grid spacing) so "
-                             f"sigma_mm={self.sigma_mm} can be converted to pixels")
-        return float(self.sigma_mm) / float(spacing)
-
-    @property
-    def terms(self) -> tuple[str, ...]:
-        """Names of the enabled terms, in the order they are reported."""
-        return tuple(n for n, w in (("loss_ori", self.alpha), ("loss_loc", self.beta)) if w > 0)
 
 
 class MultitaskLoss(torch.nn.Module):

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from anatplane_dist.model import ModelConfig, build_model
-from anatplane_dist.objectives.base import ObjectiveError, register_objective
-from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss
+from anatplane_dist.objectives.base import register_objective
+from anatplane_dist.objectives.config import LossConfig, ObjectiveError
+from anatplane_dist.objectives.losses import MultitaskLoss
 from anatplane_dist.objectives.validate import pretext_sums
 
 __all__ = ["PretextObjective"]

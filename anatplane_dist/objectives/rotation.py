@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anatplane_dist.model import ModelConfig
-from anatplane_dist.objectives.base import ObjectiveConfig, ObjectiveError, RotationConfig, register_objective
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.base import register_objective
+from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig, ObjectiveError, RotationConfig
 from anatplane_dist.objectives.nets import PooledHeadNet, build_encoder, mlp
 
 __all__ = ["RotationObjective", "rotate_batch"]

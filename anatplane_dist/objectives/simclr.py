@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from anatplane_dist.core.dist import all_gather_with_grad
 from anatplane_dist.model import ModelConfig
-from anatplane_dist.objectives.base import ObjectiveConfig, SimCLRConfig, register_objective
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.base import register_objective
+from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig, SimCLRConfig
 from anatplane_dist.objectives.nets import PooledHeadNet, build_encoder, mlp
 from anatplane_dist.objectives.views import random_view
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anatplane_dist.data.augment import normal, uniform, unit_range
-from anatplane_dist.objectives.base import SimCLRConfig
+from anatplane_dist.objectives.config import SimCLRConfig
 
 __all__ = ["random_view", "crop_thetas", "gaussian_blur"]
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import multiprocessing
 import os
 import time
@@ -25,6 +23,7 @@ from typing import Any, Iterable, Iterator
 from tqdm import tqdm
 
 from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.shards.manifest import merge_parts, write_part
 from anatplane_dist.shards.profiles import ShardConfig
 from anatplane_dist.shards.samples import StudySamples
@@ -127,8 +126,7 @@ def _part_lock(path: Path) -> Iterator[None]:
 
 def _subjects_hash(split_of: dict[str, str]) -> str:
     """Identity of the whole data set's subject list and split (the same for every part)."""
-    blob = json.dumps(split_of, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json_fingerprint(split_of)
 
 
 @dataclass

@@ -12,13 +12,13 @@ resumed run and a merge of parts compare: same hash, same shards.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from anatplane_dist.core.hashing import json_fingerprint
 
 __all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile", "FORMAT_VERSION"]
 
@@ -167,5 +167,4 @@ class ShardConfig:
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of this config (first 16 hex digits)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return json_fingerprint(self.to_dict(), compact=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -24,13 +23,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from anatplane_dist.core.atomic import atomic_write_json
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.hashing import sha256_file
+from anatplane_dist.core.jsonl import append_jsonl, read_jsonl
 from anatplane_dist.shards.samples import Sample
 
 if TYPE_CHECKING:                  # webdataset imports torch: seconds, only paid once a shard opens
     import webdataset as wds
 
 __all__ = ["ShardRecord", "SplitWriter", "Journal", "ResumeState", "ResumeMismatch", "atomic_write_json",
-           "TAR_MTIME", "file_sha256"]
+           "TAR_MTIME"]
 
 #: fixed tar header fields (reproducible shards); an int, since tarfile adds a 1 kB PAX header
 #: to every member whose mtime is a float
@@ -40,15 +41,6 @@ _TAR_USER = "anatplane"
 
 class ResumeMismatch(AnatplaneError):
     """The output folder holds shards of another configuration or another subject list."""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks (hashlib releases the GIL: threads scale)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _HashingFile:
@@ -218,7 +210,7 @@ class Journal:
             for r in shards:
                 path = Path(out_dir) / r["name"]
                 if r["index"] != len(kept) or not path.is_file() or path.stat().st_size != r["bytes"] \
-                        or file_sha256(path) != r["sha256"]:
+                        or sha256_file(path) != r["sha256"]:
                     break
                 r = {k: v for k, v in r.items() if k != "type"}
                 kept.append(ShardRecord(**dict(r, end=tuple(r["end"]))))
@@ -231,10 +223,7 @@ class Journal:
         return state
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.path, record, durable=True, sort_keys=True)
 
     def shard_done(self, rec: ShardRecord) -> None:
         self.append(asdict(rec))
@@ -244,15 +233,7 @@ class Journal:
         return self._read()
 
     def _read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:    # a line cut by a kill: everything after it is unknown
-                break
-        return out
+        return read_jsonl(self.path)      # a line cut by a kill is skipped (the rewrite drops it)
 
     def _rewrite(self, state: ResumeState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,9 @@ import yaml
 
 from anatplane_dist.core.atomic import atomic_write_text
 from anatplane_dist.core.errors import AnatplaneError
-from anatplane_dist.data.augment import AugmentConfig
-from anatplane_dist.data.stream import DataConfig
-from anatplane_dist.model import ModelConfig
-from anatplane_dist.objectives.base import ObjectiveConfig
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.data.config import AugmentConfig, DataConfig
+from anatplane_dist.model.config import ModelConfig
+from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
 from anatplane_dist.train.options import OptimConfig, PublishConfig, TrainConfig
 
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from anatplane_dist.core.jsonl import append_jsonl, read_jsonl
+
 log = logging.getLogger("anatplane.train")
 
 
@@ -24,7 +26,6 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self._f = open(self.path, "a", buffering=1) if enabled else None
         self._tb = None
         if enabled and tensorboard:
             try:
@@ -37,7 +38,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        self._f.write(json.dumps(clean, sort_keys=False) + "\n")
+        append_jsonl(self.path, clean)
         if self._tb is not None:
             step = int(row["step"])
             for k, v in row.items():
@@ -45,9 +46,6 @@ class MetricsWriter:
                     self._tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
 
     def close(self) -> None:
-        if self._f:
-            self._f.close()
-            self._f = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -80,18 +78,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every row of ``metrics.jsonl`` (none when absent); a line torn by a kill is skipped.
 
     The one reader of the file (publishing, the demo report and the tests use it)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def _fmt_time(seconds: float) -> str:

@@ -17,13 +17,13 @@ ran with to ``config-history.jsonl`` and writes it to ``config.yaml`` atomically
 from __future__ import annotations
 
 import datetime
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
 from anatplane_dist.core.atomic import atomic_write_text
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.jsonl import append_jsonl, iter_jsonl
 from anatplane_dist.train.config import changed_keys, read_yaml_mapping
 
 HISTORY = "config-history.jsonl"
@@ -57,15 +57,9 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
 
 def last_manifest_hash(run_dir: Path) -> str | None:
     """The shard manifest sha256 the run last trained on (from its history)."""
-    path = run_dir / HISTORY
-    if not path.is_file():
-        return None
     last = None
-    for line in path.read_text().splitlines():
-        try:
-            last = json.loads(line).get("shards_manifest_sha256") or last
-        except ValueError:
-            continue  # a torn last line from a kill: the earlier rows still count
+    for row in iter_jsonl(run_dir / HISTORY):     # a torn last line from a kill is skipped
+        last = row.get("shards_manifest_sha256") or last
     return last
 
 
@@ -103,7 +97,5 @@ def record_start(run_dir: Path, config: dict[str, Any], config_yaml: str, *, wor
            "host": socket.gethostname(), "world_size": world_size, "backend": backend,
            "start_step": start_step, "changed": changed, "shards_manifest_sha256": manifest_hash,
            "config": config}
-    with open(run_dir / HISTORY, "a") as f:   # append-only; one line per start
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    append_jsonl(run_dir / HISTORY, row, durable=True)   # append-only; one line per start
     atomic_write_text(run_dir / CONFIG, config_yaml)

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import submitit
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
+from anatplane_dist.core.jsonl import append_jsonl
 
 DEFAULT_ENTRY = "anatplane_dist.train.cli:main"
 #: Seconds between SLURM's warning signal and the kill.  Must exceed the slowest checkpoint
@@ -280,8 +281,7 @@ def submit(opts: SubmitOptions, local: bool = False) -> submitit.Job:
     record = {"job_id": str(job.job_id), "local": local,
               "submitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "world_size": opts.world_size, "argv": opts.train_argv()}
-    with open(opts.log_dir / "jobs.jsonl", "a") as f:  # one short line: O_APPEND keeps it whole
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(opts.log_dir / "jobs.jsonl", record)
     return job
 
 

@@ -9,13 +9,13 @@ import torch
 
 from anatplane_dist.core.geometry import clip_lines
 from anatplane_dist.data.augment import (
-    AugmentConfig,
     augment_batch,
     random_affines,
     transform_lines,
     visible_length,
     warp_images,
 )
+from anatplane_dist.data.config import AugmentConfig
 from anatplane_dist.objectives.losses import render_heatmaps_torch
 
 H = W = 64

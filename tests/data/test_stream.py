@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from anatplane_dist.core.dist import MetricSums, assert_same_across_ranks
+from anatplane_dist.data.config import DataConfig
 from anatplane_dist.data.shardlist import ShardList, derive_seed
 from anatplane_dist.data.shardspec import parse_sources, read_sizes, shard_probabilities
 from anatplane_dist.data.stats import StreamStats
 from anatplane_dist.data.stream import (
-    DataConfig,
     EpochPlan,
     SharedEpoch,
     make_train_loader,

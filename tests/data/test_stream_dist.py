@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from anatplane_dist.core.dist import MetricSums, assert_same_across_ranks, free_port
-from anatplane_dist.data.stream import DataConfig, SharedEpoch, make_train_loader, make_val_loader
+from anatplane_dist.data.config import DataConfig
+from anatplane_dist.data.stream import SharedEpoch, make_train_loader, make_val_loader
 from tests.data.synthetic import all_keys, write_shards
 
 SIZES = [3, 7, 11, 2, 9]  # 32 samples in 5 shards of different sizes

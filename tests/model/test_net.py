@@ -177,7 +177,8 @@ def test_compiled_training_step_matches_eager():
 @pytest.mark.parametrize("name", ARCHS)
 def test_starts_near_zero_heatmaps_and_mid_location_then_fits_a_batch(name):
     """Output layers start small (heatmaps ~0, location ~0.5) and the network can learn."""
-    from anatplane_dist.objectives.losses import LossConfig, MultitaskLoss, render_heatmaps_torch
+    from anatplane_dist.objectives.config import LossConfig
+    from anatplane_dist.objectives.losses import MultitaskLoss, render_heatmaps_torch
     torch.manual_seed(0)
     net = build_model(ModelConfig(name=name, width=4, depth=2, loc_dropout=0.0), 1).train()
     g = torch.Generator().manual_seed(0)

@@ -9,9 +9,13 @@ import torch
 pytest.importorskip("nnunetv2")
 
 from anatplane_dist.model import ModelConfig, build_model, check_data_grid, export_parts  # noqa: E402
-from anatplane_dist.model.nnunet import PlansError, build_nnunet_network, nnunet_state_dict  # noqa: E402
-from anatplane_dist.objectives.base import ObjectiveConfig, available_objectives, get_objective  # noqa: E402
-from anatplane_dist.objectives.losses import LossConfig  # noqa: E402
+from anatplane_dist.model.nnunet import build_nnunet_network, nnunet_state_dict  # noqa: E402
+from anatplane_dist.model.plans import PlansError
+from anatplane_dist.objectives import available_objectives, get_objective  # noqa: E402
+from anatplane_dist.objectives.config import (
+    LossConfig,  # noqa: E402
+    ObjectiveConfig,
+)
 from tests.model.nnunet_plans import write_plans  # noqa: E402
 
 K = 3

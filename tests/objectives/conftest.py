@@ -9,7 +9,7 @@ import torch
 
 from anatplane_dist.core.geometry import render_heatmaps
 from anatplane_dist.model import ModelConfig
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.config import LossConfig
 
 
 def tiny_model(norm: str = "batch") -> ModelConfig:

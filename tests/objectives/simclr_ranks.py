@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from anatplane_dist.objectives import ObjectiveConfig, SimCLRConfig, get_objective
+from anatplane_dist.objectives import get_objective
 from anatplane_dist.objectives import simclr as simclr_mod
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig, SimCLRConfig
 
 
 def _gather_no_backward_reduce(x: torch.Tensor) -> tuple[torch.Tensor, int]:

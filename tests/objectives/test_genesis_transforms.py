@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from anatplane_dist.objectives import GenesisConfig
+from anatplane_dist.objectives.config import GenesisConfig
 from anatplane_dist.objectives.genesis_transforms import (
     bezier_map,
     genesis_corrupt,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from anatplane_dist.core.geometry import Plane, intersection_lines, render_heatmaps
+from anatplane_dist.objectives.config import LossConfig
 from anatplane_dist.objectives.losses import (
-    LossConfig,
     MultitaskLoss,
     masked_heatmap_mse,
     masked_mse,

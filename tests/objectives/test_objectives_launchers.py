@@ -17,7 +17,8 @@ import yaml
 from anatplane_dist.core import checkpoints as ckpt
 from anatplane_dist.core.dist import free_port
 from anatplane_dist.core.weights import find_parts
-from anatplane_dist.objectives import ObjectiveConfig, get_objective
+from anatplane_dist.objectives import get_objective
+from anatplane_dist.objectives.config import ObjectiveConfig
 from anatplane_dist.train.metrics import read_metrics
 from tests.objectives.conftest import tiny_loss
 from tests.train.conftest import subprocess_env

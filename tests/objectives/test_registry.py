@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode
-from anatplane_dist.objectives import ObjectiveConfig, ObjectiveError, available_objectives, get_objective
-from anatplane_dist.objectives.losses import LossConfig
+from anatplane_dist.objectives import available_objectives, get_objective
+from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig, ObjectiveError
 from anatplane_dist.train.config import ConfigError, apply_overrides, from_dict
 from tests.objectives.conftest import tiny_loss
 

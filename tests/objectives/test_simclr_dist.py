@@ -10,7 +10,8 @@ import torch
 import torch.multiprocessing as tmp
 
 from anatplane_dist.core.dist import free_port
-from anatplane_dist.objectives import ObjectiveConfig, SimCLRConfig, get_objective
+from anatplane_dist.objectives import get_objective
+from anatplane_dist.objectives.config import ObjectiveConfig, SimCLRConfig
 from anatplane_dist.objectives.simclr import nt_xent_logits
 from tests.objectives.conftest import fixed_batch, tiny_loss, tiny_model
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anatplane_dist.objectives import ObjectiveConfig, available_objectives, get_objective
+from anatplane_dist.objectives import available_objectives, get_objective
+from anatplane_dist.objectives.config import ObjectiveConfig
 from tests.objectives.conftest import fixed_batch, tiny_loss, tiny_model
 
 #: the parts each objective's network must expose (top-level children), and what transfers

@@ -19,6 +19,7 @@ from anatplane_dist import publish as pub
 from anatplane_dist.cli import main as anatplane
 from anatplane_dist.core import checkpoints as ckpt
 from anatplane_dist.core import weights
+from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.model import ModelConfig, build_model, export_parts
 
 MODEL = ModelConfig(name="unet", width=4, depth=2, loc_hidden=[8])
@@ -91,7 +92,7 @@ def test_round_trip_card_permissions_and_checksums(tmp_path):
     assert card["pretext_metrics"] == {"step": 4, "val/loss": 0.5, "val/loss_ori": 0.25}
     assert card["model_config"] == MODEL.to_dict() and card["num_channels"] == K
     manifest = tmp_path / "runs" / "shards-tiny" / "manifest.json"
-    assert card["data_manifests"] == [{"file": "data_manifest.json", "sha256": pub.sha256_file(manifest)}]
+    assert card["data_manifests"] == [{"file": "data_manifest.json", "sha256": sha256_file(manifest)}]
     assert (version / "data_manifest.json").read_bytes() == manifest.read_bytes()
     assert card["training_data"]["phantom"] and card["training_data"]["splits"]["val"] == {"subjects": 1, "samples": 20}
     assert card["data_grid"] == {"size": 32, "spacing": 1.5}
@@ -213,16 +214,19 @@ def test_cli(tmp_path, capsys):
 _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
+    import importlib
     import anatplane_dist.publish as pub
     run, to, name, hook, flag, go = sys.argv[1:7]
     if hook != "none":  # pause at a chosen point so the parent can kill us there
-        real = getattr(pub, hook)
+        module, _, fn = hook.partition(":")
+        home = importlib.import_module(module)
+        real = getattr(home, fn)
         def paused(*a, **k):
-            out = real(*a, **k) if hook == "_copy" else None
+            out = real(*a, **k) if fn == "copy_durable" else None
             Path(flag).touch()
             time.sleep(120)
             return out
-        setattr(pub, hook, paused)
+        setattr(home, fn, paused)
     while go != "-" and not Path(go).exists():
         time.sleep(0.01)
     print(pub.publish(run, to, name), flush=True)
@@ -239,7 +243,8 @@ def _child(tmp_path: Path, run: Path, name: str, hook: str = "none", go: str = "
     return proc, flag
 
 
-@pytest.mark.parametrize("hook", ["_copy", "rename_noreplace"])
+@pytest.mark.parametrize("hook", ["anatplane_dist.publish.versions:copy_durable",
+                                  "anatplane_dist.core.atomic:rename_noreplace"])
 def test_killed_publisher_leaves_no_visible_version(tmp_path, hook):
     """SIGKILL after the first file / just before the rename: nothing a reader can load."""
     run = tmp_path / "run"
@@ -312,8 +317,8 @@ def test_run_with_legacy_pt_exports_publishes_safetensors_same_version(tmp_path)
 def test_published_weights_rebuild_in_their_objectives_network(tmp_path):
     """A genesis decoder ends in image channels, not K heatmaps: loading it must not assume the
     multitask network (the published config.yaml names the objective)."""
-    from anatplane_dist.objectives import ObjectiveConfig, get_objective
-    from anatplane_dist.objectives.losses import LossConfig
+    from anatplane_dist.objectives import get_objective
+    from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
     run = tmp_path / "run"
     make_run(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())

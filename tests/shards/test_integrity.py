@@ -95,7 +95,8 @@ def test_verify_passes_a_good_set_and_lists_a_flipped_byte(tmp_path, shard_dir, 
 def test_loader_skips_and_counts_a_flipped_image_byte(tmp_path, shard_dir):
     import shutil
 
-    from anatplane_dist.data.stream import DataConfig, make_val_loader
+    from anatplane_dist.data.config import DataConfig
+    from anatplane_dist.data.stream import make_val_loader
 
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)

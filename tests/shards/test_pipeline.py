@@ -1,9 +1,7 @@
 """End to end on real DICOM trees: DSBCC layout -> reader -> shards -> plain tarfile + numpy."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np

@@ -55,7 +55,7 @@ def test_submit_trains_two_tasks_and_publishes(slurm_cluster, tiny_shards, tmp_p
     card = json.loads((version / "model_card.json").read_text())
     assert card["training"]["world_size"] == 2 and card["training"]["steps"] == meta["step"]
     assert card["pretext_metrics"]["step"] == meta["step"] and "val/loss" in card["pretext_metrics"]
-    from anatplane_dist.publish import sha256_file
+    from anatplane_dist.core.hashing import sha256_file
     assert card["data_manifests"] and card["data_manifests"][0]["sha256"] == sha256_file(tiny_shards / "manifest.json")
     assert (version / card["data_manifests"][0]["file"]).is_file()     # copied next to the weights
     model = pub.load_pretrained(shared / "tiny-heart", part="full").eval()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
 from anatplane_dist.sources import dsbcc

@@ -18,17 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.core.geometry import Plane
 from anatplane_dist.sources.phantom.heart import GROUPS, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import (
-    atomic_write_text,
-    check_sizes,
-    map_subjects,
-    merge_truth,
-    save_nifti,
-    staged_dir,
-    subject_rng,
-)
+from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, save_nifti, subject_rng
 from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
@@ -93,7 +86,7 @@ def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> di
     affine = stack_affine_ras(sax)
     zooms = (float(sax.spacing[0, 0]), float(sax.spacing[0, 1]), views.gap)
     ed, es = 0, anatomy.es_frame(n_frames)
-    with staged_dir(Path(out) / name) as pdir:
+    with staged_dir(Path(out) / name, replace=True) as pdir:
         save_nifti(pdir / f"{name}_4d.nii.gz", image, affine, zooms + (anatomy.rr_ms / n_frames,))
         for f in (ed, es):
             save_nifti(pdir / f"{name}_frame{f + 1:02d}.nii.gz", image[..., f], affine, zooms)

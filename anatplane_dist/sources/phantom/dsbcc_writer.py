@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from anatplane_dist.core.atomic import staged_dir
 from anatplane_dist.core.geometry import Plane
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from anatplane_dist.sources.phantom.heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, staged_dir, subject_rng
+from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, subject_rng
 from anatplane_dist.sources.phantom.prescribe import HeartViews, prescribe_heart_views
 from anatplane_dist.sources.phantom.render import rotation
 
@@ -111,7 +112,7 @@ def write_heart_subject(out: str | Path, index: int, cfg: HeartCohortConfig) -> 
     rr = anatomy.rr_ms
     scale = float(rng.uniform(800.0, 2400.0))          # scanner units differ between studies
     record_series = []
-    with staged_dir(out / subject) as subject_dir:
+    with staged_dir(out / subject, replace=True) as subject_dir:
         study_dir = subject_dir / "study"
         for s in plan:
             series_uid = deterministic_uid("phantom-heart", cfg.seed, subject, "series", s.number)

@@ -7,46 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from anatplane_dist.core.atomic import atomic_path, atomic_write_json, atomic_write_text
+from anatplane_dist.core.atomic import atomic_path, atomic_write_json
 
-__all__ = ["check_sizes", "staged_dir", "atomic_write_text", "atomic_write_json", "merge_truth", "save_nifti",
+__all__ = ["check_sizes", "merge_truth", "save_nifti",
            "parse_range", "subject_rng", "map_subjects"]
 
 T = TypeVar("T")
-
-
-@contextmanager
-def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Build a whole folder (one subject) under a hidden tmp name, then swap it into place.
-
-    Readers skip dot-folders, so they see a subject complete or not at all, and a re-run
-    replaces an old subject entirely instead of mixing its stale series with new ones.
-    """
-    final = Path(final)
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def save_nifti(path: str | os.PathLike, data: np.ndarray, affine_ras: np.ndarray,

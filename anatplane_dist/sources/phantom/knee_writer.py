@@ -15,15 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from anatplane_dist.sources.phantom.io import (
-    atomic_write_text,
-    check_sizes,
-    map_subjects,
-    merge_truth,
-    staged_dir,
-    subject_rng,
-)
+from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, subject_rng
 from anatplane_dist.sources.phantom.knee import (
     KNEE_VIEWS,
     prescribe_knee_views,
@@ -63,7 +57,7 @@ def write_knee_subject(out: str | Path, index: int, cfg: KneeCohortConfig) -> di
     numbers = rng.permutation(len(KNEE_VIEWS)) + int(rng.integers(2, 6))   # folder numbers hide the view
     scale = float(rng.uniform(1500.0, 3000.0))
     series_records = []
-    with staged_dir(Path(out) / subject) as subject_dir:
+    with staged_dir(Path(out) / subject, replace=True) as subject_dir:
         for v_idx, view in enumerate(KNEE_VIEWS):
             stack = views[view]
             number = int(numbers[v_idx])

@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 
+from anatplane_dist.core.atomic import staged_dir
 from anatplane_dist.sources.phantom.dsbcc_writer import write_heart_subject
-from anatplane_dist.sources.phantom.io import parse_range, staged_dir
+from anatplane_dist.sources.phantom.io import parse_range
 from tests.sources.phantom.support import HEART_CFG
 
 
