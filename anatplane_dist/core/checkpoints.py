@@ -113,6 +113,10 @@ class CheckpointVerifyError(AnatplaneError):
     """A checkpoint's files do not match its signed marker (or it has none): never load it."""
 
 
+class CheckpointLoadError(AnatplaneError, RuntimeError):
+    """A checkpoint directory could not be restored into this model / optimiser."""
+
+
 def checkpoint_key(create: bool = False) -> bytes | None:
     """The per-user HMAC key (32 random bytes, mode 0600), or None when absent and not ``create``.
 

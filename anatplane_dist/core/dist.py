@@ -22,10 +22,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from anatplane_dist.core.errors import AnatplaneError
+
 _TORCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class DistEnvError(RuntimeError):
+class DistEnvError(AnatplaneError, RuntimeError):
     """The launcher environment is inconsistent or incomplete."""
 
 

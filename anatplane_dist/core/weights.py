@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from anatplane_dist.core.atomic import atomic_path
+from anatplane_dist.core.errors import AnatplaneError
 
 __all__ = ["WEIGHTS_FORMAT", "CORE_PARTS", "SUFFIX", "LEGACY_SUFFIX", "WeightsFormatError", "fp32_cpu",
            "order_parts", "split_parts", "save_part", "export_fp32", "load_weights", "part_file",
@@ -42,7 +43,7 @@ LEGACY_SUFFIX = ".pt"
 _META_KEYS = ("format", "part", "model_config", "num_channels", "step")
 
 
-class WeightsFormatError(ValueError):
+class WeightsFormatError(AnatplaneError, ValueError):
     """A file that is not an ``anatplane-weights/1`` weights file (the message names it)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from anatplane_dist.core.errors import ExitCode
 from anatplane_dist.experiment.lowlabel import ClsTask, ProtocolConfig, SegTask, run_protocol
 from anatplane_dist.finetune.backbone import (
     INITS,
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except (FinetuneDataError, PretrainedError, ValueError, OSError) as exc:
         print(f"anatplane finetune: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from anatplane_dist.core import weights
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.model import ModelConfig, build_model
 
 __all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "BackboneFactory", "read_pretrained_info", "make_backbone",
@@ -28,7 +29,7 @@ INITS = ("random", "pretrained")
 TRANSFERS = ("encoder", "encoder+decoder")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(AnatplaneError, ValueError):
     """Published weights that cannot be used for fine-tuning (the message says why)."""
 
 

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_nifti, resample_to_grid, target_grid
 from anatplane_dist.core.intensity import robust_rescale
 from anatplane_dist.data.decode import zscore_
@@ -40,7 +41,7 @@ ACDC_CLASSES: dict[int, str] = {1: "RV", 2: "MYO", 3: "LV"}
 _FRAME_RE = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(AnatplaneError, ValueError):
     """A target-task data set with nothing usable in it (the message says why)."""
 
 

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return verify(args)
     if not args.out:
         print("anatplane shard: --out is required (unless --verify DIR)", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.merge:
         try:
             m = merge_parts(args.out)
@@ -101,13 +101,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.input:
         print("anatplane shard: --input is required (unless --merge)", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         cfg = config_from_args(args)
         part = parse_part(args.part)
     except ValueError as exc:
         print(f"anatplane shard: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.slurm_array:
         from anatplane_dist.shards.slurm_array import submit_array
         return submit_array(args, cfg)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                                overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, ResumeMismatch, PartBusy) as exc:
         print(f"anatplane shard: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("anatplane shard: interrupted; complete shards are kept and a re-run resumes", file=sys.stderr)
         return 130

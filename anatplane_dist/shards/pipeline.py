@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 from tqdm import tqdm
 
 from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.shards.manifest import merge_parts, write_part
 from anatplane_dist.shards.profiles import ShardConfig
@@ -104,7 +105,7 @@ class ShardRun:
         return self.complete and self.samples > 0
 
 
-class PartBusy(RuntimeError):
+class PartBusy(AnatplaneError, RuntimeError):
     """Another process is writing the same part into the same folder."""
 
 

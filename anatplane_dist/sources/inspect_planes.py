@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from anatplane_dist.core.atomic import atomic_path
+from anatplane_dist.core.errors import ExitCode
 from anatplane_dist.core.geometry import clip_lines, intersection_lines, line_angle_deg
 from anatplane_dist.sources.base import ReaderError
 from anatplane_dist.sources.dicom_read import (
@@ -141,6 +142,6 @@ def run(args: argparse.Namespace) -> int:
             render_png(image, reports, args.png)
     except ReaderError as exc:
         print(f"anatplane inspect: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     return 0

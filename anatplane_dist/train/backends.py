@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from anatplane_dist.core.checkpoints import CheckpointLoadError
 from anatplane_dist.core.dist import DistEnv, disable_deepspeed_shm_build, is_main_process
 from anatplane_dist.train.config import PretrainConfig, ds_config
 from anatplane_dist.train.options import TrainConfig, resolve_backend
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 #: subdirectory (DeepSpeed tag / DDP file) holding the engine state inside a checkpoint dir
 ENGINE_TAG = "engine"
 DDP_STATE = "state.pt"
-
-
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint directory could not be restored into this model / optimiser."""
 
 
 def choose_backend(train: "TrainConfig", denv: DistEnv) -> str:

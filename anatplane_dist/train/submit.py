@@ -398,7 +398,7 @@ def run(args: Any) -> int:
         opts = options_from_args(args)
     except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
         print(f"submit: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     resume = _latest_checkpoint(opts.run_dir)
     if args.dry_run:
         try:
@@ -422,7 +422,7 @@ def run(args: Any) -> int:
     if not args.local and shutil.which("sbatch") is None:
         print("submit: sbatch not found on PATH (not a SLURM login node?); use --local to run here "
               "or --dry-run to see the job", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     for w in spec_warnings(opts):
         print(f"warning: {w}", file=sys.stderr)
     job = submit(opts, local=args.local)

@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from anatplane_dist.core import dist, weights
+from anatplane_dist.core.checkpoints import CheckpointLoadError
 
 
 @contextlib.contextmanager
@@ -30,7 +31,6 @@ def converted(engine_dir: Path, scratch: Path) -> Iterator[tuple[Path, str]]:
     Collective: rank 0 converts, every rank learns whether it worked, the scratch folder is
     removed once every rank has loaded (on leaving the ``with``).
     """
-    from anatplane_dist.train.backends import CheckpointLoadError
 
     out = scratch / f"{engine_dir.name}_universal"
     error = ""
