@@ -67,6 +67,20 @@ def _local_rank_arg(argv: Sequence[str]) -> int | None:
     return None
 
 
+def master_port_for_job(job_id: str, environ: Mapping[str, str] | None = None) -> int:
+    """The rendezvous port of a SLURM (or submitit local) job: ``$ANATPLANE_MASTER_PORT`` when set,
+    else derived from the job id (the same on every task and across a requeue, different for
+    two jobs sharing a node) in the unprivileged range 20000-39999. The one rule for both the
+    SLURM environment parsed here and submitit's jobs (:func:`anatplane_dist.train.submit.export_dist_env`)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("ANATPLANE_MASTER_PORT"):
+        return _int(environ, "ANATPLANE_MASTER_PORT")
+    digits = re.sub(r"\D", "", str(job_id))       # array tasks: "123_4"
+    if not digits:
+        raise DistEnvError(f"SLURM_JOB_ID={job_id!r} is not a job id")
+    return 20000 + int(digits) % 20000
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,8 +173,7 @@ def resolve_env(environ: Mapping[str, str] | None = None, argv: Sequence[str] | 
             raise DistEnvError("half-set SLURM environment: SLURM_JOB_NODELIST missing")
         nodelist = env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))
         addr = slurm_master_addr(nodelist) if world > 1 else "127.0.0.1"
-        # same port on every task, derived from the job id, in the unprivileged range
-        port = 20000 + _int(env, "SLURM_JOB_ID") % 20000
+        port = master_port_for_job(env["SLURM_JOB_ID"], env)
         return DistEnv(rank, world, local, addr, port, "slurm")
 
     return DistEnv(0, 1, 0, "127.0.0.1", free_port(), "single")

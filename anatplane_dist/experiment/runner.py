@@ -144,9 +144,10 @@ def _train_config(data: CellData) -> dict[str, Any]:
 def _architecture(spec: ExperimentSpec, shards: Path) -> tuple[str, int]:
     """(ModelConfig YAML, K) of the shared preset: the network the random arm builds (the
     pretrained arms build the same one from their published weights' header)."""
+    from anatplane_dist.core.mapping import ConfigError
     from anatplane_dist.experiment.arms import _config_path
     from anatplane_dist.shards.manifest import read_shard_facts
-    from anatplane_dist.train.config import ConfigError, load_config
+    from anatplane_dist.train.config import load_config
 
     try:
         cfg = load_config(_config_path(spec), [f"data.shards={shards}", *spec.pretrain.overrides])

@@ -12,13 +12,14 @@ that is neither a phantom recipe nor a path.  Each becomes one :class:`SpecError
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.mapping import from_dict
 
 __all__ = ["SpecError", "ArmSpec", "PhantomData", "DataSpec", "PretrainSpec", "FinetuneSpec",
            "ProtocolSpec", "ExperimentSpec", "load_spec", "RANDOM", "TASKS", "SELECTIONS"]
@@ -34,18 +35,7 @@ class SpecError(AnatplaneError):
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise SpecError(f"{where}: {exc}") from exc
+    return from_dict(cls, data, where, kind="key", error=SpecError)
 
 
 @dataclass

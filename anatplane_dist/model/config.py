@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from anatplane_dist.core.mapping import from_dict
 from anatplane_dist.model.plans import PlansError, read_plans
 
 __all__ = ["ModelConfig"]
@@ -121,11 +122,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return from_dict(cls, d, "model", kind="model config key")
 
     @classmethod
     def from_yaml(cls, text: str) -> "ModelConfig":

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from anatplane_dist.core.hashing import json_fingerprint
+from anatplane_dist.core.mapping import from_dict
 
 __all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile", "FORMAT_VERSION"]
 
@@ -80,11 +81,7 @@ class Profile:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Profile":
-        known = {f.name for f in dataclasses.fields(Profile)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"profile: unknown field(s) {unknown}; known: {sorted(known)}")
-        return Profile(**d)
+        return from_dict(Profile, d, "profile", kind="field")
 
 
 BUILTIN_PROFILES: dict[str, Profile] = {

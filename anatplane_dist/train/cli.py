@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
 from anatplane_dist.core.errors import EXIT_CODES, AnatplaneError, ExitCode, one_line
 
@@ -22,15 +21,12 @@ DEFAULT_PRESET = "tiny-cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None,
-                        help=f"YAML file or packaged preset name (default: {DEFAULT_PRESET} on the built-in phantom)")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="run directory (default: config run_dir, else runs/<config name>)")
+    from anatplane_dist.train.config import add_run_arguments
+
+    add_run_arguments(parser, config_default=DEFAULT_PRESET)
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume although keys that are not safe to change differ from the saved config")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.epochs=3 optim.base_lr=2e-4 objective=simclr")
     parser.epilog = "exit codes: " + "; ".join(f"{int(c)} {t}" for c, t in EXIT_CODES.items())
 
 
@@ -54,7 +50,7 @@ def _resolve_data(cfg):
 
 def _train(args: argparse.Namespace, denv) -> int:
     from anatplane_dist.core.dist import is_main_process, on_main
-    from anatplane_dist.train.config import load_config, resolve_config_path
+    from anatplane_dist.train.config import load_config, resolve_config_path, run_dir_for
     from anatplane_dist.train.hooks import hooks_from_env
     from anatplane_dist.train.runlock import RunLock
     from anatplane_dist.train.signals import StopRequest
@@ -62,7 +58,7 @@ def _train(args: argparse.Namespace, denv) -> int:
 
     config_path = resolve_config_path(args.config or DEFAULT_PRESET)
     cfg = _resolve_data(load_config(config_path, list(args.overrides)))
-    run_dir = args.run_dir or (Path(cfg.run_dir) if cfg.run_dir else Path("runs") / config_path.stem)
+    run_dir = run_dir_for(config_path, cfg.run_dir, args.run_dir)
     lock = RunLock(run_dir)
     on_main(lambda: lock.acquire() and None)   # held by rank 0 for the whole run; released at exit
     try:

@@ -8,12 +8,9 @@ one source of truth: the global batch and the DeepSpeed config.
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +18,11 @@ from typing import Any
 import yaml
 
 from anatplane_dist.core.atomic import atomic_write_text
-from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.mapping import ConfigError, coerce_value, field_types, from_dict
 from anatplane_dist.data.config import AugmentConfig, DataConfig
 from anatplane_dist.model.config import ModelConfig
 from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
 from anatplane_dist.train.options import OptimConfig, PublishConfig, TrainConfig
-
-
-class ConfigError(AnatplaneError, ValueError):
-    """A config value or key that cannot be used; the message names the dotted key."""
 
 
 @dataclass
@@ -44,114 +37,6 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     run_dir: str = ""              #: default run directory (``--run-dir`` wins)
-
-
-# ---------------------------------------------------------------------------- typed conversion
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML/override value to annotation ``tp``; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple, collections.abc.Sequence):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if origin is tuple and args:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
-        inner = args[0] if args else Any
-        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        kt, vt = args if args else (Any, Any)
-        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        number = None
-        if isinstance(value, (int, float)):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # a NaN LR trains NaNs for hours; no config value means inf
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return "" if value is None else str(value)
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"{key}: cannot convert {value!r} to {tp}")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the key."""
-    data = dict(data or {})
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]!s} (valid keys of "
-                          f"{prefix or cls.__name__}: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -190,11 +75,11 @@ def _set(obj: Any, path: list[str], raw: str, dotted: str) -> Any:
         raise ConfigError(f"unknown config key {dotted} (valid keys here: {', '.join(sorted(names))})")
     if len(path) > 1:
         return dataclasses.replace(obj, **{head: _set(getattr(obj, head), path[1:], raw, dotted)})
-    tp = _hints(type(obj))[head]
+    tp = field_types(type(obj))[head]
     value: Any = raw if tp is str else yaml.safe_load(raw) if raw.strip() else None
     if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
         raise ConfigError(f"{dotted} is a section; override its fields ({dotted}.<key>=...)")
-    return dataclasses.replace(obj, **{head: _coerce(value, tp, dotted)})
+    return dataclasses.replace(obj, **{head: coerce_value(value, tp, dotted)})
 
 
 # ---------------------------------------------------------------------------- load / write
@@ -252,6 +137,31 @@ def validate(cfg: PretrainConfig) -> None:
             raise ConfigError(f"invalid {key}: {value!r}")
 
 
+def run_dir_for(config_path: str | os.PathLike, config_run_dir: str = "", given: str | os.PathLike | None = None,
+                root: str | os.PathLike = "runs") -> Path:
+    """The run directory of a pretraining command: ``--run-dir`` if given, else the config's
+    ``run_dir``, else ``runs/<config name>``. The one rule for ``anatplane pretrain``, the
+    launchers and ``submit``: the same command names the same run, so re-running it resumes."""
+    if given is not None:
+        return Path(given)
+    if config_run_dir:
+        return Path(config_run_dir)
+    return Path(root) / Path(config_path).stem
+
+
+def add_run_arguments(parser: Any, *, config_required: bool = False, config_default: str | None = None) -> None:
+    """``--config``, ``--run-dir`` and ``key=value`` overrides: the options every way of starting a
+    pretraining run shares (``anatplane pretrain``, ``launch/pretrain.py``, ``submit``)."""
+    parser.add_argument("--config", required=config_required, default=config_default,
+                        help="YAML file or packaged preset name"
+                        + (f" (default: {config_default} on the built-in phantom)" if config_default else ""))
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="run directory (default: the config's run_dir, else runs/<config name>); "
+                             "the same run dir resumes")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.epochs=3 optim.base_lr=2e-4 objective=simclr")
+
+
 def write_config(cfg: PretrainConfig, run_dir: str | os.PathLike) -> Path:
     """Write the resolved config to ``<run_dir>/config.yaml`` atomically."""
     return atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg))
@@ -279,7 +189,7 @@ _MISSING = object()
 
 
 #: presets shipped inside the package (found after a non-editable install too)
-PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"   # anatplane_dist/configs (package data)
 
 
 def available_presets() -> list[str]:

@@ -31,6 +31,7 @@ import submitit
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
 from anatplane_dist.core.jsonl import append_jsonl
+from anatplane_dist.train.config import add_run_arguments
 
 DEFAULT_ENTRY = "anatplane_dist.train.cli:main"
 #: Seconds between SLURM's warning signal and the kill.  Must exceed the slowest checkpoint
@@ -108,12 +109,6 @@ def resolve_tasks_per_node(gpus_per_node: int, tasks_per_node: int | None) -> in
     return tasks
 
 
-def default_run_dir(config: Path, root: Path = Path("runs"), now: _dt.datetime | None = None) -> Path:
-    """``runs/<config stem>-<UTC time>``: fixed at submission, independent of any job id."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return (root / f"{Path(config).stem}-{now:%Y%m%d-%H%M%S}").resolve()
-
-
 # --------------------------------------------------------------------------- the job
 def resolve_entry(entry: str) -> Callable[[list[str]], int]:
     """``"package.module:function"`` -> the function (imported inside the job, not pickled)."""
@@ -131,9 +126,11 @@ def export_dist_env() -> dict[str, str]:
     (stable across a requeue, different for two jobs sharing a node) unless
     ``ANATPLANE_MASTER_PORT`` pins it; a MASTER_PORT leaked from the submitting shell is ignored.
     """
+    from anatplane_dist.core.dist import master_port_for_job
+
     os.environ.pop("MASTER_PORT", None)
-    if os.environ.get("ANATPLANE_MASTER_PORT"):
-        os.environ["MASTER_PORT"] = os.environ["ANATPLANE_MASTER_PORT"]
+    env = submitit.JobEnvironment()
+    os.environ["MASTER_PORT"] = str(master_port_for_job(str(env.job_id)))
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
     return {k: os.environ[k] for k in keys}
@@ -334,14 +331,10 @@ def add_arguments(parser: Any) -> None:
     r.add_argument("--max-num-timeout", type=int, default=DEFAULT_MAX_NUM_TIMEOUT,
                    help=f"requeues after timeouts before giving up (default {DEFAULT_MAX_NUM_TIMEOUT})")
     t = parser.add_argument_group("training")
-    t.add_argument("--config", type=Path, required=True, help="pretraining YAML config")
-    t.add_argument("--run-dir", type=Path, default=None,
-                   help="run directory (default: the config's run_dir, else runs/<config>-<UTC time>); "
-                        "pass an existing one to continue that run")
+    add_run_arguments(t, config_required=True)
     t.add_argument("--job-name", default="anatplane")
     t.add_argument("--entry", default=DEFAULT_ENTRY, help="training entry point module:function "
                    "taking the pretrain argv (default: %(default)s)")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     m = parser.add_argument_group("mode")
     m.add_argument("--local", action="store_true",
                    help="run the same tasks on this machine with submitit's LocalExecutor (no SLURM) and wait")
@@ -349,22 +342,14 @@ def add_arguments(parser: Any) -> None:
     m.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if every task succeeded")
 
 
-def _resolved_run_dir(args: Any, config_run_dir: str) -> Path:
-    if args.run_dir is not None:
-        return Path(args.run_dir)
-    if config_run_dir:
-        return Path(config_run_dir)
-    return default_run_dir(Path(args.config))
-
-
 def options_from_args(args: Any) -> SubmitOptions:
     """Validate the config (a typo fails now, not after hours in the queue) and build the options."""
-    from anatplane_dist.train.config import load_config, resolve_config_path
+    from anatplane_dist.train.config import load_config, resolve_config_path, run_dir_for
 
     config = resolve_config_path(args.config)   # a file, or a packaged preset's name
     cfg = load_config(config, list(args.overrides))
     return SubmitOptions(
-        config=config, run_dir=_resolved_run_dir(args, cfg.run_dir), overrides=list(args.overrides),
+        config=config, run_dir=run_dir_for(config, cfg.run_dir, args.run_dir), overrides=list(args.overrides),
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
         partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
         cpus_per_task=args.cpus_per_task, mem=args.mem, constraint=args.constraint, exclude=args.exclude,

@@ -24,8 +24,8 @@ def test_documented_exit_codes_are_the_table(doc, heading):
 
 def test_every_domain_error_is_an_anatplane_error():
     from anatplane_dist.core.checkpoints import CheckpointVerifyError
+    from anatplane_dist.core.mapping import ConfigError
     from anatplane_dist.train.checkpointing import ResumeRefused
-    from anatplane_dist.train.config import ConfigError
     from anatplane_dist.train.resume_rules import ConfigChangeRefused
     from anatplane_dist.train.runlock import RunLockedError
     from anatplane_dist.train.trainer import NonFiniteLossError

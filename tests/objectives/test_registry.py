@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode
+from anatplane_dist.core.mapping import ConfigError, from_dict
 from anatplane_dist.objectives import available_objectives, get_objective
 from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig, ObjectiveError
-from anatplane_dist.train.config import ConfigError, apply_overrides, from_dict
+from anatplane_dist.train.config import apply_overrides
 from tests.objectives.conftest import tiny_loss
 
 ALL = ["genesis", "location", "multitask", "orientation", "rotation", "simclr"]

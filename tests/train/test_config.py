@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anatplane_dist.core.mapping import ConfigError, from_dict
 from anatplane_dist.train.config import (
-    ConfigError,
     PretrainConfig,
     apply_overrides,
     ds_config,
     dump_yaml,
-    from_dict,
     global_batch,
     load_config,
     resolve_shard_dir,

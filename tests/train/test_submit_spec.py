@@ -75,10 +75,18 @@ def test_cpu_job_has_no_gpu_request(tmp_path):
     assert any("counts as a timeout" in w for w in spec["warnings"])
 
 
-def test_default_run_dir_is_fixed_at_submission_and_has_no_job_id(tmp_path):
-    import datetime as dt
-    t = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-    assert slurm.default_run_dir(TINY, tmp_path, t) == (tmp_path / "tiny-cpu-20260102-030405").resolve()
+def test_default_run_dir_is_the_pretrain_rule_and_has_no_job_id(tmp_path):
+    """submit and pretrain name the same run for the same command (re-submitting resumes)."""
+    from anatplane_dist.train.config import run_dir_for
+    assert run_dir_for(TINY, "", None, tmp_path) == tmp_path / "tiny-cpu"
+    assert run_dir_for(TINY, "cfg-dir", None) == Path("cfg-dir")
+    assert run_dir_for(TINY, "cfg-dir", tmp_path / "given") == tmp_path / "given"
+    import argparse
+    args = argparse.Namespace(config=str(TINY), run_dir=None, overrides=[], nodes=1, gpus_per_node=0,
+                              tasks_per_node=None, partition=None, account=None, qos=None, time_min=10,
+                              cpus_per_task=None, mem=None, constraint=None, exclude=None, signal_delay_s=60,
+                              max_num_timeout=3, job_name="x", entry=slurm.DEFAULT_ENTRY)
+    assert slurm.options_from_args(args).run_dir == (Path("runs") / "tiny-cpu").resolve()
 
 
 def test_dry_run_prints_spec_and_script_and_writes_nothing(tmp_path):
