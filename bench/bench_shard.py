@@ -122,7 +122,7 @@ def read_back(out: Path) -> float:
     per-sample decode (checksum, schema checks, targets out of meta.json)."""
     import webdataset as wds
 
-    from anatplane_dist.data.decode import decode_sample
+    from anatplane_dist.shards.format import decode_sample
     urls = sorted(str(p) for p in out.glob("*.tar"))
     t = time.perf_counter()
     n = 0

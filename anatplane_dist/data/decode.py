@@ -1,114 +1,18 @@
-"""Shard sample bytes -> checked float32 arrays -> batches (the layout in docs/architecture.md).
+"""Decoded samples -> training batches: stacking and the per-image z-score (on the loader's workers).
 
-Everything here runs in the DataLoader workers. A sample that breaks the shard schema raises
-:class:`SampleError` with the reason; the stream counts and skips it instead of stopping.
-
-Two layouts are read (``shards/FORMAT.md``):
-
-* ``anatplane-shard/2`` (what ``anatplane shard`` writes): ``image.npy`` + ``meta.json``, the
-  targets inside ``meta.json`` and the whole sample sealed by a crc32 (:mod:`..shards.seal`)
-  that is checked **before** anything else is parsed: a changed byte in either member is a
-  ``"checksum"`` skip, counted like any corrupt member, and never reaches the model;
-* ``anatplane-shard/1``: ``image.npy``, ``lines.npy``, ``valid.npy``, ``loc.npy`` (no checksum;
-  still what the synthetic test/benchmark shard writer produces).
-
-Both give the same batch fields.
+Per-sample decoding and schema checks are the shard format's (:mod:`anatplane_dist.shards.format`);
+this module turns those samples into the batch layout of docs/architecture.md.
 """
 from __future__ import annotations
 
-import io
-import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import numpy.lib.format as npformat
 import torch
 
-from anatplane_dist.shards.seal import seal_error
+__all__ = ["zscore_", "collate"]
 
-#: members of a format-1 sample (the arrays as separate ``.npy`` members, no checksum)
-REQUIRED_V1 = ("image.npy", "lines.npy", "valid.npy", "loc.npy")
-#: members of a format-2 sample (targets and checksum in ``meta.json``)
-REQUIRED = ("image.npy", "meta.json")
-_WANTED = tuple(set(REQUIRED_V1) | set(REQUIRED))
 _STD_FLOOR = 1e-6
-
-
-class SampleError(ValueError):
-    """A sample that does not follow the shard schema.
-
-    ``reason`` is a short category (``"npy"``, ``"missing"``, ``"shape"``, ...) so warnings can be
-    rate-limited per kind of problem; the message names the sample and the detail.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def wanted_member(fname: str) -> bool:
-    """Tar member filter: read only the members a batch can need."""
-    return fname.endswith(_WANTED)
-
-
-_MAGIC = b"\x93NUMPY"
-#: parsed ``.npy`` headers by their bytes: every sample of a shard set has the same few headers,
-#: and numpy parses each one with ``ast.literal_eval`` (a third of the decode time otherwise)
-_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
-
-
-def _parse_header(data: bytes, end: int, major: int) -> tuple[tuple[int, ...], bool, np.dtype]:
-    fp = io.BytesIO(data[:end])
-    npformat.read_magic(fp)
-    read = npformat.read_array_header_1_0 if major == 1 else npformat.read_array_header_2_0
-    return read(fp)
-
-
-def load_npy(data: bytes, name: str = "array") -> np.ndarray:
-    """Parse ``.npy`` bytes without copying the payload (``np.load`` on a BytesIO copies it).
-
-    The result is a read-only view of ``data``.
-
-    Raises:
-        SampleError: not an ``.npy``, an object dtype (pickles are never loaded) or truncated data.
-    """
-    if len(data) < 10 or data[:6] != _MAGIC:
-        raise SampleError("npy", f"{name}: not a valid .npy (no NUMPY magic)")
-    major = data[6]
-    if major == 3:  # utf-8 field names: rare, no public header reader, take numpy's own path
-        try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exn:
-            raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
-    if major not in (1, 2):
-        raise SampleError("npy", f"{name}: unsupported .npy format version {major}")
-    start = 10 if major == 1 else 12
-    offset = start + int.from_bytes(data[8:start], "little")
-    header = data[start:offset]
-    parsed = _HEADERS.get(header)
-    if parsed is None:
-        try:
-            parsed = _parse_header(data, offset, major)
-        except (ValueError, EOFError, OSError) as exn:
-            raise SampleError("npy", f"{name}: not a valid .npy ({exn})") from None
-        if len(_HEADERS) < 1024:
-            _HEADERS[header] = parsed
-    shape, fortran, dtype = parsed
-    if dtype.hasobject:
-        raise SampleError("npy", f"{name}: object arrays are not allowed")
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(data) - offset < count * dtype.itemsize:
-        raise SampleError("truncated", f"{name}: truncated .npy ({len(data) - offset} of "
-                          f"{count * dtype.itemsize} data bytes)")
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-
-
-def _all_finite(x: np.ndarray) -> bool:
-    """``np.isfinite(x).all()``, but float16 via its exponent bits (numpy's f16 isfinite is ~30x slower)."""
-    if x.dtype == np.float16:
-        return not ((x.view(np.uint16) & 0x7C00) == 0x7C00).any()
-    return bool(np.isfinite(x).all())
 
 
 def zscore_(images: torch.Tensor) -> torch.Tensor:
@@ -121,77 +25,6 @@ def zscore_(images: torch.Tensor) -> torch.Tensor:
     std = torch.linalg.vector_norm(flat, dim=1, keepdim=True) / flat.shape[1] ** 0.5  # one pass, no temporary
     flat.mul_(std.clamp_min_(_STD_FLOOR).reciprocal_())
     return images
-
-
-def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Check one raw sample against the schema and return the per-sample batch fields.
-
-    Invalid lines become zero rows with ``valid = 0``; an absent location becomes ``loc = 0``
-    with ``loc_valid = 0``. A ``valid`` flag set on a non-finite line is a schema violation
-    (a sharder bug would otherwise turn into made-up targets), so the sample is rejected.
-
-    Raises:
-        SampleError: missing member, wrong dtype/shape, non-finite image, inconsistent flags.
-    """
-    key = raw.get("__key__", "?")
-    if "lines.npy" in raw:
-        image, lines, valid, loc = _arrays_v1(raw, key)
-    else:
-        image, lines, valid, loc = _arrays_v2(raw, key)
-    if image.ndim != 2 or image.dtype.kind != "f" or 0 in image.shape:
-        raise SampleError("shape", f"{key}: image must be a non-empty float (H, W) array, got {image.dtype} {image.shape}")
-    if lines.ndim != 2 or lines.shape[1] != 3 or lines.dtype.kind != "f":
-        raise SampleError("shape", f"{key}: lines must be float (K, 3), got {lines.dtype} {lines.shape}")
-    if valid.shape != (lines.shape[0],) or valid.dtype.kind not in "uib":
-        raise SampleError("shape", f"{key}: valid must be integer ({lines.shape[0]},), got {valid.dtype} {valid.shape}")
-    if loc.size != 1 or loc.dtype.kind != "f":
-        raise SampleError("shape", f"{key}: loc must be a float scalar, got {loc.dtype} {loc.shape}")
-    if not _all_finite(image):
-        raise SampleError("nonfinite", f"{key}: image has non-finite values")
-    flags = valid.astype(bool)
-    finite = np.isfinite(lines).all(axis=1)
-    if (flags & ~finite).any():
-        raise SampleError("flags", f"{key}: valid flag set on a non-finite line (rows {np.flatnonzero(flags & ~finite).tolist()})")
-    loc_value = float(loc.reshape(()))
-    loc_ok = bool(np.isfinite(loc_value))
-    return {
-        "image": image,  # z-scored per batch in collate
-        "lines": np.where(flags[:, None], lines, 0).astype(np.float32),
-        "valid": flags.astype(np.float32),
-        "loc": np.float32(loc_value if loc_ok else 0.0),
-        "loc_valid": np.float32(loc_ok),
-        "key": str(key),
-    }
-
-
-def _arrays_v1(raw: Mapping[str, Any], key: str) -> tuple[np.ndarray, ...]:
-    missing = [m for m in REQUIRED_V1 if m not in raw]
-    if missing:
-        raise SampleError("missing", f"{key}: missing member(s) {missing}")
-    return tuple(load_npy(raw[m], f"{key}.{m}") for m in REQUIRED_V1)
-
-
-def _arrays_v2(raw: Mapping[str, Any], key: str) -> tuple[np.ndarray, ...]:
-    """Checksum first, then the targets out of ``meta.json`` (see the module docstring)."""
-    missing = [m for m in REQUIRED if m not in raw]
-    if missing:
-        raise SampleError("missing", f"{key}: missing member(s) {missing}")
-    image_b, meta_b = raw["image.npy"], raw["meta.json"]
-    bad = seal_error(image_b, meta_b)
-    if bad:
-        raise SampleError("checksum", f"{key}: {bad}")
-    try:
-        meta = json.loads(meta_b)
-        rows = meta["lines"]
-        valid = np.array([bool(r["valid"]) for r in meta["references"]], dtype=np.uint8)
-        value = meta["location"]["value"]
-        lines = np.array([[np.nan] * 3 if r is None else r for r in rows], dtype=np.float32).reshape(len(rows), -1)
-        loc = np.array(np.nan if value is None else value, dtype=np.float32)
-    except (ValueError, KeyError, TypeError) as exn:
-        raise SampleError("meta", f"{key}: meta.json without valid targets ({type(exn).__name__}: {exn})") from None
-    if len(rows) != len(valid) or any((r is None) == bool(v) for r, v in zip(rows, valid)):
-        raise SampleError("flags", f"{key}: meta.json lines and references[].valid disagree")
-    return load_npy(image_b, f"{key}.image.npy"), lines, valid, loc
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

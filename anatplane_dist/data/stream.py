@@ -40,7 +40,7 @@ import torch.utils.data
 import webdataset as wds
 
 from anatplane_dist.data.config import DataConfig
-from anatplane_dist.data.decode import SampleError, collate, decode_sample, wanted_member
+from anatplane_dist.data.decode import collate
 from anatplane_dist.data.shardlist import SAMPLE_SHUFFLE_TAG, ShardList, SharedEpoch, derive_seed
 from anatplane_dist.data.shardspec import (
     all_urls,
@@ -58,6 +58,7 @@ from anatplane_dist.data.stats import (
     StreamStats,
     worker_slot,
 )
+from anatplane_dist.shards.format import SampleError, decode_sample, wanted_member
 
 __all__ = ["DataConfig", "EpochPlan", "EpochReport", "SharedEpoch", "StreamLoader", "make_train_loader",
            "make_val_loader", "read_sizes", "total_samples"]     # MetricSums & co. live in dist.py

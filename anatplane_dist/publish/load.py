@@ -24,11 +24,16 @@ def _network_of(version: Path, model_cfg: Any, num_channels: int) -> Any:
 
     path = version / "config.yaml"
     if path.is_file():
+        import yaml
+
+        from anatplane_dist.core.mapping import from_dict
         from anatplane_dist.objectives import get_objective
-        from anatplane_dist.train.config import load_config
-        cfg = load_config(path)
+        from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
+        config = yaml.safe_load(path.read_text()) or {}
+        objective = from_dict(ObjectiveConfig, config.get("objective"), "objective")
+        loss = from_dict(LossConfig, config.get("loss"), "loss")
         # only the network is built: the loss's ridge width (which needs a spacing) plays no part
-        return get_objective(cfg.objective, cfg.loss, grid_spacing_mm=cfg.loss.spacing_mm or 1.0).build_model(
+        return get_objective(objective, loss, grid_spacing_mm=loss.spacing_mm or 1.0).build_model(
             model_cfg, num_channels)
     return build_model(model_cfg, num_channels)
 

@@ -2,7 +2,7 @@
 
 For tools and tests that look at a shard outside the training stream (``--verify``, the
 sharder's tests, benchmarks). The checks and the decoding are the loader's own
-(:func:`anatplane_dist.data.decode.decode_sample`), so what this accepts is what trains.
+(:func:`anatplane_dist.shards.format.decode_sample`), so what this accepts is what trains.
 """
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def read_samples(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     absent), float16 ``image``, plus the parsed ``meta.json``.
 
     Raises:
-        anatplane_dist.data.decode.SampleError: a sample the loader would skip (checksum, schema).
+        anatplane_dist.shards.format.SampleError: a sample the loader would skip (checksum, schema).
     """
-    from anatplane_dist.data.decode import decode_sample
+    from anatplane_dist.shards.format import decode_sample
 
     out: dict[str, dict[str, Any]] = {}
     for raw in iter_raw_samples(path):

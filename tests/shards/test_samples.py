@@ -17,7 +17,7 @@ from tests.shards.conftest import heart_study, make_slice, plane_through
 
 def decode(sample):
     """(image, lines with NaN rows where masked, valid, loc, meta) as the loader reads them."""
-    from anatplane_dist.data.decode import decode_sample
+    from anatplane_dist.shards.format import decode_sample
     m = sample.members
     d = decode_sample({"__key__": sample.key, **m})
     valid = d["valid"].astype(bool)

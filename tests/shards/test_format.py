@@ -8,7 +8,8 @@ import numpy.lib.format as npformat
 import pytest
 import torch
 
-from anatplane_dist.data.decode import SampleError, _all_finite, collate, decode_sample, load_npy, zscore_
+from anatplane_dist.data.decode import collate, zscore_
+from anatplane_dist.shards.format import SampleError, _all_finite, decode_sample, load_npy
 
 
 def npy(arr: np.ndarray, version: tuple[int, int] | None = None, allow_pickle: bool = False) -> bytes:
