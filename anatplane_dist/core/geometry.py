@@ -28,7 +28,7 @@ from scipy import ndimage
 __all__ = [
     "GeometryError", "Plane", "plane_from_dicom", "plane_from_nifti", "intersection_lines",
     "clip_lines", "target_grid", "resample_to_grid", "stack_positions", "heart_locations",
-    "symmetric_locations", "render_heatmaps", "line_angle_deg", "ANATOMICAL_APEX_LPS",
+    "symmetric_locations", "render_heatmaps", "line_angle_deg", "ANATOMICAL_APEX_LPS", "RAS_TO_LPS",
 ]
 
 #: In LPS the LV apex lies left (+x), anterior (-y) and inferior (-z) of the base.
@@ -181,7 +181,9 @@ def plane_from_dicom(ds: Any, what: str | None = None) -> Plane:
                       (int(ds.Rows), int(ds.Columns)), what)
 
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: the one RAS <-> LPS map (NIfTI affines are RAS, this package is LPS); its own inverse
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+RAS_TO_LPS.setflags(write=False)
 
 
 def plane_from_nifti(affine: np.ndarray, shape: Sequence[int], index: int | np.ndarray,
@@ -192,7 +194,7 @@ def plane_from_nifti(affine: np.ndarray, shape: Sequence[int], index: int | np.n
     is the image row, the second the image column.  The affine maps voxels to RAS; it is
     converted to LPS here, once, so nothing downstream knows NIfTI existed.
     """
-    a = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+    a = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
     in_plane = [ax for ax in range(3) if ax != axis]
     row_ax, col_ax = in_plane
     col_vec, row_vec = a[:3, row_ax], a[:3, col_ax]       # row index moves along col_dir

@@ -8,7 +8,7 @@ two resliced planes can be checked against the pixels themselves: both images sa
 voxels along their common line.
 
 Coordinates: the volume's affine maps voxel indices ``(i, j, k)`` to RAS millimetres (the
-NIfTI convention); planes are LPS (the package convention), converted here and nowhere else.
+NIfTI convention); planes are LPS (the package convention), converted with :data:`anatplane_dist.core.geometry.RAS_TO_LPS`.
 """
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from anatplane_dist.core.geometry import GeometryError, Plane
+from anatplane_dist.core.geometry import RAS_TO_LPS, GeometryError, Plane
 
 __all__ = ["reslice", "plane_through", "world_to_voxel"]
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SNAP = 1e-6       # voxel coordinates this close to an integer are exactly that integer
 
 
@@ -49,7 +48,7 @@ def plane_through(center: Sequence[float], row_dir: Sequence[float], col_dir: Se
 
 def world_to_voxel(points_lps: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
     """Voxel coordinates (..., 3) of LPS points (..., 3) under a voxel->RAS affine."""
-    a = _RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)
+    a = RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)
     inv = np.linalg.inv(a)
     pts = np.asarray(points_lps, dtype=np.float64)
     return pts @ inv[:3, :3].T + inv[:3, 3]

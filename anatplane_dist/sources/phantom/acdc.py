@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from anatplane_dist.core.atomic import atomic_write_text, staged_dir
-from anatplane_dist.core.geometry import Plane
+from anatplane_dist.core.geometry import RAS_TO_LPS, Plane
 from anatplane_dist.sources.phantom.heart import GROUPS, render_cine, sample_heart
 from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, save_nifti, subject_rng
 from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def stack_affine_ras(stack: Plane) -> np.ndarray:
     a[:3, 1] = stack.row_dir[0] * stack.spacing[0, 1]     # voxel axis 1 = image column
     a[:3, 2] = step
     a[:3, 3] = o[0]
-    return _LPS_TO_RAS @ a
+    return RAS_TO_LPS @ a
 
 
 def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> dict[str, Any]:
