@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "json_safe",
+__all__ = ["atomic_path", "commit_file", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "json_safe",
            "staged_dir", "write_durable", "copy_durable", "fsync_dir", "rename_noreplace",
            "FILE_MODE", "DIR_MODE"]
 
@@ -51,11 +51,19 @@ def atomic_path(path: str | os.PathLike, *, mode: int = 0o644) -> Iterator[Path]
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        commit_file(tmp, path, mode=mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def commit_file(tmp: str | os.PathLike, path: str | os.PathLike, *, mode: int = 0o644) -> Path:
+    """Give an already written and fsynced ``tmp`` (same directory as ``path``) its final mode
+    and rename it onto ``path``: the commit step of every atomic file, also of writers that
+    stream into their temporary file over many calls (the shard writer)."""
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> Path:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
-from anatplane_dist.core.atomic import atomic_write_json
+from anatplane_dist.core.atomic import atomic_write_json, commit_file
 from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.core.jsonl import append_jsonl, read_jsonl
@@ -152,8 +152,7 @@ class SplitWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         name = self.shard_name(self.index)
-        os.chmod(self._tmp, 0o644)
-        os.replace(self._tmp, self.out_dir / name)
+        commit_file(self._tmp, self.out_dir / name)
         rec = ShardRecord(name, self.split, self.index, self._count, self._hash.sha.hexdigest(),
                           self._hash.size, (int(end[0]), int(end[1])))
         self._tar = self._fh = self._hash = None
