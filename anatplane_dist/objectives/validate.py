@@ -59,7 +59,7 @@ def line_errors(heat: torch.Tensor, lines: torch.Tensor, valid: torch.Tensor) ->
 
 def pretext_sums(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
                  loss_fn: Callable) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each of :data:`NAMES` over one batch: the per-batch half of :func:`evaluate`.
+    """(sum, count) of each of :data:`NAMES` over one batch; the trainer's validation (:meth:`anatplane_dist.train.trainer.Trainer.validate`) sums them over the validation stream.
 
     Pretraining objectives with heatmap / location heads report these; a head the model
     does not have is left out (its names then count nothing).
