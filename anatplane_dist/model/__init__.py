@@ -11,8 +11,7 @@ the built-in architectures and so registers them before any lookup.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anatplane_dist.core.lazy import lazy_exports
 
 _HOME = {"ModelConfig": "config", "MultitaskNet": "net", "build_model": "net", "export_parts": "net",
          "load_parts": "net", "unwrap_model": "net", "PARTS": "net", "available_models": "net",
@@ -21,8 +20,4 @@ _HOME = {"ModelConfig": "config", "MultitaskNet": "net", "build_model": "net", "
 
 __all__ = sorted(_HOME)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOME)

@@ -11,8 +11,7 @@ registers them before any lookup.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anatplane_dist.core.lazy import lazy_exports
 
 _HOME = {"Objective": "base", "register_objective": "base",
          "get_objective": "builtin", "available_objectives": "builtin",
@@ -21,8 +20,4 @@ _HOME = {"Objective": "base", "register_objective": "base",
 
 __all__ = sorted(_HOME)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOME)

@@ -8,8 +8,7 @@ free of torch until weights are loaded.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anatplane_dist.core.lazy import lazy_exports
 
 _HOME = {"publish": "versions", "verify": "versions", "list_versions": "versions",
          "update_latest": "versions", "resolve_version": "versions", "PublishError": "versions",
@@ -19,8 +18,4 @@ _HOME = {"publish": "versions", "verify": "versions", "list_versions": "versions
 
 __all__ = sorted(_HOME)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOME)
