@@ -14,9 +14,9 @@ import types
 import typing
 from typing import Any, Mapping
 
-from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError, one_line
 
-__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types"]
+__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types", "replace_checked"]
 
 
 class ConfigError(AnatplaneError, ValueError):
@@ -145,3 +145,15 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", *, ki
         raise error(str(e)) from None
     except TypeError as e:              # a required field missing
         raise error(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:             # a range the dataclass's own checks refuse (width=0, batch_size=-1)
+        raise error(one_line(e)) from None
+
+
+def replace_checked(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` whose range checks (``__post_init__``) fail as one ConfigError."""
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(one_line(e)) from None

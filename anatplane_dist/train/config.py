@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from anatplane_dist.core.atomic import atomic_write_text
-from anatplane_dist.core.mapping import ConfigError, coerce_value, field_types, from_dict
+from anatplane_dist.core.mapping import ConfigError, coerce_value, field_types, from_dict, replace_checked
 from anatplane_dist.data.config import AugmentConfig, DataConfig
 from anatplane_dist.model.config import ModelConfig
 from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
@@ -74,12 +74,12 @@ def _set(obj: Any, path: list[str], raw: str, dotted: str) -> Any:
     if head not in names:
         raise ConfigError(f"unknown config key {dotted} (valid keys here: {', '.join(sorted(names))})")
     if len(path) > 1:
-        return dataclasses.replace(obj, **{head: _set(getattr(obj, head), path[1:], raw, dotted)})
+        return replace_checked(obj, **{head: _set(getattr(obj, head), path[1:], raw, dotted)})
     tp = field_types(type(obj))[head]
     value: Any = raw if tp is str else yaml.safe_load(raw) if raw.strip() else None
     if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
         raise ConfigError(f"{dotted} is a section; override its fields ({dotted}.<key>=...)")
-    return dataclasses.replace(obj, **{head: coerce_value(value, tp, dotted)})
+    return replace_checked(obj, **{head: coerce_value(value, tp, dotted)})
 
 
 # ---------------------------------------------------------------------------- load / write
@@ -121,6 +121,7 @@ def validate(cfg: PretrainConfig) -> None:
     t, o = cfg.train, cfg.optim
     checks = [
         (t.zero_stage in (0, 1, 2), "train.zero_stage (0-2)", t.zero_stage),
+        (t.max_steps >= 0, "train.max_steps (>= 0; 0 = epochs decide)", t.max_steps),
         (t.grad_accum >= 1, "train.grad_accum (>= 1)", t.grad_accum),
         (t.epochs >= 1 or t.max_steps > 0, "train.epochs (>= 1)", t.epochs),
         (t.keep_last >= 1, "train.keep_last (>= 1)", t.keep_last),
