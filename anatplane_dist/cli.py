@@ -60,10 +60,15 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         return parser.parse_args(argv)
 
 
-def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
-    """``run(args)`` with every :class:`AnatplaneError` turned into one stderr line and its exit code."""
+def run_guarded(prog: str, run, args: object) -> int:
+    """``run(args)`` with every :class:`AnatplaneError` turned into one stderr line and its exit code,
+    and Ctrl-C into one line and :attr:`ExitCode.CANCELLED` (every writer is atomic, so what was
+    finished is kept and nothing half-written is visible; a traceback would only hide that)."""
     try:
         return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: cancelled (Ctrl-C); finished outputs are kept, rerun to continue", file=sys.stderr)
+        return int(ExitCode.CANCELLED)
     except AnatplaneError as e:
         print(f"{prog}: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
@@ -71,6 +76,11 @@ def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"{prog}: {e.strerror or one_line(e)}{where}", file=sys.stderr)
         return int(ExitCode.USAGE)
+
+
+def launch(prog: str, main_fn, argv: list[str] | None = None) -> int:
+    """A ``launch/*.py`` script's ``main(argv)`` under the same guard as ``anatplane`` sub-commands."""
+    return run_guarded(prog, main_fn, argv)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,17 @@ def map_subjects(fn: Callable[[int], T], indices: Iterable[int], workers: int, d
     from tqdm import tqdm
 
     indices = list(indices)
-    if workers <= 1:
-        return [fn(i) for i in tqdm(indices, desc=desc, unit="subject")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(fn, indices), total=len(indices), desc=desc, unit="subject"))
+    # the bar is closed before an error (or Ctrl-C) propagates, so the error is the last line printed
+    with tqdm(total=len(indices), desc=desc, unit="subject") as bar:
+        if workers <= 1:
+            out = []
+            for i in indices:
+                out.append(fn(i))
+                bar.update()
+            return out
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            out = []
+            for r in pool.map(fn, indices):
+                out.append(r)
+                bar.update()
+            return out
