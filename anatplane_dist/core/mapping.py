@@ -11,12 +11,16 @@ import collections.abc
 import dataclasses
 import math
 import types
+import os
 import typing
+from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 from anatplane_dist.core.errors import AnatplaneError, one_line
 
-__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types", "replace_checked"]
+__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types", "replace_checked", "read_yaml_mapping"]
 
 
 class ConfigError(AnatplaneError, ValueError):
@@ -157,3 +161,28 @@ def replace_checked(obj: Any, **changes: Any) -> Any:
         raise
     except ValueError as e:
         raise ConfigError(one_line(e)) from None
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config",
+                      error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A YAML file's top-level mapping, read with the safe loader; one ``error`` line otherwise.
+
+    A syntax error names ``file:line:column``; a tag the safe loader does not construct
+    (``!!python/object``...) is refused without running anything; an unreadable file says why.
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        kind = ("YAML tag refused (plain YAML only; nothing was run)"
+                if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error")
+        raise error(f"{where}: {kind}: {one_line(problem)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise error(f"{path}: the top level of a {what} file must be a mapping")
+    return loaded or {}

@@ -54,3 +54,18 @@ def test_cli_range_error_is_one_line_exit_2(tmp_path):
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert proc.stderr.strip().splitlines() == ["anatplane pretrain: data.batch_size must be >= 1, got -1"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("gbs, micro, world, expected", [
+    (4, 4, 2, "what keeps it: data.batch_size=2 on 2 ranks, or data.batch_size=4 on 1 rank(s)"),
+    (12, 4, 8, "what keeps it: data.batch_size=4 on 1 or 3 rank(s)"),
+    (6, 2, 4, "what keeps it: data.batch_size=2 on 1 or 3 rank(s)"),
+])
+def test_world_size_refusal_says_what_works(gbs, micro, world, expected):
+    """Issue 19 item 18: the message said "... or use a number of ranks that divides 1"."""
+    from anatplane_dist.train.config import accum_for
+
+    cfg = load_config(None, [f"data.batch_size={micro}"])
+    with pytest.raises(ConfigError) as exc:
+        accum_for(cfg, world, gbs)
+    assert str(exc.value).endswith(expected) and "divides" not in str(exc.value)
