@@ -265,12 +265,23 @@ def update_latest(name_dir: Path) -> Path | None:
 
 def resolve_version(path_or_dir: str | os.PathLike) -> Path:
     """A version dir from: the version dir itself, ``<name dir>`` (via ``latest``), or a file in
-    a version dir."""
+    a version dir. The one resolver of ``load_pretrained``, ``finetune --pretrained``, ``export``
+    and ``train.init_from``; a ``latest`` that leads outside its name dir is refused."""
     p = Path(path_or_dir)
     if p.is_file():
         p = p.parent
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
-    if (p / LATEST).is_symlink() or (p / LATEST).exists():
-        p = (p / LATEST).resolve()
+    link = p / LATEST
+    if link.is_symlink():
+        target = os.readlink(link)
+        # publish writes a bare version name; anything else (an absolute path, ``..``) would let a
+        # shared models directory hand out weights from elsewhere, so it is not followed
+        if os.sep in target or (os.altsep and os.altsep in target) or target in (".", "..") \
+                or not (p / target).is_dir():
+            raise PublishError(f"{link} points to {target!r}, not to a version in {p}: not followed "
+                               f"(re-publish, or name a version directory)")
+        p = p / target
+    elif link.exists():
+        raise PublishError(f"{link} is not a symlink to a version: not followed")
     return p

@@ -1,0 +1,43 @@
+"""Issue 19 item 16 + "also consider": one resolver of published models (publish.resolve_version)
+for load_pretrained and train.init_from; a ``latest`` leading outside its name dir is not followed."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from anatplane_dist import publish as pub
+from anatplane_dist.train.init_weights import InitFromError, verified_parts_dir
+from tests.publish.test_publish import make_run
+
+
+@pytest.fixture()
+def published(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    make_run(run, steps=(4,))
+    version = pub.publish(run, tmp_path / "models", name="heart")
+    return tmp_path / "models" / "heart", version
+
+
+def test_init_from_accepts_a_published_name_dir_like_load_pretrained(published):
+    name_dir, version = published
+    assert verified_parts_dir(name_dir) == version.resolve()
+    assert pub.resolve_version(name_dir) == version
+    pub.load_pretrained(name_dir, part="encoder")          # the same path, the same answer
+
+
+def test_a_latest_link_out_of_the_models_directory_is_not_followed(published, tmp_path):
+    name_dir, version = published
+    elsewhere = tmp_path / "elsewhere" / version.name
+    shutil.copytree(version, elsewhere)                    # verifies fine: the checksums travel with it
+    (name_dir / "latest").unlink()
+    os.symlink(str(elsewhere), name_dir / "latest")
+    with pytest.raises(pub.PublishError, match="not followed"):
+        pub.load_pretrained(name_dir, part="encoder")
+    with pytest.raises(InitFromError, match="not followed"):
+        verified_parts_dir(name_dir)
+    (name_dir / "latest").unlink()
+    os.symlink(f"../../elsewhere/{version.name}", name_dir / "latest")
+    with pytest.raises(pub.PublishError, match="not followed"):
+        pub.resolve_version(name_dir)
