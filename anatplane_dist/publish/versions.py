@@ -47,6 +47,7 @@ from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.publish.card import CARD, build_card, manifest_copy_name, manifests_of
 from anatplane_dist.publish.readme import render_readme
+from anatplane_dist.shards.manifest import read_manifest
 
 __all__ = ["PublishError", "VerificationError", "publish", "verify", "parse_sums", "list_versions",
            "update_latest", "resolve_version", "rename_noreplace", "SUMS", "LATEST", "STAGING_PREFIX"]
@@ -224,6 +225,7 @@ def _write_version(staging: Path, run_dir: Path, ck: Path, name: str, version: s
     else:
         manifests = []
     for i, m in enumerate(manifests):  # the training data's record travels with the weights
+        read_manifest(m.parent)         # sealed as the sharder wrote it: a hand-edited grid never reaches a card
         copy_durable(m, staging / manifest_copy_name(i))
     card = build_card(run_dir, ck, name, parts, manifests)
     card["version"] = version

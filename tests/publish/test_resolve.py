@@ -41,3 +41,19 @@ def test_a_latest_link_out_of_the_models_directory_is_not_followed(published, tm
     os.symlink(f"../../elsewhere/{version.name}", name_dir / "latest")
     with pytest.raises(pub.PublishError, match="not followed"):
         pub.resolve_version(name_dir)
+
+
+def test_publish_refuses_a_hand_edited_shard_manifest(tmp_path):
+    """Issue 19 item 3: the card said data_grid 48 for a set sharded at 64 after a hand edit."""
+    import json
+
+    from anatplane_dist.shards.manifest import ShardFactsError
+
+    run = tmp_path / "runs" / "tiny"
+    make_run(run, steps=(4,))
+    manifest = tmp_path / "runs" / "shards-tiny" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(dict(m, grid=48)))
+    with pytest.raises(ShardFactsError, match="changed after the sharder wrote it"):
+        pub.publish(run, tmp_path / "models", name="heart")
+    assert not (tmp_path / "models" / "heart").exists() or not pub.list_versions(tmp_path / "models" / "heart")
