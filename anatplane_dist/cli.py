@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
+from anatplane_dist.core.errors import DISK_FULL_ERRNOS, AnatplaneError, ExitCode, is_disk_full, one_line
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,8 +73,16 @@ def run_guarded(prog: str, run, args: object) -> int:
         print(f"{prog}: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
     except OSError as e:  # a read-only or full destination, a vanished input: the user's environment
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        target = getattr(e, "filename2", None) if e.errno in DISK_FULL_ERRNOS else None
+        target = target or getattr(e, "filename", None)     # a copy to a full disk: name the destination
+        where = f": {target}" if target else ""
         print(f"{prog}: {e.strerror or one_line(e)}{where}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except RuntimeError as e:  # torch's zip writer on a full disk ("unexpected pos"); other bugs stay loud
+        if not is_disk_full(e):
+            raise
+        print(f"{prog}: no space left on device ({one_line(e)[:160]}); complete outputs are intact "
+              "(writes are atomic): free space and rerun", file=sys.stderr)
         return int(ExitCode.USAGE)
 
 

@@ -43,7 +43,7 @@ from anatplane_dist.core.atomic import (
     staged_dir,
     write_durable,
 )
-from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError, DiskFullError
 from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.publish.card import CARD, build_card, manifest_copy_name, manifests_of
 from anatplane_dist.publish.readme import render_readme
@@ -203,6 +203,10 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
     except FileExistsError:
         # same weights already published (a re-run or a racing publisher): keep theirs
         verify(final)
+    except DiskFullError:   # the target is full, not the run: say which, and that nothing changed there
+        raise DiskFullError(f"no space left on device publishing to {final}: nothing was published "
+                            f"({LATEST} and earlier versions of {name_dir} are unchanged); free space "
+                            "there and rerun") from None
     update_latest(name_dir)
     return final
 

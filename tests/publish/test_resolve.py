@@ -57,3 +57,22 @@ def test_publish_refuses_a_hand_edited_shard_manifest(tmp_path):
     with pytest.raises(ShardFactsError, match="changed after the sharder wrote it"):
         pub.publish(run, tmp_path / "models", name="heart")
     assert not (tmp_path / "models" / "heart").exists() or not pub.list_versions(tmp_path / "models" / "heart")
+
+
+def test_publishing_to_a_full_target_names_the_target(tmp_path, capsys):
+    """Issue 19 item 9: the message named the source weights file, not the full target."""
+    from anatplane_dist.cli import main as anatplane
+    from tests.fulldisk import disk_blocks_kib, tmpfs
+
+    run = tmp_path / "runs" / "tiny"
+    make_run(run, steps=(4,))
+    needs = disk_blocks_kib(pub.publish(run, tmp_path / "ref", name="heart"))
+    capsys.readouterr()
+    with tmpfs(tmp_path / "full", needs // 2) as full:
+        rc = anatplane(["publish", str(run), "--to", str(full), "--name", "heart"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert f"no space left on device publishing to {full / 'heart'}/step00000004-" in err
+        assert str(run) not in err
+        assert not pub.list_versions(full / "heart") and not (full / "heart" / "latest").exists()
+        assert not [p for p in (full / "heart").iterdir() if p.name.startswith(".staging")]
