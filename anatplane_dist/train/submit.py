@@ -23,7 +23,6 @@ import os
 import shlex
 import shutil
 import sys
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +31,7 @@ import submitit
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
 from anatplane_dist.core.jsonl import append_jsonl
+from anatplane_dist.core.scripttext import refuse_control_chars
 from anatplane_dist.train.config import add_run_arguments
 
 DEFAULT_ENTRY = "anatplane_dist.train.cli:main"
@@ -102,27 +102,12 @@ _SCRIPT_VALUES = {"job_name": "--job-name", "partition": "--partition", "account
                   "config": "--config", "run_dir": "--run-dir"}
 
 
-def _control_char(text: str) -> str | None:
-    """The first control character of ``text`` (newline, carriage return, tab, NUL, DEL...), if any."""
-    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
-
-
 def check_script_values(opts: "SubmitOptions") -> None:
-    """Refuse control characters in every value that is written into the sbatch script.
-
-    submitit quotes shell metacharacters, but a newline ends the line it is on: ``--job-name
-    $'x\\ntouch PWNED'`` would add a command, ``--partition $'gpu\\n#SBATCH --uid=0'`` a
-    directive. No legitimate name, path or SLURM value contains one, so they are refused, not escaped.
-    """
+    """Refuse control characters in every value that is written into the sbatch script
+    (:mod:`anatplane_dist.core.scripttext`), and in the job's argv and logs."""
     values = [(flag, getattr(opts, name)) for name, flag in _SCRIPT_VALUES.items()]
     values += [("override", o) for o in opts.overrides] + [("python executable", sys.executable)]
-    for flag, value in values:
-        if value is None:
-            continue
-        bad = _control_char(str(value))
-        if bad is not None:
-            raise ValueError(f"{flag} {str(value)!r} contains a control character ({bad!r}); it would be "
-                             f"written into the sbatch script, where a line break starts a new command")
+    refuse_control_chars(values)
 
 
 def resolve_tasks_per_node(gpus_per_node: int, tasks_per_node: int | None) -> int:
