@@ -29,12 +29,11 @@ def verified_parts_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"train.init_from={p}: no such file or directory")
-    if (p / "latest").is_symlink() or (p / "latest").exists():   # a published name dir, as load_pretrained takes
-        from anatplane_dist.publish import resolve_version
-        try:
-            p = resolve_version(p)
-        except AnatplaneError as e:
-            raise InitFromError(f"train.init_from={path}: {e}") from None
+    from anatplane_dist.publish import resolve_version
+    try:   # the resolver of load_pretrained and finetune: a name dir means its latest version
+        p = resolve_version(p)
+    except AnatplaneError as e:
+        raise InitFromError(f"train.init_from={path}: {e}") from None
     if (p / "SHA256SUMS").is_file():
         from anatplane_dist import publish
         try:
