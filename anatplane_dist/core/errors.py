@@ -20,7 +20,7 @@ class ExitCode(IntEnum):
     USAGE = 2         #: bad input, bad config, or a refusal (resume rules, run-dir lock); nothing written
     NONFINITE = 3     #: the loss became NaN/inf; stopped without saving, last checkpoint intact
     INTERRUPTED = 75  #: SIGTERM/SIGINT: a checkpoint was written; rerun the same command to resume
-    CANCELLED = 130   #: Ctrl-C outside the trainer: stopped at once; finished outputs are kept, partial ones never appear
+    CANCELLED = 130   #: Ctrl-C outside the trainer: stopped at once; finished outputs kept, no partial one
 
 
 #: one line per exit code, for ``--help`` texts and the README table
@@ -30,7 +30,8 @@ EXIT_CODES: dict[int, str] = {
     ExitCode.USAGE: "bad input, bad config or a refusal; the one-line message says which and why",
     ExitCode.NONFINITE: "non-finite loss; stopped without saving (the last complete checkpoint is intact)",
     ExitCode.INTERRUPTED: "stopped by SIGTERM/SIGINT after writing a checkpoint; rerun to resume",
-    ExitCode.CANCELLED: "cancelled by Ctrl-C; what was finished is kept, nothing half-written is visible; rerun to continue",
+    ExitCode.CANCELLED: ("cancelled by Ctrl-C; what was finished is kept, nothing half-written is visible; "
+                         "rerun to continue"),
 }
 
 __doc__ += "".join(f"\n- ``{int(code)}``: {text}" for code, text in EXIT_CODES.items())
