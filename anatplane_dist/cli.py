@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
+from anatplane_dist.core.errors import DISK_FULL_ERRNOS, AnatplaneError, ExitCode, is_disk_full, one_line
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,17 +60,35 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         return parser.parse_args(argv)
 
 
-def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
-    """``run(args)`` with every :class:`AnatplaneError` turned into one stderr line and its exit code."""
+def run_guarded(prog: str, run, args: object) -> int:
+    """``run(args)`` with every :class:`AnatplaneError` turned into one stderr line and its exit code,
+    and Ctrl-C into one line and :attr:`ExitCode.CANCELLED` (every writer is atomic, so what was
+    finished is kept and nothing half-written is visible; a traceback would only hide that)."""
     try:
         return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: cancelled (Ctrl-C); finished outputs are kept, rerun to continue", file=sys.stderr)
+        return int(ExitCode.CANCELLED)
     except AnatplaneError as e:
         print(f"{prog}: {one_line(e)}", file=sys.stderr)
         return int(e.exit_code)
     except OSError as e:  # a read-only or full destination, a vanished input: the user's environment
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        target = getattr(e, "filename2", None) if e.errno in DISK_FULL_ERRNOS else None
+        target = target or getattr(e, "filename", None)     # a copy to a full disk: name the destination
+        where = f": {target}" if target else ""
         print(f"{prog}: {e.strerror or one_line(e)}{where}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    except RuntimeError as e:  # torch's zip writer on a full disk ("unexpected pos"); other bugs stay loud
+        if not is_disk_full(e):
+            raise
+        print(f"{prog}: no space left on device ({one_line(e)[:160]}); complete outputs are intact "
+              "(writes are atomic): free space and rerun", file=sys.stderr)
+        return int(ExitCode.USAGE)
+
+
+def launch(prog: str, main_fn, argv: list[str] | None = None) -> int:
+    """A ``launch/*.py`` script's ``main(argv)`` under the same guard as ``anatplane`` sub-commands."""
+    return run_guarded(prog, main_fn, argv)
 
 
 if __name__ == "__main__":

@@ -2,4 +2,6 @@
 from anatplane_dist.experiment.finetune_cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from anatplane_dist.cli import launch
+
+    raise SystemExit(launch("launch/finetune.py", main))

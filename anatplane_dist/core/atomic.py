@@ -26,11 +26,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from anatplane_dist.core.errors import DiskFullError, is_disk_full
+
 __all__ = ["atomic_path", "commit_file", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "json_safe",
            "staged_dir", "write_durable", "copy_durable", "fsync_dir", "rename_noreplace",
-           "FILE_MODE", "DIR_MODE"]
+           "FILE_MODE", "DIR_MODE", "naming_target"]
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+@contextmanager
+def naming_target(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """A full disk inside the block becomes one :class:`DiskFullError` naming ``path`` (the
+    destination, not the source a copy was reading: ``shutil`` names both) and saying that
+    nothing complete was replaced."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(f"no space left on device writing {what + ' ' if what else ''}{path}; nothing complete "
+                            "was replaced (writes are atomic): free space and rerun") from None
 
 
 @contextmanager
@@ -48,10 +66,11 @@ def atomic_path(path: str | os.PathLike, *, mode: int = 0o644) -> Iterator[Path]
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        commit_file(tmp, path, mode=mode)
+        with naming_target(path):
+            yield tmp
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            commit_file(tmp, path, mode=mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -115,7 +134,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def write_durable(path: str | os.PathLike, data: bytes, *, mode: int = FILE_MODE) -> None:
     """Write ``data`` and fsync it, in place: for files inside a :func:`staged_dir` folder."""
-    with open(path, "wb") as f:
+    with naming_target(path), open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -125,9 +144,10 @@ def write_durable(path: str | os.PathLike, data: bytes, *, mode: int = FILE_MODE
 def copy_durable(src: str | os.PathLike, dst: str | os.PathLike, *, mode: int = FILE_MODE) -> None:
     """Copy ``src`` to ``dst`` and fsync it, in place: for files inside a :func:`staged_dir` folder."""
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    with open(dst, "rb") as f:
-        os.fsync(f.fileno())
+    with naming_target(dst):
+        shutil.copyfile(src, dst)
+        with open(dst, "rb") as f:
+            os.fsync(f.fileno())
     os.chmod(dst, mode)
 
 

@@ -11,12 +11,16 @@ import collections.abc
 import dataclasses
 import math
 import types
+import os
 import typing
+from pathlib import Path
 from typing import Any, Mapping
 
-from anatplane_dist.core.errors import AnatplaneError
+import yaml
 
-__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types"]
+from anatplane_dist.core.errors import AnatplaneError, one_line
+
+__all__ = ["ConfigError", "from_dict", "coerce_value", "field_types", "replace_checked", "read_yaml_mapping"]
 
 
 class ConfigError(AnatplaneError, ValueError):
@@ -145,3 +149,40 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", *, ki
         raise error(str(e)) from None
     except TypeError as e:              # a required field missing
         raise error(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:             # a range the dataclass's own checks refuse (width=0, batch_size=-1)
+        raise error(one_line(e)) from None
+
+
+def replace_checked(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` whose range checks (``__post_init__``) fail as one ConfigError."""
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config",
+                      error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A YAML file's top-level mapping, read with the safe loader; one ``error`` line otherwise.
+
+    A syntax error names ``file:line:column``; a tag the safe loader does not construct
+    (``!!python/object``...) is refused without running anything; an unreadable file says why.
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        kind = ("YAML tag refused (plain YAML only; nothing was run)"
+                if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error")
+        raise error(f"{where}: {kind}: {one_line(problem)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise error(f"{path}: the top level of a {what} file must be a mapping")
+    return loaded or {}

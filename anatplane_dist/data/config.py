@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from anatplane_dist.data.shardspec import ShardSpec
 
@@ -39,6 +40,9 @@ class DataConfig:
     resampled: bool = True
     pin_memory: bool = False
     prefetch_factor: int = 2
+    #: shard check at start: ``size`` (every shard's size and its manifest listing: one stat
+    #: each) or ``sha256`` (also hash every shard, as ``anatplane shard --verify`` does)
+    verify: Literal["size", "sha256"] = "size"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "prefetch_factor"):

@@ -59,6 +59,7 @@ from anatplane_dist.data.stats import (
     worker_slot,
 )
 from anatplane_dist.shards.format import SampleError, decode_sample, wanted_member
+from anatplane_dist.shards.manifest import ShardFacts, check_shard_files
 
 __all__ = ["DataConfig", "EpochPlan", "EpochReport", "SharedEpoch", "StreamLoader", "make_train_loader",
            "make_val_loader", "read_sizes", "total_samples"]     # MetricSums & co. live in dist.py
@@ -193,15 +194,16 @@ class _SeededShuffle:
 
 
 class _Decode:
-    """Decode stage: schema-checked samples out, broken ones counted, warned about and dropped."""
+    """Decode stage: schema-checked samples out, broken ones counted, warned about and dropped.
+    With ``expect`` each sample is also checked against the manifest's grid, channels and spacing."""
 
-    def __init__(self, stats: StreamStats, warner: RateLimitedWarner) -> None:
-        self.stats, self.warner = stats, warner
+    def __init__(self, stats: StreamStats, warner: RateLimitedWarner, expect: ShardFacts | None = None) -> None:
+        self.stats, self.warner, self.expect = stats, warner, expect
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for raw in src:
             try:
-                sample = decode_sample(raw)
+                sample = decode_sample(raw, self.expect)
             except SampleError as exn:
                 self.stats.add("skipped")
                 self.warner(f"sample:{exn.reason}", f"skipped sample of {raw.get('__url__', '?')}: {exn}")
@@ -238,35 +240,46 @@ def _dataloader(pipeline: torch.utils.data.IterableDataset, num_workers: int, cf
 
 
 def _pipeline(shards: ShardList, stats: StreamStats, batch_size: int, *, partial: bool,
-              shuffle: _SeededShuffle | None) -> wds.DataPipeline:
+              shuffle: _SeededShuffle | None, expect: ShardFacts | None = None) -> wds.DataPipeline:
     warner = RateLimitedWarner()
     return wds.DataPipeline(
         shards,
         wds.tarfile_to_samples(handler=CountingHandler(stats, warner), select_files=wanted_member),
         CountRaw(stats),
         shuffle,  # DataPipeline skips None
-        _Decode(stats, warner),
+        _Decode(stats, warner, expect),
         wds.batched(batch_size, collation_fn=collate, partial=partial),
     )
 
 
+def _local(urls: list[str]) -> list[str]:
+    """The shard URLs that are local files (remote ones have no manifest to compare with here)."""
+    return [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+
+
 def make_train_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
-                      epoch_state: SharedEpoch | None = None) -> tuple[StreamLoader, int]:
+                      epoch_state: SharedEpoch | None = None,
+                      expect: ShardFacts | None = None) -> tuple[StreamLoader, int]:
     """The training stream of one rank and its steps per epoch (equal on every rank).
 
     ``rank``/``world_size`` are explicit (nothing is read from the environment), so several
     ranks can be simulated in one process. Pass the :class:`SharedEpoch` that the training
-    loop sets (or call ``loader.set_epoch``) before each epoch.
+    loop sets (or call ``loader.set_epoch``) before each epoch. Every shard is checked against
+    its manifest record before streaming (size always, sha256 with ``data.verify: sha256``), and
+    with ``expect`` every sample against the manifest's facts (a counted skip).
 
     Raises:
         ValueError / FileNotFoundError: bad shard spec, missing shards, no size information,
             weights without resampling, or too few shards for ``permute`` mode.
+        ShardFactsError: a shard that is not what its manifest says (named).
     """
     if not cfg.shards:
         raise ValueError("data.shards is not set")
     sources = parse_sources(cfg.shards, cfg.weights)
     urls = all_urls(sources)
     check_exist(urls)
+    val_urls = all_urls(parse_sources(cfg.val_shards)) if cfg.val_shards else []
+    check_shard_files(_local(urls + val_urls), sha256=cfg.verify == "sha256")   # refused at start, named
     if not cfg.resampled and any(s.weight is not None for s in sources):
         raise ValueError("source weights need resampled shards (data.resampled: true)")
     if not cfg.resampled and len(urls) < world_size * max(1, cfg.num_workers):
@@ -281,7 +294,7 @@ def make_train_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                        probabilities=shard_probabilities(sources) if cfg.resampled else None, stats=stats,
                        max_bad_samples=cfg.shuffle_buffer + 10_000)
     shuffle = _SeededShuffle(cfg.shuffle_buffer, cfg.shuffle_initial, cfg.seed, epoch_state, rank)
-    pipeline = _pipeline(shards, stats, cfg.batch_size, partial=False, shuffle=shuffle)
+    pipeline = _pipeline(shards, stats, cfg.batch_size, partial=False, shuffle=shuffle, expect=expect)
     pipeline = pipeline.with_epoch(plan.worker_batches)
     assert plan.steps_per_epoch * cfg.batch_size * world_size >= plan.requested_samples
     log.info("train stream rank %d/%d: %d shards in %d source(s), %s; %d samples/epoch requested -> "
@@ -294,7 +307,8 @@ def make_train_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
     return loader, plan.steps_per_epoch
 
 
-def make_val_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> StreamLoader:
+def make_val_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
+                    expect: ShardFacts | None = None) -> StreamLoader:
     """The exact validation pass of one rank: every sample once across ranks, partial last batch.
 
     Ranks can get different batch counts (uneven shards); see the module docstring for the
@@ -307,13 +321,15 @@ def make_val_loader(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> S
         raise ValueError("data.val_shards is not set")
     urls = all_urls(parse_sources(cfg.val_shards))
     check_exist(urls)
+    check_shard_files(_local(urls))          # sizes again (one stat each); hashed once, at start
     workers = cfg.num_workers if cfg.val_num_workers is None else cfg.val_num_workers
     # more workers than this rank has shards would only start idle processes
     workers = min(workers, len(urls[rank::world_size]))
     stats = StreamStats(workers)
     epoch_state = SharedEpoch(0)
     shards = ShardList(urls, mode="once", rank=rank, world_size=world_size, stats=stats)
-    pipeline = _pipeline(shards, stats, cfg.val_batch_size or cfg.batch_size, partial=True, shuffle=None)
+    pipeline = _pipeline(shards, stats, cfg.val_batch_size or cfg.batch_size, partial=True, shuffle=None,
+                         expect=expect)
     log.info("val stream rank %d/%d: %d of %d shards, %d workers", rank, world_size,
              len(urls[rank::world_size]), len(urls), workers)
     return StreamLoader(_dataloader(pipeline, workers, cfg), name="val", rank=rank, stats=stats,

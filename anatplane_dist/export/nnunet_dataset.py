@@ -6,7 +6,8 @@ Each labelled frame (``patientXXX/patientXXX_frameYY.nii.gz`` + ``_gt``) becomes
 case ``patientXXX_frameYY``: ``imagesTr/<case>_0000.nii.gz`` and ``labelsTr/<case>.nii.gz``,
 byte copies (nnU-Net wants image and label geometry identical; a copy cannot change it).  A
 frame that nnU-Net would reject (no ground truth, shapes or affines that differ, non-integer
-or out-of-range labels, unreadable file) is left out and reported, never a crash half-way.
+or out-of-range labels, unreadable file, a case name already exported from another folder) is
+left out and reported, never a crash half-way; hidden folders are not subjects.
 The dataset is built in a hidden staging folder and renamed into place, so nnU-Net never sees
 a partial one; an existing dataset is not overwritten.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from anatplane_dist.core.atomic import atomic_write_json, copy_durable, staged_dir
 from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.finetune.data import ACDC_CLASSES
+from anatplane_dist.sources.base import subject_folders
 
 __all__ = ["DatasetExportError", "DatasetExport", "export_acdc_dataset"]
 
@@ -81,7 +83,8 @@ def export_acdc_dataset(acdc_root: str | Path, nnunet_raw: str | Path, *, datase
     num_classes = len(ACDC_CLASSES) + 1
     pairs: list[tuple[str, Path, Path]] = []
     skipped: list[tuple[str, str]] = []
-    for subject in sorted(d for d in root.iterdir() if d.is_dir()):
+    source: dict[str, str] = {}            # case name -> the file it comes from (one case, one file)
+    for subject in subject_folders(root):
         for image in sorted(subject.iterdir()):
             m = _FRAME_RE.match(image.name)
             if not m or "_gt." in image.name:
@@ -94,7 +97,11 @@ def export_acdc_dataset(acdc_root: str | Path, nnunet_raw: str | Path, *, datase
                 skipped.append((rel, why))
             elif suffix != ".nii.gz":
                 skipped.append((rel, "uncompressed .nii (the dataset's file_ending is .nii.gz)"))
+            elif image.name[: -len(suffix)] in source:   # patient002/ and patient002_copy/: same case name
+                skipped.append((rel, f"duplicate case {image.name[: -len(suffix)]} (already exported from "
+                                     f"{source[image.name[: -len(suffix)]]}); a copy would overwrite it"))
             else:
+                source[image.name[: -len(suffix)]] = rel
                 pairs.append((image.name[: -len(suffix)], image, gt))
     if not pairs:
         raise DatasetExportError(f"{root}: no usable labelled frame (patientXXX/patientXXX_frameYY.nii.gz + _gt); "

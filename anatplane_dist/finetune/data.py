@@ -27,7 +27,7 @@ from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_nifti, resample_to_grid, target_grid
 from anatplane_dist.core.intensity import robust_rescale
 from anatplane_dist.data.decode import zscore_
-from anatplane_dist.sources.base import ReaderError, Skip, Slice, Study
+from anatplane_dist.sources.base import ReaderError, Skip, Slice, Study, subject_folders
 
 __all__ = [
     "FinetuneDataError", "GridSpec", "SegVolume", "SegSubject", "KneeStack", "ACDC_CLASSES",
@@ -235,7 +235,7 @@ def load_acdc(root: str | Path, grid: GridSpec, num_classes: int = 4,
     wanted = set(subjects) if subjects is not None else None
     out: list[SegSubject] = []
     skips: list[Skip] = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in subject_folders(root):
         if wanted is not None and d.name not in wanted:
             continue
         subj, sk = load_acdc_subject(root, d, grid, num_classes)
@@ -313,8 +313,8 @@ def load_knee(root: str | Path, grid: GridSpec, view: str = "sagittal",
     """Labelled knee stacks: ``<root>/<subject>/<series>/*.dcm`` read by the knee reader,
     labels from ``<root>/labels.csv`` (or ``labels_csv``).
 
-    Only subjects with a label row are read (others are not part of the task); a labelled
-    subject without a folder, or without the view, is skipped and recorded.
+    Only subjects with a label row are read; a subject folder without one, and a labelled
+    subject without a folder or without the view, is skipped and recorded.
 
     Raises:
         FinetuneDataError: nothing usable.
@@ -325,6 +325,8 @@ def load_knee(root: str | Path, grid: GridSpec, view: str = "sagittal",
     if not root.is_dir():
         raise FinetuneDataError(f"classification data root {root} is not a directory")
     table, names, skips = read_labels_csv(labels_csv or root / "labels.csv")
+    skips += [Skip(d.name, "no row in the label table: not used", d.name, "study")   # never vanish unreported
+              for d in subject_folders(root) if d.name not in table]
     stacks: list[KneeStack] = []
     # only labelled subjects are read; a labelled one without a folder comes back as a skip
     for study in knee_reader.iter_studies(root, subjects=sorted(table)):

@@ -43,10 +43,11 @@ from anatplane_dist.core.atomic import (
     staged_dir,
     write_durable,
 )
-from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError, DiskFullError
 from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.publish.card import CARD, build_card, manifest_copy_name, manifests_of
 from anatplane_dist.publish.readme import render_readme
+from anatplane_dist.shards.manifest import read_manifest
 
 __all__ = ["PublishError", "VerificationError", "publish", "verify", "parse_sums", "list_versions",
            "update_latest", "resolve_version", "rename_noreplace", "SUMS", "LATEST", "STAGING_PREFIX"]
@@ -202,6 +203,10 @@ def publish(run_dir: str | os.PathLike, to: str | os.PathLike, name: str | None 
     except FileExistsError:
         # same weights already published (a re-run or a racing publisher): keep theirs
         verify(final)
+    except DiskFullError:   # the target is full, not the run: say which, and that nothing changed there
+        raise DiskFullError(f"no space left on device publishing to {final}: nothing was published "
+                            f"({LATEST} and earlier versions of {name_dir} are unchanged); free space "
+                            "there and rerun") from None
     update_latest(name_dir)
     return final
 
@@ -224,6 +229,7 @@ def _write_version(staging: Path, run_dir: Path, ck: Path, name: str, version: s
     else:
         manifests = []
     for i, m in enumerate(manifests):  # the training data's record travels with the weights
+        read_manifest(m.parent)         # sealed as the sharder wrote it: a hand-edited grid never reaches a card
         copy_durable(m, staging / manifest_copy_name(i))
     card = build_card(run_dir, ck, name, parts, manifests)
     card["version"] = version
@@ -265,12 +271,23 @@ def update_latest(name_dir: Path) -> Path | None:
 
 def resolve_version(path_or_dir: str | os.PathLike) -> Path:
     """A version dir from: the version dir itself, ``<name dir>`` (via ``latest``), or a file in
-    a version dir."""
+    a version dir. The one resolver of ``load_pretrained``, ``finetune --pretrained``, ``export``
+    and ``train.init_from``; a ``latest`` that leads outside its name dir is refused."""
     p = Path(path_or_dir)
     if p.is_file():
         p = p.parent
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
-    if (p / LATEST).is_symlink() or (p / LATEST).exists():
-        p = (p / LATEST).resolve()
+    link = p / LATEST
+    if link.is_symlink():
+        target = os.readlink(link)
+        # publish writes a bare version name; anything else (an absolute path, ``..``) would let a
+        # shared models directory hand out weights from elsewhere, so it is not followed
+        if os.sep in target or (os.altsep and os.altsep in target) or target in (".", "..") \
+                or not (p / target).is_dir():
+            raise PublishError(f"{link} points to {target!r}, not to a version in {p}: not followed "
+                               f"(re-publish, or name a version directory)")
+        p = p / target
+    elif link.exists():
+        raise PublishError(f"{link} is not a symlink to a version: not followed")
     return p

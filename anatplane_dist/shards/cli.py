@@ -70,8 +70,8 @@ def verify(args: argparse.Namespace) -> int:
     bad = [c for c in checks if not c.ok]
     samples = sum(c.samples for c in checks)
     if not bad:
-        print(f"{len(checks)} shard(s), {samples} samples: every shard matches manifest.json and every sample "
-              "its checksum")
+        print(f"{len(checks)} shard(s), {samples} samples: manifest.json is sealed, every shard matches it and "
+              "every sample its checksum and the manifest's grid, channels and spacing")
         return ExitCode.OK
     print(f"{len(bad)} of {len(checks)} shard(s) bad:", file=sys.stderr)
     for c in bad:
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.shards)} shards from {result.subjects_with_samples}/{result.subjects} subjects; "
           f"{result.skipped} skip record(s) -> {where}")
     if result.error:
-        print(f"anatplane shard: stopped early: {result.error}; a re-run resumes", file=sys.stderr)
+        print(f"anatplane shard: stopped early: {result.error}; the {len(result.shards)} complete shard(s) "
+              f"written are intact and a re-run resumes after them", file=sys.stderr)
         return 1
     if result.samples == 0:
         print("anatplane shard: nothing could be sharded (see skipped records)", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import numpy.lib.format as npformat
 
+from anatplane_dist.shards.manifest import ShardFacts, sample_fact_error
 from anatplane_dist.shards.seal import seal_error
 
 __all__ = ["SampleError", "decode_sample", "load_npy", "wanted_member", "REQUIRED", "REQUIRED_V1"]
@@ -114,21 +115,26 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
-def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
+def decode_sample(raw: Mapping[str, Any], expect: ShardFacts | None = None) -> dict[str, Any]:
     """Check one raw sample against the schema and return the per-sample batch fields.
 
     Invalid lines become zero rows with ``valid = 0``; an absent location becomes ``loc = 0``
     with ``loc_valid = 0``. A ``valid`` flag set on a non-finite line is a schema violation
     (a sharder bug would otherwise turn into made-up targets), so the sample is rejected.
+    With ``expect`` (the manifest's facts) a sample of another grid, channel count, spacing or
+    channel order is rejected too: one shard copied in from another sharding is a counted skip,
+    never a batch that cannot be collated or a silent mix of spacings.
 
     Raises:
-        SampleError: missing member, wrong dtype/shape, non-finite image, inconsistent flags.
+        SampleError: missing member, wrong dtype/shape, non-finite image, inconsistent flags,
+            facts that differ from ``expect`` (reason ``"facts"``).
     """
     key = raw.get("__key__", "?")
+    meta: dict[str, Any] = {}
     if "lines.npy" in raw:
         image, lines, valid, loc = _arrays_v1(raw, key)
     else:
-        image, lines, valid, loc = _arrays_v2(raw, key)
+        image, lines, valid, loc, meta = _arrays_v2(raw, key)
     if image.ndim != 2 or image.dtype.kind != "f" or 0 in image.shape:
         raise SampleError("shape", f"{key}: image must be a non-empty float (H, W) array, got {image.dtype} {image.shape}")
     if lines.ndim != 2 or lines.shape[1] != 3 or lines.dtype.kind != "f":
@@ -137,6 +143,10 @@ def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise SampleError("shape", f"{key}: valid must be integer ({lines.shape[0]},), got {valid.dtype} {valid.shape}")
     if loc.size != 1 or loc.dtype.kind != "f":
         raise SampleError("shape", f"{key}: loc must be a float scalar, got {loc.dtype} {loc.shape}")
+    if expect is not None:
+        why = sample_fact_error(meta, image.shape, lines.shape[0], expect)
+        if why:
+            raise SampleError("facts", f"{key}: {why}")
     if not _all_finite(image):
         raise SampleError("nonfinite", f"{key}: image has non-finite values")
     flags = valid.astype(bool)
@@ -182,4 +192,4 @@ def _arrays_v2(raw: Mapping[str, Any], key: str) -> tuple[np.ndarray, ...]:
         raise SampleError("meta", f"{key}: meta.json without valid targets ({type(exn).__name__}: {exn})") from None
     if len(rows) != len(valid) or any((r is None) == bool(v) for r, v in zip(rows, valid)):
         raise SampleError("flags", f"{key}: meta.json lines and references[].valid disagree")
-    return load_npy(image_b, f"{key}.image.npy"), lines, valid, loc
+    return load_npy(image_b, f"{key}.image.npy"), lines, valid, loc, meta

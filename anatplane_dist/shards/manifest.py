@@ -25,12 +25,20 @@ from typing import Any, Sequence
 from anatplane_dist import __version__
 from anatplane_dist.core.atomic import atomic_write_json
 from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.hashing import json_fingerprint
 
 __all__ = ["MergeError", "part_path", "write_part", "merge_parts", "PARTS_DIR", "ShardFacts",
-           "ShardFactsError", "read_shard_facts", "shard_facts_of_config"]
+           "ShardFactsError", "read_shard_facts", "shard_facts_of_config", "seal_manifest", "manifest_seal_error",
+           "read_manifest", "sample_fact_error", "check_shard_files", "SEAL"]
 
 PARTS_DIR = "_parts"
 MANIFEST = "manifest.json"
+#: the manifest's own checksum: sha256 of the canonical JSON of every other key
+SEAL = "seal"
+#: format marker of sealed manifests; a sharder manifest (it has ``format``) without a seal is
+#: from before seals or had its seal removed, and is refused until ``anatplane shard --merge``
+#: rewrites it
+_UNSEALED_HINT = "re-run `anatplane shard` (or `anatplane shard --merge`) to rewrite it"
 
 
 class MergeError(AnatplaneError):
@@ -62,6 +70,127 @@ class ShardFacts:
     manifest_sha256: str
 
 
+def _seal_of(manifest: dict[str, Any]) -> str:
+    return json_fingerprint({k: v for k, v in manifest.items() if k != SEAL}, length=64, compact=True)
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its seal: a hand edit (grid 64 -> 48, spacing 3.0 -> 1.0) then no longer
+    passes as the sharder's word about the shards (verify, the trainer and publish check it)."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return {**body, SEAL: _seal_of(body)}
+
+
+def manifest_seal_error(manifest: dict[str, Any]) -> str | None:
+    """Why ``manifest`` is not as the sharder wrote it, or None.
+
+    Manifests without ``format`` are not the sharder's (hand-made test or benchmark sets) and
+    carry no seal to check.
+    """
+    if SEAL not in manifest:
+        return None if "format" not in manifest else f"has no seal (written before seals, or the seal was " \
+                                                      f"removed); {_UNSEALED_HINT}"
+    if manifest[SEAL] != _seal_of(manifest):
+        return f"was changed after the sharder wrote it (its seal does not match); {_UNSEALED_HINT}"
+    return None
+
+
+def read_manifest(folder: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """(manifest, its bytes) of a shard folder, seal checked.
+
+    Raises:
+        ShardFactsError: missing, unreadable, not a JSON object, or its seal does not match.
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ShardFactsError(f"{path}: not found; a shard folder gets its {MANIFEST} once "
+                              "`anatplane shard` (or `--merge` of all parts) completed") from None
+    except OSError as exc:
+        raise ShardFactsError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise ShardFactsError(f"{path}: not a shard manifest ({exc})") from None
+    why = manifest_seal_error(manifest)
+    if why:
+        raise ShardFactsError(f"{path} {why}")
+    return manifest, raw
+
+
+def sample_fact_error(meta: dict[str, Any], image_shape: tuple[int, ...], rows: int,
+                      facts: "ShardFacts") -> str | None:
+    """Why one sample does not belong to a shard set of ``facts`` (grid, spacing, channels), or None.
+
+    ``meta`` is the sample's ``meta.json`` (format 2; ``{}`` for format 1, whose samples state
+    only their shapes). Cheap: a few comparisons per sample.
+    """
+    g = facts.grid
+    if tuple(image_shape) != (g, g):
+        return f"image {tuple(image_shape)}, the manifest's grid is {g}x{g}"
+    if rows != facts.num_channels:
+        return f"{rows} reference channel(s), the manifest says {facts.num_channels}"
+    grid = meta.get("grid") if isinstance(meta, dict) else None
+    if isinstance(grid, dict) and grid.get("spacing") is not None:
+        try:
+            spacing = [float(v) for v in grid["spacing"]]
+        except (TypeError, ValueError):
+            return f"unreadable grid spacing {grid['spacing']!r}"
+        if any(abs(v - facts.spacing_mm) > 1e-6 * max(1.0, facts.spacing_mm) for v in spacing):
+            return f"grid spacing {spacing} mm, the manifest says {facts.spacing_mm} mm"
+    channels = meta.get("channels") if isinstance(meta, dict) else None
+    if channels is not None and facts.channels and tuple(channels) != tuple(facts.channels):
+        return f"channels {list(channels)}, the manifest says {list(facts.channels)}"
+    return None
+
+
+def check_shard_files(urls: Sequence[str], *, sha256: bool = False) -> int:
+    """Every shard file against its folder's manifest record, before any is streamed.
+
+    Always: the shard is listed, and its size is the recorded one (one ``stat`` per shard: a
+    shard copied in from another sharding, truncated, or replaced is refused here, naming it).
+    With ``sha256`` (``data.verify: sha256``) its bytes are hashed too. Shards of folders whose
+    manifest lists no shards (hand-made sets) are not checked; returns how many were.
+
+    Raises:
+        ShardFactsError: the first shard that is not what its manifest says.
+    """
+    from anatplane_dist.core.hashing import sha256_file
+
+    records: dict[Path, dict[str, dict[str, Any]] | None] = {}
+    checked = 0
+    for url in urls:
+        path = Path(url)
+        folder = path.parent
+        if folder not in records:
+            manifest, _ = read_manifest(folder) if (folder / MANIFEST).is_file() else ({}, b"")
+            listed = manifest.get("shards")
+            records[folder] = ({str(r["name"]): r for r in listed if isinstance(r, dict) and "name" in r}
+                               if isinstance(listed, list) and listed and isinstance(listed[0], dict) else None)
+        table = records[folder]
+        if table is None:
+            continue
+        rec = table.get(path.name)
+        if rec is None:
+            raise ShardFactsError(f"shard {path}: not listed in {folder / MANIFEST} (copied in from another "
+                                  "shard set?); remove it or re-shard")
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ShardFactsError(f"shard {path}: {exc.strerror or exc}") from None
+        if "bytes" in rec and size != int(rec["bytes"]):
+            raise ShardFactsError(f"shard {path}: {size} bytes, {folder / MANIFEST} says {rec['bytes']} "
+                                  "(replaced, truncated or from another sharding); re-shard or restore it")
+        if sha256 and "sha256" in rec and sha256_file(path) != rec["sha256"]:
+            raise ShardFactsError(f"shard {path}: sha256 differs from {folder / MANIFEST} (data.verify: sha256); "
+                                  "`anatplane shard --verify` lists every bad shard")
+        checked += 1
+    return checked
+
+
 def shard_facts_of_config(config: dict[str, Any]) -> dict[str, Any]:
     """The explicit ``manifest.json`` keys for a sharder config (``ShardConfig.to_dict()``)."""
     channels = list(config["profile"]["references"])
@@ -90,19 +219,7 @@ def _manifest_folders(shards: str | os.PathLike | Sequence[str | os.PathLike]) -
 
 def _facts_of(folder: Path) -> tuple[dict[str, Any], str]:
     path = folder / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ShardFactsError(f"{path}: not found; a shard folder gets its {MANIFEST} once "
-                              "`anatplane shard` (or `--merge` of all parts) completed") from None
-    except OSError as exc:
-        raise ShardFactsError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    try:
-        manifest = json.loads(raw)
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise ShardFactsError(f"{path}: not a shard manifest ({exc})") from None
+    manifest, raw = read_manifest(folder)
     try:
         facts = {"num_channels": int(manifest["num_channels"]), "grid": int(manifest["grid"]),
                  "spacing_mm": float(manifest["spacing_mm"]), "channels": tuple(manifest.get("channels", ()))}
@@ -212,5 +329,6 @@ def merge_parts(out_dir: Path) -> dict[str, Any]:
     }
     atomic_write_json(out_dir / "sizes.json", {s["name"]: s["count"] for s in shards})
     atomic_write_json(out_dir / "skipped.jsonl", skipped, lines=True)
+    manifest = seal_manifest(manifest)
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from anatplane_dist.core.hashing import json_fingerprint
-from anatplane_dist.core.mapping import from_dict
+from anatplane_dist.core.mapping import from_dict, read_yaml_mapping
 
 __all__ = ["Profile", "ShardConfig", "BUILTIN_PROFILES", "load_profile", "FORMAT_VERSION"]
 
@@ -99,11 +97,14 @@ def load_profile(spec: str | Path) -> Profile:
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"profile {spec!r}: not a built-in ({', '.join(BUILTIN_PROFILES)}) nor a YAML file")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"profile {path}: YAML must be a mapping of Profile fields")
+    data = read_yaml_mapping(path, "profile")   # a !!python/object tag is one line, never run
     data.setdefault("name", path.stem)
     return Profile.from_dict(data)
+
+
+#: model grid bounds (pixels): below 8 no network downsamples; above 4096 one float32 image
+#: is over 64 MiB and a batch no longer fits any accelerator, so it is a typo, refused up front
+MIN_GRID, MAX_GRID = 8, 4096
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ class ShardConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
-        if self.grid < 8:
-            raise ValueError(f"grid must be at least 8 pixels, got {self.grid}")
+        if not MIN_GRID <= self.grid <= MAX_GRID:   # 100000 px would be 37 GiB per float32 image
+            raise ValueError(f"grid must be {MIN_GRID} to {MAX_GRID} pixels, got {self.grid}")
         if not self.spacing > 0:
             raise ValueError(f"spacing must be positive, got {self.spacing}")
         if not 0.0 <= self.val_fraction < 1.0:

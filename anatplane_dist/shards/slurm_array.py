@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anatplane_dist.core.scripttext import refuse_control_chars
 from anatplane_dist.shards.profiles import ShardConfig
 
 __all__ = ["PartJob", "run_part", "submit_array"]
@@ -56,6 +57,11 @@ def submit_array(args: argparse.Namespace, cfg: ShardConfig, cluster: str | None
 
     n = int(args.slurm_array)
     out = Path(args.out)
+    try:   # both reach the sbatch script (the partition directive, the log paths under out)
+        refuse_control_chars([("--out", out.resolve()), ("--slurm-partition", getattr(args, "slurm_partition", None))])
+    except ValueError as e:
+        print(f"anatplane shard: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     ex = submitit.AutoExecutor(folder=out / "_slurm" / "%j", cluster=cluster)
     params: dict[str, Any] = {"timeout_min": int(getattr(args, "slurm_time_min", 240)),

@@ -15,7 +15,16 @@ import numpy as np
 
 from anatplane_dist.core.geometry import Plane
 
-__all__ = ["Skip", "Frame", "Slice", "Study", "ReaderError"]
+__all__ = ["Skip", "Frame", "Slice", "Study", "ReaderError", "subject_folders"]
+
+
+def subject_folders(root: str | Path) -> list[Path]:
+    """The subject folders of a data-set root, sorted by name: every directory not hidden.
+
+    The one rule of every reader, loader and exporter: dot-folders are staging folders, editor
+    or OS litter (``.ipynb_checkpoints``, ``.Trash``), never a subject.
+    """
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class ReaderError(ValueError):

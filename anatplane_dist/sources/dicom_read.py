@@ -36,7 +36,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_dicom
-from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
+from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study, subject_folders
 from anatplane_dist.sources.plausible import frame_problem
 from anatplane_dist.sources.rawtags import RawTags
 
@@ -467,7 +467,7 @@ def iter_subjects(root: str | os.PathLike, subjects: Iterable[str] | None,
     """
     root = Path(root)
     if subjects is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = [p.name for p in subject_folders(root)]
     else:
         names = list(subjects)
     for name in names:

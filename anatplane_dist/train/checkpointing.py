@@ -26,7 +26,7 @@ from typing import Any
 
 from anatplane_dist.core import checkpoints as ckpt
 from anatplane_dist.core import dist
-from anatplane_dist.core.errors import AnatplaneError
+from anatplane_dist.core.errors import AnatplaneError, DiskFullError, is_disk_full
 from anatplane_dist.train.state import RunPlan, TrainState
 
 log = logging.getLogger("anatplane.train")
@@ -133,11 +133,29 @@ class Checkpointer:
 
     def save(self, backend: Any, state: TrainState, plan: RunPlan, metrics: dict[str, float],
              micro_done: int, train_time_s: float) -> Path:
-        """tmp dir (rank 0) → engine state (all ranks) → barrier → meta, fp32, rename, marker."""
-        from anatplane_dist.core import weights
+        """tmp dir (rank 0) → engine state (all ranks) → barrier → meta, fp32, rename, marker.
 
+        A full disk (ENOSPC/EDQUOT, or torch's "unexpected pos" from its zip writer) is one
+        :class:`DiskFullError` saying which step was being written and which is intact.
+        """
         t0 = time.perf_counter()
         tmp = ckpt.tmp_dir(self.run_dir, state.step)
+        try:
+            return self._save(backend, state, plan, metrics, micro_done, train_time_s, t0, tmp)
+        except (OSError, RuntimeError, AnatplaneError) as e:
+            if not is_disk_full(e):
+                raise
+            newest = ckpt.find_latest_complete(self.run_dir)
+            intact = f"the newest complete checkpoint is step {ckpt.step_of(newest)} ({newest})" if newest \
+                else "no complete checkpoint exists yet"
+            raise DiskFullError(f"no space left on device writing checkpoint step {state.step} in {self.run_dir}: "
+                                f"{intact}; free space and rerun the same command to resume (the partial "
+                                "step is removed then)") from None
+
+    def _save(self, backend: Any, state: TrainState, plan: RunPlan, metrics: dict[str, float],
+              micro_done: int, train_time_s: float, t0: float, tmp: Path) -> Path:
+        from anatplane_dist.core import weights
+
         dist.on_main(ckpt.prepare_tmp, self.run_dir, state.step)
         backend.save(tmp, state.to_client_state())
         in_sync = dist.params_in_sync(backend.module)

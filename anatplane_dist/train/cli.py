@@ -48,16 +48,25 @@ def _resolve_data(cfg):
     return dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
 
 
-def _train(args: argparse.Namespace, denv) -> int:
+def _load(args: argparse.Namespace):
+    """(config path, validated config): every key, type and range is checked here, before any
+    process group exists, so a bad value is one line on every rank and no collective hangs."""
+    from anatplane_dist.train.config import load_config, resolve_config_path
+
+    config_path = resolve_config_path(args.config or DEFAULT_PRESET)
+    return config_path, load_config(config_path, list(args.overrides))
+
+
+def _train(args: argparse.Namespace, denv, loaded) -> int:
     from anatplane_dist.core.dist import is_main_process, on_main
-    from anatplane_dist.train.config import load_config, resolve_config_path, run_dir_for
+    from anatplane_dist.train.config import run_dir_for
     from anatplane_dist.train.hooks import hooks_from_env
     from anatplane_dist.train.runlock import RunLock
     from anatplane_dist.train.signals import StopRequest
     from anatplane_dist.train.trainer import train
 
-    config_path = resolve_config_path(args.config or DEFAULT_PRESET)
-    cfg = _resolve_data(load_config(config_path, list(args.overrides)))
+    config_path, cfg = loaded
+    cfg = _resolve_data(cfg)
     run_dir = run_dir_for(config_path, cfg.run_dir, args.run_dir)
     lock = RunLock(run_dir)
     on_main(lambda: lock.acquire() and None)   # held by rank 0 for the whole run; released at exit
@@ -88,10 +97,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"anatplane pretrain: {one_line(e)}", file=sys.stderr)
         return ExitCode.USAGE
     _setup_logging(denv.rank)
+    try:
+        loaded = _load(args)
+    except AnatplaneError as e:   # no process group yet: every rank refuses alone, rank 0 says why
+        if denv.rank == 0:
+            print(f"anatplane pretrain: {one_line(e)}", file=sys.stderr)
+        return int(e.exit_code)
     init_distributed(denv)
     clean = False
     try:
-        rc = _train(args, denv)
+        rc = _train(args, denv, loaded)
         clean = True
         return rc
     except AnatplaneError as e:   # raised on every rank together (decisions are agreed first)

@@ -18,7 +18,14 @@ from typing import Any
 import yaml
 
 from anatplane_dist.core.atomic import atomic_write_text
-from anatplane_dist.core.mapping import ConfigError, coerce_value, field_types, from_dict
+from anatplane_dist.core.mapping import (
+    ConfigError,
+    coerce_value,
+    field_types,
+    from_dict,
+    read_yaml_mapping,
+    replace_checked,
+)
 from anatplane_dist.data.config import AugmentConfig, DataConfig
 from anatplane_dist.model.config import ModelConfig
 from anatplane_dist.objectives.config import LossConfig, ObjectiveConfig
@@ -74,12 +81,12 @@ def _set(obj: Any, path: list[str], raw: str, dotted: str) -> Any:
     if head not in names:
         raise ConfigError(f"unknown config key {dotted} (valid keys here: {', '.join(sorted(names))})")
     if len(path) > 1:
-        return dataclasses.replace(obj, **{head: _set(getattr(obj, head), path[1:], raw, dotted)})
+        return replace_checked(obj, **{head: _set(getattr(obj, head), path[1:], raw, dotted)})
     tp = field_types(type(obj))[head]
     value: Any = raw if tp is str else yaml.safe_load(raw) if raw.strip() else None
     if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
         raise ConfigError(f"{dotted} is a section; override its fields ({dotted}.<key>=...)")
-    return dataclasses.replace(obj, **{head: coerce_value(value, tp, dotted)})
+    return replace_checked(obj, **{head: coerce_value(value, tp, dotted)})
 
 
 # ---------------------------------------------------------------------------- load / write
@@ -98,29 +105,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     return cfg
 
 
-def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file's top-level mapping; a syntax error names ``file:line:column`` in one line."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return loaded or {}
-
-
 def validate(cfg: PretrainConfig) -> None:
     """Cross-field checks that a dataclass cannot express (choices are ``Literal`` types)."""
     t, o = cfg.train, cfg.optim
     checks = [
         (t.zero_stage in (0, 1, 2), "train.zero_stage (0-2)", t.zero_stage),
+        (t.max_steps >= 0, "train.max_steps (>= 0; 0 = epochs decide)", t.max_steps),
         (t.grad_accum >= 1, "train.grad_accum (>= 1)", t.grad_accum),
         (t.epochs >= 1 or t.max_steps > 0, "train.epochs (>= 1)", t.epochs),
         (t.keep_last >= 1, "train.keep_last (>= 1)", t.keep_last),
@@ -251,12 +241,23 @@ def accum_for(cfg: PretrainConfig, world_size: int, target_global: int) -> int:
     """
     per_pass = micro_batch(cfg) * world_size
     if target_global % per_pass:
-        fits = [m for m in range(1, micro_batch(cfg) + 1) if target_global % (m * world_size) == 0]
-        raise ConfigError(
-            f"global batch {target_global} is not a multiple of data.batch_size {micro_batch(cfg)} x "
-            f"{world_size} ranks; keep it with data.batch_size={max(fits) if fits else 1} on {world_size} ranks, "
-            f"or use a number of ranks that divides {target_global // micro_batch(cfg)}")
+        raise ConfigError(world_size_advice(target_global, micro_batch(cfg), world_size))
     return target_global // per_pass
+
+
+def world_size_advice(target_global: int, micro: int, world_size: int) -> str:
+    """Why ``world_size`` ranks cannot keep ``target_global`` and what does: the batch sizes that
+    fit on these ranks, and the rank counts that fit this batch size (divisors, never "divides 1")."""
+    sizes = [m for m in range(1, target_global + 1) if target_global % (m * world_size) == 0]
+    ranks = ([w for w in range(1, target_global // micro + 1) if (target_global // micro) % w == 0]
+             if target_global % micro == 0 else [])
+    ways = []
+    if sizes:
+        ways.append(f"data.batch_size={max(sizes)} on {world_size} ranks")
+    if ranks:
+        ways.append(f"data.batch_size={micro} on {' or '.join(map(str, ranks[:8]))} rank(s)")
+    return (f"global batch {target_global} is not a multiple of data.batch_size {micro} x {world_size} ranks; "
+            f"what keeps it: {', or '.join(ways) if ways else 'no batch size on this many ranks'}")
 
 
 def scaled_lr(optim: OptimConfig, global_bs: int) -> float:

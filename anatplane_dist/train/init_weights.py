@@ -1,6 +1,7 @@
 """``train.init_from``: start a new run from verified weights (a checkpoint or a published model).
 
-Accepted: a published model version (or its ``latest`` link; verified against its
+Accepted: a published model version (or its name directory or ``latest`` link, resolved by
+:func:`anatplane_dist.publish.resolve_version` as ``load_pretrained`` does; verified against its
 ``SHA256SUMS`` by :func:`anatplane_dist.publish.verify`), a checkpoint dir (verified against
 its signed marker) or that checkpoint's ``fp32/`` folder. Weights that cannot be verified
 are refused: loading is the point where a tampered file would do harm.
@@ -28,6 +29,11 @@ def verified_parts_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise InitFromError(f"train.init_from={p}: no such file or directory")
+    from anatplane_dist.publish import resolve_version
+    try:   # the resolver of load_pretrained and finetune: a name dir means its latest version
+        p = resolve_version(p)
+    except AnatplaneError as e:
+        raise InitFromError(f"train.init_from={path}: {e}") from None
     if (p / "SHA256SUMS").is_file():
         from anatplane_dist import publish
         try:

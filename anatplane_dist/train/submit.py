@@ -31,6 +31,7 @@ import submitit
 
 from anatplane_dist.core.errors import AnatplaneError, ExitCode, one_line
 from anatplane_dist.core.jsonl import append_jsonl
+from anatplane_dist.core.scripttext import refuse_control_chars
 from anatplane_dist.train.config import add_run_arguments
 
 DEFAULT_ENTRY = "anatplane_dist.train.cli:main"
@@ -67,6 +68,7 @@ class SubmitOptions:
     def __post_init__(self) -> None:
         self.config = Path(self.config).resolve()
         self.run_dir = Path(self.run_dir).resolve()
+        check_script_values(self)
         self.tasks_per_node = resolve_tasks_per_node(self.gpus_per_node, self.tasks_per_node)
         if self.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {self.nodes}")
@@ -92,6 +94,20 @@ class SubmitOptions:
     def train_argv(self) -> list[str]:
         """The argv every task hands to the training entry point."""
         return ["--config", str(self.config), "--run-dir", str(self.run_dir), *self.overrides]
+
+
+#: option name of each string that reaches the sbatch script (or the job's argv and logs)
+_SCRIPT_VALUES = {"job_name": "--job-name", "partition": "--partition", "account": "--account", "qos": "--qos",
+                  "mem": "--mem", "constraint": "--constraint", "exclude": "--exclude", "entry": "--entry",
+                  "config": "--config", "run_dir": "--run-dir"}
+
+
+def check_script_values(opts: "SubmitOptions") -> None:
+    """Refuse control characters in every value that is written into the sbatch script
+    (:mod:`anatplane_dist.core.scripttext`), and in the job's argv and logs."""
+    values = [(flag, getattr(opts, name)) for name, flag in _SCRIPT_VALUES.items()]
+    values += [("override", o) for o in opts.overrides] + [("python executable", sys.executable)]
+    refuse_control_chars(values)
 
 
 def resolve_tasks_per_node(gpus_per_node: int, tasks_per_node: int | None) -> int:
@@ -211,6 +227,7 @@ def build_executor(opts: SubmitOptions, local: bool = False) -> submitit.Executo
                              gpus_per_node=opts.gpus_per_node, signal_delay_s=opts.signal_delay_s,
                              setup=list(_SETUP))
         return ex
+    check_script_values(opts)      # again: options may have been changed since they were made
     ex = submitit.SlurmExecutor(folder=opts.log_dir, max_num_timeout=opts.max_num_timeout)
     ex.update_parameters(**slurm_parameters(opts))
     return ex

@@ -143,7 +143,7 @@ class Trainer:
 
         epoch_state = SharedEpoch(0)
         loader, loader_steps = stream.make_train_loader(cfg.data, rank=self.denv.rank, world_size=world,
-                                                        epoch_state=epoch_state)
+                                                        epoch_state=epoch_state, expect=facts)
         plan = _run_plan(cfg, world, loader_steps)
         steps_per_epoch, total = plan.steps_per_epoch, plan.total_steps
 
@@ -337,7 +337,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, s: Setup) -> dict[str, float]:
         """The exact val pass on every rank (uneven batch counts allowed), one reduction at the end."""
-        loader = stream.make_val_loader(s.cfg.data, rank=self.denv.rank, world_size=self.denv.world_size)
+        loader = stream.make_val_loader(s.cfg.data, rank=self.denv.rank, world_size=self.denv.world_size,
+                                        expect=s.facts)
         sums = MetricSums(s.objective.validation_names)
         s.backend.module.eval()
         try:

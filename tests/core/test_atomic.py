@@ -41,3 +41,24 @@ def test_temporary_is_hidden_and_keeps_the_extension(tmp_path):
         assert tmp.parent == tmp_path
         tmp.write_bytes(b"x")
     assert (tmp_path / "img.nii.gz").read_bytes() == b"x"
+
+
+def test_a_full_disk_names_the_destination_and_keeps_the_old_file(tmp_path):
+    """Issue 19 item 9: ENOSPC is one DiskFullError naming what was being written (a copy used to
+    name its source); the file already there is intact and no temporary is left."""
+    import pytest
+
+    from anatplane_dist.core.atomic import atomic_write_bytes, copy_durable
+    from anatplane_dist.core.errors import DiskFullError
+    from tests.fulldisk import tmpfs
+
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"w" * 200_000)
+    with tmpfs(tmp_path / "full", 128) as full:
+        atomic_write_bytes(full / "card.json", b"old")
+        with pytest.raises(DiskFullError, match=f"writing {full / 'card.json'}; nothing complete was replaced"):
+            atomic_write_bytes(full / "card.json", b"x" * 200_000)
+        assert (full / "card.json").read_bytes() == b"old" and sorted(p.name for p in full.iterdir()) == ["card.json"]
+        with pytest.raises(DiskFullError) as exc:
+            copy_durable(src, full / "copy.bin")
+        assert str(full / "copy.bin") in str(exc.value) and str(src) not in str(exc.value)

@@ -133,3 +133,23 @@ def test_nnunet_dataset_from_an_acdc_cohort(tmp_path, capsys):
     assert anatplane(["export", "--format", "nnunet-dataset", str(empty.parent), str(raw)]) == 2
     assert "no usable labelled frame" in capsys.readouterr().err
     shutil.rmtree(ds)
+
+
+def test_nnunet_dataset_never_overwrites_a_case_with_a_duplicate_patient(tmp_path, capsys):
+    """Issue 19 item 6: patient002/ and patient002_copy/ made '10 training cases' with 8 files."""
+    acdc = tmp_path / "acdc"
+    write_acdc_cohort(acdc, AcdcCohortConfig(patients=2, matrix=(24, 24), frames=(2, 2)))
+    shutil.copytree(acdc / "patient002", acdc / "patient002_copy")
+    shutil.copytree(acdc / "patient001", acdc / ".hidden")                  # not a subject
+    raw = tmp_path / "raw"
+    assert anatplane(["export", "--format", "nnunet-dataset", str(acdc), str(raw), "--dataset-id", "8"]) == 0
+    out = capsys.readouterr().out
+    ds = raw / "Dataset008_ACDC"
+    meta = json.loads((ds / "dataset.json").read_text())
+    images = sorted((ds / "imagesTr").iterdir())
+    assert meta["numTraining"] == len(images) == len(list((ds / "labelsTr").iterdir())) == 4
+    assert "patient002_copy/" in out and "duplicate case patient002_frame01" in out
+    left_out = json.loads((ds / "skipped.json").read_text())
+    assert {e["file"].split("/")[0] for e in left_out} == {"patient002_copy"}
+    assert (ds / "imagesTr" / "patient002_frame01_0000.nii.gz").read_bytes() == \
+        (acdc / "patient002" / "patient002_frame01.nii.gz").read_bytes()

@@ -21,6 +21,7 @@ from anatplane_dist.core import checkpoints as ckpt
 from anatplane_dist.core import weights
 from anatplane_dist.core.hashing import sha256_file
 from anatplane_dist.model import ModelConfig, build_model, export_parts
+from anatplane_dist.shards.manifest import seal_manifest
 
 MODEL = ModelConfig(name="unet", width=4, depth=2, loc_hidden=[8])
 K = 2
@@ -34,11 +35,11 @@ def make_run(run_dir: Path, steps: tuple[int, ...] = (4,), seed: int = 0) -> dic
     cohort = run_dir.parent / "heart-phantom"
     cohort.mkdir(parents=True, exist_ok=True)
     (cohort / "phantom.json").write_text("{}")   # what `anatplane phantom` leaves in its cohorts
-    (shards / "manifest.json").write_text(json.dumps({
+    (shards / "manifest.json").write_text(json.dumps(seal_manifest({
         "format": "anatplane-shard/2", "input_root": str(cohort), "channels": ["2ch", "4ch"], "num_channels": 2,
         "grid": 32, "spacing_mm": 1.5, "profile": {"name": "heart", "input_view": "sax", "references": ["2ch", "4ch"]},
         "counts": {"subjects": 3, "samples": 60}, "seed": seed,
-        "splits": {"train": {"subjects": 2, "samples": 40}, "val": {"subjects": 1, "samples": 20}}}))
+        "splits": {"train": {"subjects": 2, "samples": 40}, "val": {"subjects": 1, "samples": 20}}})))
     cfg = {"data": {"shards": f"{shards}/train/shard-{{000000..000003}}.tar", "batch_size": 2},
            "model": MODEL.to_dict(), "train": {"max_steps": max(steps)}}
     run_dir.mkdir(parents=True, exist_ok=True)

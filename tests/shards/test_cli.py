@@ -118,3 +118,22 @@ def test_disk_full_is_recorded_and_a_rerun_completes(tree, tmp_path):
     res = subprocess.run(big, cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "manifest.json").read_text())["counts"]["samples"] == 36
+
+
+# -- issue 19 items 11 and 17: a hostile profile and an absurd grid are one line, exit 2 -------
+def test_a_python_object_tag_in_a_profile_is_refused_in_one_line(tree, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"name: evil\nreader: !!python/object/apply:os.system ['touch {marker}']\n")
+    rc = cli("--profile", str(evil), "--input", str(tree), "--out", str(tmp_path / "o"), *ARGS)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{evil}:2:9: YAML tag refused" in err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+def test_an_absurd_grid_is_refused_before_any_work(tree, tmp_path, capsys):
+    rc = cli("--input", str(tree), "--out", str(tmp_path / "o"), "--grid", "100000", "--no-progress")
+    err = capsys.readouterr().err
+    assert rc == 2 and "grid must be 8 to 4096 pixels, got 100000" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

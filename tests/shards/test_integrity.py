@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from anatplane_dist.core.errors import AnatplaneError
-from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts
+from anatplane_dist.shards.manifest import ShardFacts, read_shard_facts, seal_manifest
 from anatplane_dist.shards.pipeline import shard_dataset
 from anatplane_dist.shards.profiles import BUILTIN_PROFILES, ShardConfig
 
@@ -45,7 +45,7 @@ def test_missing_or_old_manifest_is_one_clear_error(tmp_path, shard_dir):
     old = json.loads((shard_dir / "manifest.json").read_text())
     for k in ("num_channels", "grid", "spacing_mm"):
         old.pop(k)
-    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    (tmp_path / "manifest.json").write_text(json.dumps(seal_manifest(old)))
     with pytest.raises(AnatplaneError, match="does not state num_channels"):
         read_shard_facts(tmp_path)
     with pytest.raises(AnatplaneError, match="not a local file"):
@@ -56,7 +56,7 @@ def test_shard_sets_that_disagree_are_refused(tmp_path, shard_dir):
     other = tmp_path / "other"
     other.mkdir()
     m = json.loads((shard_dir / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps(dict(m, grid=64)))
+    (other / "manifest.json").write_text(json.dumps(seal_manifest(dict(m, grid=64))))
     with pytest.raises(AnatplaneError, match="disagree"):
         read_shard_facts([str(shard_dir / "train-000000.tar"), str(other / "train-000000.tar")])
 

@@ -50,3 +50,16 @@ def test_array_on_a_real_slurm_cluster(dsbcc_tree, tmp_path, monkeypatch):
         assert m["parts"] == 2 and m["counts"]["samples"] == 24
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("flag, value", [("--slurm-partition", "gpu\n#SBATCH --uid=0"), ("--out", "o\ntouch PWNED")])
+def test_a_control_character_bound_for_the_array_script_is_refused(dsbcc_tree, tmp_path, capsys, flag, value):
+    """Issue 19 item 2: the partition and the output folder (its log paths) are written into sbatch text."""
+    out = str(tmp_path / value) if flag == "--out" else str(tmp_path / "arr")
+    extra = [flag, value] if flag == "--slurm-partition" else []
+    args = parse("--input", str(dsbcc_tree), "--out", out, "--grid", "32", "--spacing", "3", "--workers", "1",
+                 "--slurm-array", "2", *extra)
+    assert submit_array(args, config_from_args(args), cluster="local") == 2
+    err = capsys.readouterr().err
+    assert f"{flag} " in err and "control character" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -236,3 +236,42 @@ def test_local_executor_runs_the_tasks_with_a_torch_distributed_env(tmp_path):
     proc = subprocess.run(cmd + ["--run-dir", str(tmp_path / "bad")], env={**env, "PROBE_FAIL": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "did not succeed" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- issue 19 item 2: no value reaches the sbatch script with a control character -------------
+HOSTILE = {
+    "job_name": "x\ntouch PWNED #", "partition": "gpu\n#SBATCH --uid=0", "account": "a\rb", "qos": "q\x00",
+    "mem": "4G\n#SBATCH --mem=0", "constraint": "h100\nrm -rf ~", "exclude": "n1\x7f", "entry": "m:f\nid",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_control_characters_are_refused_in_every_script_value(tmp_path, name):
+    value = HOSTILE[name]
+    safe = opts(tmp_path, nodes=1, gpus_per_node=1)
+    setattr(safe, name, value.split("\n")[0].split("\r")[0].replace("\x00", "").replace("\x7f", ""))
+    clean_script = slurm.sbatch_script(safe)   # the real text: the benign value sits on its own line
+    if name != "entry":
+        assert any(getattr(safe, name) in line for line in clean_script.splitlines())
+    with pytest.raises(ValueError, match="control character"):
+        opts(tmp_path, **{name: value})
+    setattr(safe, name, value)                  # changed after validation: the script is still refused
+    with pytest.raises(ValueError, match="control character"):
+        slurm.sbatch_script(safe)
+
+
+def test_a_newline_in_the_run_dir_or_an_override_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--run-dir"):
+        slurm.SubmitOptions(config=TINY, run_dir=tmp_path / "r\ntouch PWNED")
+    with pytest.raises(ValueError, match="override"):
+        opts(tmp_path, overrides=["train.epochs=1\nid"])
+
+
+def test_submit_cli_refuses_an_injected_job_name_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/submit.py", "--config", str(TINY), "--run-dir", str(tmp_path / "r"),
+                           "--job-name", "x\ntouch PWNED #", "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "control character" in proc.stderr
+    assert "touch PWNED" not in proc.stdout

@@ -21,10 +21,10 @@ import numpy as np
 from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.core.geometry import RAS_TO_LPS, Plane
 from anatplane_dist.sources.phantom.heart import GROUPS, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, save_nifti, subject_rng
+from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, save_nifti, subject_rng
 from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 
-__all__ = ["AcdcCohortConfig", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
+__all__ = ["AcdcCohortConfig", "truth_header", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]
 
 
 
@@ -99,12 +99,16 @@ def write_acdc_patient(out: str | Path, index: int, cfg: AcdcCohortConfig) -> di
             "sax_t_mm": views.sax_t.tolist()}
 
 
-def write_acdc_cohort(out: str | Path, cfg: AcdcCohortConfig) -> list[dict[str, Any]]:
+def truth_header(cfg: AcdcCohortConfig) -> dict[str, Any]:
+    """What ``phantom.json`` of an ACDC-layout cohort starts with (the recipe a rerun may extend)."""
+    return {"kind": "heart", "layout": "acdc", "seed": cfg.seed}
+
+
+def write_acdc_cohort(out: str | Path, cfg: AcdcCohortConfig, *, overwrite: bool = False) -> list[dict[str, Any]]:
     """Write ``cfg.patients`` patients under ``out`` (+ ground truth ``out/phantom.json``)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_target(out, truth_header(cfg), overwrite=overwrite)   # never over someone else's data
     indices = range(cfg.first_index, cfg.first_index + cfg.patients)
     records = map_subjects(functools.partial(write_acdc_patient, out, cfg=cfg), indices, cfg.workers, "acdc")
-    merge_truth(out / "phantom.json", {"kind": "heart", "layout": "acdc", "seed": cfg.seed}, "patients",
-                records)
+    merge_truth(out / "phantom.json", truth_header(cfg), "patients", records)
     return records

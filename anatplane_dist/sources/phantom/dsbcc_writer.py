@@ -20,7 +20,7 @@ from anatplane_dist.core.atomic import staged_dir
 from anatplane_dist.core.geometry import Plane
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from anatplane_dist.sources.phantom.heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, subject_rng
+from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, subject_rng
 from anatplane_dist.sources.phantom.prescribe import HeartViews, prescribe_heart_views
 from anatplane_dist.sources.phantom.render import rotation
 
@@ -137,11 +137,11 @@ def write_heart_subject(out: str | Path, index: int, cfg: HeartCohortConfig) -> 
             "study_uid": study_uid, "frame_of_reference_uid": for_uid, "series": record_series}
 
 
-def write_heart_cohort(out: str | Path, cfg: HeartCohortConfig) -> list[dict[str, Any]]:
+def write_heart_cohort(out: str | Path, cfg: HeartCohortConfig, *, overwrite: bool = False) -> list[dict[str, Any]]:
     """Write ``cfg.subjects`` subjects under ``out`` and add them to the ground truth
     ``out/phantom.json``; returns the records of the subjects written by this call."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_target(out, {"kind": "heart", "layout": "dsbcc", "seed": cfg.seed}, overwrite=overwrite)   # never over someone else's data
     indices = range(cfg.first_index, cfg.first_index + cfg.subjects)
     records = map_subjects(functools.partial(write_heart_subject, out, cfg=cfg), indices, cfg.workers, "heart")
     merge_truth(out / TRUTH_FILE, {"kind": "heart", "layout": "dsbcc", "seed": cfg.seed}, "subjects", records)

@@ -17,7 +17,7 @@ import numpy as np
 
 from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from anatplane_dist.sources.phantom.io import check_sizes, map_subjects, merge_truth, subject_rng
+from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, subject_rng
 from anatplane_dist.sources.phantom.knee import (
     KNEE_VIEWS,
     prescribe_knee_views,
@@ -79,11 +79,11 @@ def write_knee_subject(out: str | Path, index: int, cfg: KneeCohortConfig) -> di
             "matrix": matrix, "study_uid": study_uid, "frame_of_reference_uid": for_uid, "series": series_records}
 
 
-def write_knee_cohort(out: str | Path, cfg: KneeCohortConfig) -> list[dict[str, Any]]:
+def write_knee_cohort(out: str | Path, cfg: KneeCohortConfig, *, overwrite: bool = False) -> list[dict[str, Any]]:
     """Write ``cfg.subjects`` knee studies under ``out`` and add them to ``labels.csv`` and
     ``phantom.json`` (a cohort can be written in chunks); returns this call's records."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_target(out, {"kind": "knee", "layout": "fastmri", "seed": cfg.seed}, overwrite=overwrite)   # never over someone else's data
     indices = range(cfg.first_index, cfg.first_index + cfg.subjects)
     records = map_subjects(functools.partial(write_knee_subject, out, cfg=cfg), indices, cfg.workers, "knee")
     everyone = merge_truth(out / "phantom.json", {"kind": "knee", "layout": "fastmri", "seed": cfg.seed},
