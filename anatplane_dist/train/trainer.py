@@ -84,11 +84,9 @@ class Setup:
     start_step: int
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if channels_last:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
-    return out
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Host to device; the memory layout is the backend's business (``Backend.layout``)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _with_facts(cfg: PretrainConfig, facts: ShardFacts) -> PretrainConfig:
@@ -191,12 +189,8 @@ class Trainer:
                 load_init_weights(model, t.init_from)
             else:
                 log.info("train.init_from ignored: resuming from %s", resume.path)
-        model = model.to(device)
-        if t.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if t.compile:
-            model.compile()
-        return model
+        # channels_last and compile are applied by the backend (what each one can hold differs)
+        return model.to(device)
 
     def _record_start(self, backend: Backend, resume: ResumePlan, facts: ShardFacts) -> None:
         """Rank 0: the config history, ``config.yaml``, ``ds_config.json``, the metrics file, and
@@ -240,7 +234,7 @@ class Trainer:
             raw = next(batches)
             data_time += time.perf_counter() - t0
             micro_idx = st.step * plan.grad_accum + micro
-            batch = _to_device(raw, s.device, t.channels_last)
+            batch = _to_device(raw, s.device)
             # every random draw of this micro-step (augmentation, views, dropout) is a function of
             # (seed, rank, micro-step), so a resumed run repeats the interrupted one exactly
             torch.manual_seed(derive_seed(t.seed, self.denv.rank, micro_idx, 1))
@@ -344,7 +338,7 @@ class Trainer:
             for i, raw in enumerate(loader):
                 if s.cfg.train.val_batches and i >= s.cfg.train.val_batches:
                     break
-                batch = _to_device(raw, s.device, False)
+                batch = _to_device(raw, s.device)
                 gen = torch.Generator(device=s.device)
                 gen.manual_seed(derive_seed(self.state.data_seed, self.denv.rank, i, 2))
                 out = s.backend.eval_forward(s.objective.inputs(batch, gen))
