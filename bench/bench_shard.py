@@ -9,10 +9,14 @@
    what a shared machine's load distorts least; both run in this one process);
 3. bytes per sample vs the stored image's bytes alone (goal <= 1.05x), plain and gzip'd tar,
    plus the cost of reading each back through WebDataset (the loader's checks included);
-4. 1 vs 2 worker processes.
+4. 1 vs 2 worker processes;
+5. ``--scaling``: samples/s for 1, 2, 4, ... workers up to the core count (or ``--max-workers``),
+   the efficiency against one worker (rate_N / (N x rate_1); goal >= 0.7) and how busy the one
+   writer (the main process: ordering, crc32/sha256, tar) was: its CPU time over the wall time.
 
     python bench/bench_shard.py [--subjects 4 --size 160 --frames 10 --grid 224 --spacing 1.26]
                                 [--runs w1,w2,gz] [--repeats 2]
+    python bench/bench_shard.py --scaling [--max-workers 16] --subjects 16 --repeats 2
 
 Phantom generation (a few seconds per subject) is not timed.  On a shared machine run it twice.
 """
@@ -132,6 +136,68 @@ def read_back(out: Path) -> float:
     return n / (time.perf_counter() - t)
 
 
+def worker_counts(max_workers: int) -> list[int]:
+    """1, 2, 4, ... up to ``max_workers``, which is always included."""
+    counts, n = [], 1
+    while n < max_workers:
+        counts.append(n)
+        n *= 2
+    return counts + [max_workers]
+
+
+def _import_worker_modules() -> int:
+    """What a sharder worker imports before its first study (its f16 cast loads torch)."""
+    import torch  # noqa: F401
+
+    import anatplane_dist.shards.worker  # noqa: F401
+    return os.getpid()
+
+
+def pool_startup_s(workers: int) -> float:
+    """Seconds to spawn ``workers`` pinned worker processes and import what they run: the
+    start-up a sharding run pays once (its pool lives for the whole run)."""
+    from anatplane_dist.shards.pipeline import worker_pool
+
+    t = time.perf_counter()
+    with worker_pool(workers) as pool:
+        for f in [pool.submit(_import_worker_modules) for _ in range(workers)]:
+            f.result()
+        return time.perf_counter() - t
+
+
+def shard_scaling(data: Path, out: Path, counts: list[int], *, grid: int, spacing: float,
+                  repeats: int = 1) -> list[dict]:
+    """End-to-end sharding of ``data`` with each worker count (interleaved repetitions, best of).
+
+    Rows: workers, samples/s, efficiency vs one worker (rate_N / (N x rate_1)), and the writer's
+    load: the main process's CPU seconds over the wall seconds (near 1.0 = the writer is the limit).
+    """
+    cfg = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=grid, spacing=spacing, shard_size=200,
+                      val_fraction=0.25)
+    best: dict[int, tuple[float, float, int]] = {}
+    for _ in range(repeats):
+        for n in counts:
+            shutil.rmtree(out / f"w{n}", ignore_errors=True)
+            t, c = time.perf_counter(), time.process_time()
+            run = shard_dataset(data, out / f"w{n}", cfg, workers=n, progress=False)
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
+            if n not in best or dt < best[n][0]:
+                best[n] = (dt, cpu, run.samples)
+            shutil.rmtree(out / f"w{n}", ignore_errors=True)
+    rate1 = best[counts[0]][2] / best[counts[0]][0] / counts[0]    # per worker, from the smallest count
+    rows = []
+    for n in counts:
+        dt, cpu, samples = best[n]
+        row = {"workers": n, "samples": samples, "seconds": round(dt, 3), "samples_per_s": round(samples / dt, 1),
+               "efficiency": round(samples / dt / (n * rate1), 3)}
+        if n > 1:
+            start = pool_startup_s(n)
+            row.update(writer_cpu_per_wall=round(cpu / dt, 3), pool_startup_s=round(start, 2),
+                       efficiency_after_startup=round(samples / max(dt - start, 1e-9) / (n * rate1), 3))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=4)
@@ -145,7 +211,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions (best of)")
     ap.add_argument("--runs", default="w1,w2,gz", help="sharding runs: w1 (1 process), w2 (2 workers), gz "
                     "(1 process, gzip'd); w1 is always run")
+    ap.add_argument("--scaling", action="store_true", help="only the worker-scaling runs (1, 2, 4, ... workers)")
+    ap.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.scaling:
+        return main_scaling(args)
 
     tg = bench_targets(args.grid, args.target_slices, args.sympy_pairs)
     print(f"[targets] sharder lines (vectorised, with masks): {tg['vec_pairs_s']:,.0f} pairs/s; "
@@ -156,10 +226,7 @@ def main() -> None:
     try:
         data = args.data
         if data is None:
-            data = tmp / "heart"
-            subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "phantom", "heart", "--subjects",
-                            str(args.subjects), "--out", str(data), "--size", str(args.size), "--frames",
-                            str(args.frames)], check=True, capture_output=True)
+            data = make_phantom(tmp / "heart", args.subjects, args.size, args.frames)
         bare_decode_resample(data, args.grid, args.spacing)           # warm the page cache
         bare, bare_cpu = [], []
         runs: dict[str, tuple] = {}
@@ -211,6 +278,34 @@ def main() -> None:
             print(f"[determinism] 1 vs 2 workers byte-identical shards: {same}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main_scaling(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench_shard_scaling_"))
+    try:
+        data = args.data or make_phantom(tmp / "heart", args.subjects, args.size, args.frames)
+        bare_decode_resample(data, args.grid, args.spacing)           # warm the page cache
+        load = os.getloadavg()[0]
+        rows = shard_scaling(data, tmp, worker_counts(args.max_workers), grid=args.grid, spacing=args.spacing,
+                             repeats=args.repeats)
+        print(f"[scaling] {rows[0]['samples']} samples, grid {args.grid}^2, best of {args.repeats}; "
+              f"{os.cpu_count()} CPUs, load avg {load:.1f} before / {os.getloadavg()[0]:.1f} after")
+        for r in rows:
+            writer = "" if r["workers"] == 1 else (
+                f", writer busy {r['writer_cpu_per_wall']:.2f}; pool start-up {r['pool_startup_s']:.1f} s "
+                f"(paid once per run), efficiency without it {r['efficiency_after_startup']:.2f}")
+            print(f"  {r['workers']:>3} workers: {r['samples_per_s']:>8,.1f} samples/s, efficiency "
+                  f"{r['efficiency']:.2f} (goal >= 0.7){writer}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_phantom(out: Path, subjects: int, size: int, frames: int) -> Path:
+    """The built-in heart phantom (not timed)."""
+    subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "phantom", "heart", "--subjects", str(subjects),
+                    "--out", str(out), "--size", str(size), "--frames", str(frames)], check=True,
+                   capture_output=True)
+    return out
 
 
 if __name__ == "__main__":
