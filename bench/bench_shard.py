@@ -11,8 +11,11 @@
    plus the cost of reading each back through WebDataset (the loader's checks included);
 4. 1 vs 2 worker processes;
 5. ``--scaling``: samples/s for 1, 2, 4, ... workers up to the core count (or ``--max-workers``),
-   the efficiency against one worker (rate_N / (N x rate_1); goal >= 0.7) and how busy the one
-   writer (the main process: ordering, crc32/sha256, tar) was: its CPU time over the wall time.
+   the efficiency against one worker (rate_N / (N x rate_1); goal >= 0.7), the CPU time of all
+   processes per sample (what the workers cost apart from waiting for a core: on a machine with
+   no idle core this, not the wall-clock rate, says whether N workers would scale) and how busy
+   the one writer (the main process: ordering, crc32/sha256, tar) was: its CPU time over the
+   wall time.
 
     python bench/bench_shard.py [--subjects 4 --size 160 --frames 10 --grid 224 --spacing 1.26]
                                 [--runs w1,w2,gz] [--repeats 2]
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -153,16 +157,19 @@ def _import_worker_modules() -> int:
     return os.getpid()
 
 
-def pool_startup_s(workers: int) -> float:
-    """Seconds to spawn ``workers`` pinned worker processes and import what they run: the
-    start-up a sharding run pays once (its pool lives for the whole run)."""
+def pool_startup(workers: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the workers) to spawn ``workers`` pinned worker processes and
+    import what they run: the start-up a sharding run pays once (its pool lives for the run)."""
     from anatplane_dist.shards.pipeline import worker_pool
 
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     with worker_pool(workers) as pool:
         for f in [pool.submit(_import_worker_modules) for _ in range(workers)]:
             f.result()
-        return time.perf_counter() - t
+        wall = time.perf_counter() - t
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (now.ru_utime + now.ru_stime) - (kids.ru_utime + kids.ru_stime)
 
 
 def shard_scaling(data: Path, out: Path, counts: list[int], *, grid: int, spacing: float,
@@ -174,25 +181,32 @@ def shard_scaling(data: Path, out: Path, counts: list[int], *, grid: int, spacin
     """
     cfg = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=grid, spacing=spacing, shard_size=200,
                       val_fraction=0.25)
-    best: dict[int, tuple[float, float, int]] = {}
+    best: dict[int, tuple[float, float, int, float]] = {}
     for _ in range(repeats):
         for n in counts:
             shutil.rmtree(out / f"w{n}", ignore_errors=True)
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
             t, c = time.perf_counter(), time.process_time()
             run = shard_dataset(data, out / f"w{n}", cfg, workers=n, progress=False)
             dt, cpu = time.perf_counter() - t, time.process_time() - c
+            # the pool is shut down (children reaped) when shard_dataset returns: their CPU time counts
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            total_cpu = cpu + (now.ru_utime + now.ru_stime) - (kids.ru_utime + kids.ru_stime)
             if n not in best or dt < best[n][0]:
-                best[n] = (dt, cpu, run.samples)
+                best[n] = (dt, cpu, run.samples, total_cpu)
             shutil.rmtree(out / f"w{n}", ignore_errors=True)
     rate1 = best[counts[0]][2] / best[counts[0]][0] / counts[0]    # per worker, from the smallest count
     rows = []
     for n in counts:
-        dt, cpu, samples = best[n]
+        dt, cpu, samples, total_cpu = best[n]
         row = {"workers": n, "samples": samples, "seconds": round(dt, 3), "samples_per_s": round(samples / dt, 1),
-               "efficiency": round(samples / dt / (n * rate1), 3)}
+               "efficiency": round(samples / dt / (n * rate1), 3),
+               "cpu_ms_per_sample": round(1e3 * total_cpu / max(samples, 1), 2)}
         if n > 1:
-            start = pool_startup_s(n)
-            row.update(writer_cpu_per_wall=round(cpu / dt, 3), pool_startup_s=round(start, 2))
+            start, start_cpu = pool_startup(n)
+            row.update(writer_cpu_per_wall=round(cpu / dt, 3), pool_startup_s=round(start, 2),
+                       pool_startup_cpu_s=round(start_cpu, 2),
+                       cpu_ms_per_sample_after_startup=round(1e3 * (total_cpu - start_cpu) / max(samples, 1), 2))
         rows.append(row)
     return rows
 
@@ -291,10 +305,12 @@ def main_scaling(args: argparse.Namespace) -> None:
               f"{os.cpu_count()} CPUs, load avg {load:.1f} before / {os.getloadavg()[0]:.1f} after")
         for r in rows:
             writer = "" if r["workers"] == 1 else (
-                f", writer busy {r['writer_cpu_per_wall']:.2f}; pool start-up {r['pool_startup_s']:.1f} s "
-                f"(timed apart; paid once per run, included above)")
+                f", writer busy {r['writer_cpu_per_wall']:.2f}; pool start-up {r['pool_startup_s']:.1f} s, "
+                f"{r['pool_startup_cpu_s']:.1f} CPU-s (timed apart; paid once per run, included above); "
+                f"CPU after start-up {r['cpu_ms_per_sample_after_startup']:.2f} ms/sample")
             print(f"  {r['workers']:>3} workers: {r['samples_per_s']:>8,.1f} samples/s, efficiency "
-                  f"{r['efficiency']:.2f} (goal >= 0.7){writer}")
+                  f"{r['efficiency']:.2f} (goal >= 0.7); CPU (all processes) {r['cpu_ms_per_sample']:.2f} "
+                  f"ms/sample{writer}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
