@@ -172,6 +172,25 @@ def pool_startup(workers: int) -> tuple[float, float]:
     return wall, (now.ru_utime + now.ru_stime) - (kids.ru_utime + kids.ru_stime)
 
 
+def writer_alone(out: Path, samples: int = 3000, sample_bytes: int = 104_525) -> dict:
+    """The one writer by itself (tar headers, sha256, writes, fsync per shard) on samples of the
+    measured plain-tar size: the rate N workers must not exceed for the writer to keep up."""
+    from anatplane_dist.shards.samples import Sample
+    from anatplane_dist.shards.writer import SplitWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    image, meta = os.urandom(sample_bytes - 2_600), os.urandom(2_400)
+    batch = [Sample(f"s{i:06d}", {"image.npy": image, "meta.json": meta}) for i in range(samples)]
+    writer = SplitWriter(out, "writer", "train", 1000, 0, lambda rec: None)
+    t, c = time.perf_counter(), time.process_time()
+    for i, s in enumerate(batch):
+        writer.add(s, (i, 0))
+    writer.finish((samples, 0))
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    shutil.rmtree(out, ignore_errors=True)
+    return {"samples_per_s": round(samples / dt, 1), "samples_per_cpu_s": round(samples / cpu, 1)}
+
+
 def shard_scaling(data: Path, out: Path, counts: list[int], *, grid: int, spacing: float,
                   repeats: int = 1) -> list[dict]:
     """End-to-end sharding of ``data`` with each worker count (interleaved repetitions, best of).
@@ -301,6 +320,7 @@ def main_scaling(args: argparse.Namespace) -> None:
         load = os.getloadavg()[0]
         rows = shard_scaling(data, tmp, worker_counts(args.max_workers), grid=args.grid, spacing=args.spacing,
                              repeats=args.repeats)
+        alone = writer_alone(tmp / "writer")
         print(f"[scaling] {rows[0]['samples']} samples, grid {args.grid}^2, best of {args.repeats}; "
               f"{os.cpu_count()} CPUs, load avg {load:.1f} before / {os.getloadavg()[0]:.1f} after")
         for r in rows:
@@ -311,6 +331,8 @@ def main_scaling(args: argparse.Namespace) -> None:
             print(f"  {r['workers']:>3} workers: {r['samples_per_s']:>8,.1f} samples/s, efficiency "
                   f"{r['efficiency']:.2f} (goal >= 0.7); CPU (all processes) {r['cpu_ms_per_sample']:.2f} "
                   f"ms/sample{writer}")
+        print(f"  the writer alone (3000 samples of 104,525 B): {alone['samples_per_s']:,.0f} samples/s, "
+              f"{alone['samples_per_cpu_s']:,.0f} samples/CPU-s (helper thread included)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

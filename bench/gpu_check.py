@@ -283,10 +283,11 @@ def section_loader(sz: Sizes, shards: Path) -> list[dict]:
 
 def section_sharder(sz: Sizes, data: Path, work: Path) -> dict:
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_shard import shard_scaling
+    from bench_shard import shard_scaling, writer_alone
     load = os.getloadavg()[0]
     rows = shard_scaling(data, work / "scaling", sz.shard_workers, grid=sz.grid, spacing=sz.spacing)
-    return {"cpus": os.cpu_count(), "load_avg_before": round(load, 2), "rows": rows}
+    return {"cpus": os.cpu_count(), "load_avg_before": round(load, 2), "rows": rows,
+            "writer_alone": writer_alone(work / "writer", samples=200 if sz.smoke else 3000)}
 
 
 def section_smoke(sz: Sizes, run_dir: Path, acdc: Path, work: Path, env: dict[str, str]) -> dict:

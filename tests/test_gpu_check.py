@@ -47,5 +47,6 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     rows = sec["sharder"]["rows"]
     assert [r["workers"] for r in rows] == [1, 2] and rows[0]["efficiency"] == 1.0
     assert rows[0]["samples"] == rows[1]["samples"] > 0 and rows[1]["pool_startup_s"] > 0
+    assert sec["sharder"]["writer_alone"]["samples_per_cpu_s"] > 0
     assert sec["smoke"]["finetune_device"] == "cpu"
     assert (tmp_path / "work" / "models" / "gpu-check" / "latest").exists()
