@@ -20,7 +20,7 @@ Sections (each timed; a failing section is recorded with its error and the rest 
   synchronised phases (host-to-device, augmentation, forward, loss, backward, LAMB step);
 - ``loader``: the training stream alone at 4 / 8 / 16 workers (samples/s);
 - ``sharder``: samples/s for 1, 2, 4, ... workers up to the core count and the efficiency
-  against one worker (bench/bench_shard.py);
+  against one worker, on 32 phantom subjects (bench/bench_shard.py), and the writer alone;
 - ``smoke``: the DDP run published (``anatplane publish``), then ``anatplane finetune seg
   --device cuda`` from it for a few steps.
 
@@ -102,6 +102,8 @@ class Sizes:
         self.loader_workers = [0, 1] if smoke else [4, 8, 16]
         self.loader_batches = 4 if smoke else 100
         self.shard_workers = [1, 2] if smoke else _counts(cores)
+        # the scaling needs more studies than workers (a study is the unit of work)
+        self.shard_phantom = None if smoke else ["--subjects", "32", "--size", "192", "--frames", "10"]
         self.finetune = ["--steps", "2", "--workers", "1"] if smoke else ["--steps", "100", "--workers", "4"]
 
 
@@ -281,9 +283,13 @@ def section_loader(sz: Sizes, shards: Path) -> list[dict]:
     return rows
 
 
-def section_sharder(sz: Sizes, data: Path, work: Path) -> dict:
+def section_sharder(sz: Sizes, data: Path, work: Path, env: dict[str, str], cores: int) -> dict:
     sys.path.insert(0, str(REPO / "bench"))
     from bench_shard import shard_scaling, writer_alone
+    if sz.shard_phantom:
+        data = work / "heart-scaling"
+        anatplane(["phantom", "heart", "--out", str(data), "--workers", str(max(1, min(cores, 16))),
+                   *sz.shard_phantom], env)
     load = os.getloadavg()[0]
     rows = shard_scaling(data, work / "scaling", sz.shard_workers, grid=sz.grid, spacing=sz.spacing)
     return {"cpus": os.cpu_count(), "load_avg_before": round(load, 2), "rows": rows,
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             run("trainer", trainer)
             run("phases", lambda: section_phases(sz, ctx["shards"]))
             run("loader", lambda: section_loader(sz, ctx["shards"]))
-            run("sharder", lambda: section_sharder(sz, ctx["data"], work))
+            run("sharder", lambda: section_sharder(sz, ctx["data"], work, env, cores))
             if "run_ddp" in ctx:
                 run("smoke", lambda: section_smoke(sz, ctx["run_ddp"], ctx["acdc"], work, env))
     finally:
