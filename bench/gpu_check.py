@@ -334,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["node"] = {"cpus": cores, "torch": torch.__version__,
                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                            "gpus": torch.cuda.device_count()}
+        if args.wheelhouse:   # where the node-side packages really came from
+            import importlib
+            summary["node"]["imported_from"] = {m: str(Path(importlib.import_module(m).__file__).parent)
+                                                for m in ("deepspeed", "webdataset", "pydicom", "nibabel")}
         if not args.smoke and not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --smoke on a CPU machine")
         sz = Sizes(args.smoke, cores)
