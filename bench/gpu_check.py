@@ -220,9 +220,9 @@ def section_phases(sz: Sizes, shards: Path) -> dict:
     from anatplane_dist.train.config import load_config, resolve_config_path, resolve_shard_dir
     from anatplane_dist.train.schedule import build_optimizer
 
-    cfg = load_config(resolve_config_path("heart"), [f"data.shards={shards}", f"data.batch_size={sz.trainer_batch}", "data.num_workers=0",
-                                "data.shuffle_buffer=16", "data.shuffle_initial=4",
-                                *[o for o in sz.trainer_extra if o.startswith("model.")]])
+    cfg = load_config(resolve_config_path("heart"), [
+        f"data.shards={shards}", f"data.batch_size={sz.trainer_batch}", "data.num_workers=0", "data.shuffle_buffer=16",
+        "data.shuffle_initial=4", *[o for o in sz.trainer_extra if o.startswith("model.")]])
     cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
     device = torch.device(sz.device)
     facts = read_shard_facts([str(u) for u in cfg.data.shards])
