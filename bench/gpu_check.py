@@ -15,9 +15,8 @@ Sections (each timed; a failing section is recorded with its error and the rest 
   channels_last, compile, LAMB) under DeepSpeed ZeRO-1 and under DDP (on one GPU: one rank,
   where DDP has nothing to all-reduce and the torch backend runs the bare module): median
   samples/s of the logged rows after the first, the ratio to the model alone at the same batch
-  and settings, the data wait per micro-batch;
-- ``phases``: one eager bf16 channels_last training step of the same network split into
-  synchronised phases (host-to-device, augmentation, forward, loss, backward, LAMB step);
+  and settings, the data wait per micro-batch, and the step's phases (``train.phase_times``:
+  host-to-device, augmentation, forward, loss, backward, optimiser step; CUDA events);
 - ``loader``: the training stream alone at 4 / 8 / 16 workers (samples/s);
 - ``sharder``: samples/s for 1, 2, 4, ... workers up to the core count and the efficiency
   against one worker, on 32 phantom subjects (bench/bench_shard.py), and the writer alone;
@@ -30,7 +29,6 @@ trainer, which cost about a minute per process there) so that ``make test`` keep
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -191,7 +189,8 @@ def run_trainer(name: str, backend: str, stage: int, shards: Path, run_dir: Path
                  f"data.samples_per_epoch={sz.trainer_batch * ranks * (sz.trainer_steps + 1)}",
                  f"train.backend={backend}", f"train.zero_stage={stage}", f"train.max_steps={sz.trainer_steps}",
                  "train.global_batch=0", "train.grad_accum=1", f"train.log_every={max(1, sz.trainer_steps // 6)}",
-                 "train.val_batches=2", "train.progress=lines", "optim.warmup_epochs=0", *sz.trainer_extra]
+                 "train.val_batches=2", "train.progress=lines", "train.phase_times=true", "optim.warmup_epochs=0",
+                 *sz.trainer_extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            PRETRAIN, "--config", "heart", "--run-dir", str(run_dir), *overrides]
     t0 = time.perf_counter()
@@ -206,62 +205,9 @@ def run_trainer(name: str, backend: str, stage: int, shards: Path, run_dir: Path
             "steps": train[-1]["step"], "samples_per_s": round(statistics.median(r["samples_per_s"] for r in later), 1),
             "first_row_samples_per_s": round(train[0]["samples_per_s"], 1),
             "data_wait_ms_per_micro_batch": round(1e3 * statistics.median(r["data_time"] for r in later), 2),
+            "phase_ms_per_step": {k.split("/", 1)[1]: round(statistics.median(r[k] for r in later), 2)
+                                  for k in later[0] if k.startswith("ms/")},
             "wall_s": round(wall, 1), "final_loss": round(train[-1]["loss"], 4)}
-
-
-def section_phases(sz: Sizes, shards: Path) -> dict:
-    """One eager bf16 channels_last step of the preset's network, phase by phase (synchronised)."""
-    import torch
-
-    from anatplane_dist.data.augment import augment_batch
-    from anatplane_dist.data.stream import make_train_loader
-    from anatplane_dist.objectives import get_objective
-    from anatplane_dist.shards.manifest import read_shard_facts
-    from anatplane_dist.train.config import load_config, resolve_config_path, resolve_shard_dir
-    from anatplane_dist.train.schedule import build_optimizer
-
-    cfg = load_config(resolve_config_path("heart"), [
-        f"data.shards={shards}", f"data.batch_size={sz.trainer_batch}", "data.num_workers=0", "data.shuffle_buffer=16",
-        "data.shuffle_initial=4", *[o for o in sz.trainer_extra if o.startswith("model.")]])
-    cfg = dataclasses.replace(cfg, data=resolve_shard_dir(cfg.data))
-    device = torch.device(sz.device)
-    facts = read_shard_facts([str(u) for u in cfg.data.shards])
-    objective = get_objective(cfg.objective, cfg.loss, grid_spacing_mm=facts.spacing_mm)
-    model = objective.build_model(cfg.model, facts.num_channels).to(device).to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg.optim, 1e-4)
-    loader, _ = make_train_loader(cfg.data)
-    raw = next(iter(loader))
-    raw = {k: (v.pin_memory() if torch.is_tensor(v) and device.type == "cuda" else v) for k, v in raw.items()}
-    gen = torch.Generator(device=device).manual_seed(0)
-    phases: dict[str, list[float]] = {k: [] for k in ("host_to_device", "augment", "forward", "loss", "backward",
-                                                      "optimiser_step")}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        phases[name].append(time.perf_counter() - t)
-        return out
-
-    for i in range(sz.iters + 2):
-        batch = timed("host_to_device", lambda: {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                                                 for k, v in raw.items()})
-        batch = timed("augment", lambda: augment_batch(batch, cfg.augment, gen))
-        x = objective.inputs(batch, gen).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = timed("forward", lambda: model(x))
-        out = {k: v.float() for k, v in out.items()}
-        loss, _ = timed("loss", lambda: objective.loss(out, batch))
-        timed("backward", lambda: loss.backward())
-        timed("optimiser_step", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
-        if i < 2:   # warm-up
-            for v in phases.values():
-                v.clear()
-    return {"batch": sz.trainer_batch, "optimiser": cfg.optim.name,
-            "ms": {k: round(1e3 * statistics.median(v), 2) for k, v in phases.items()}}
 
 
 def section_loader(sz: Sizes, shards: Path) -> list[dict]:
@@ -377,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
                         r["ratio_to_model_alone"] = round(r["samples_per_s"] / ranks / alone[0]["samples_per_s"], 3)
                 return out
             run("trainer", trainer)
-            run("phases", lambda: section_phases(sz, ctx["shards"]))
             run("loader", lambda: section_loader(sz, ctx["shards"]))
             run("sharder", lambda: section_sharder(sz, ctx["data"], work, env, cores))
             if "run_ddp" in ctx:

@@ -28,7 +28,7 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["mode"] == "smoke" and summary["errors"] == {}
     sec = summary["sections"]
-    assert set(sec) == {"model", "data", "trainer", "phases", "loader", "sharder", "smoke"}
+    assert set(sec) == {"model", "data", "trainer", "loader", "sharder", "smoke"}
 
     variants = {(r["batch"], r["variant"]) for r in sec["model"]}
     assert {(2, "eager fp32"), (2, "bf16"), (2, "bf16 channels_last"), (2, "compile bf16 channels_last"),
@@ -40,9 +40,9 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     for r in runs.values():
         assert r["steps"] == 3 and r["samples_per_s"] > 0 and r["data_wait_ms_per_micro_batch"] >= 0
         assert r["ratio_to_model_alone"] > 0 and r["model_alone_samples_per_s"] > 0
-
-    assert set(sec["phases"]["ms"]) == {"host_to_device", "augment", "forward", "loss", "backward", "optimiser_step"}
-    assert sec["phases"]["optimiser"] == "lamb"
+        assert set(r["phase_ms_per_step"]) == {"host_to_device", "augment", "forward", "loss", "backward",
+                                               "optimiser_step"}
+        assert r["phase_ms_per_step"]["forward"] > 0
     assert [r["workers"] for r in sec["loader"]] == [0, 1] and all(r["samples_per_s"] > 0 for r in sec["loader"])
     rows = sec["sharder"]["rows"]
     assert [r["workers"] for r in rows] == [1, 2] and rows[0]["efficiency"] == 1.0

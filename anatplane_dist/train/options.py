@@ -59,6 +59,9 @@ class TrainConfig:
     compile: bool = False          #: torch.compile the network (every backend; state dicts unchanged)
     #: NHWC layout (every backend; DeepSpeed: NHWC batches, NCHW weights - see train/backends.py)
     channels_last: bool = False
+    #: metric rows get ms/<phase> per optimiser step (host_to_device, augment, forward, loss,
+    #: backward, optimiser_step; CUDA events, no extra host sync - see train/phases.py)
+    phase_times: bool = False
     #: auto (tqdm on a TTY, lines otherwise) | tqdm | lines | none
     progress: Literal["auto", "tqdm", "lines", "none"] = "auto"
 

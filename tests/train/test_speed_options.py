@@ -128,3 +128,22 @@ def test_compile_under_every_backend_trains_and_resumes(tmp_path, shards, backen
     _check_every_step_updated(run, range(1, 7))
     meta = ckpt.read_meta(ckpt.find_latest_complete(run))
     assert meta["step"] == 6 and meta["world_size"] == resume_nproc
+
+
+def test_phase_times_are_logged_per_step(tmp_path, shards, clean_env):
+    """``train.phase_times``: every training row says where the step's time went."""
+    from anatplane_dist.train.cli import main
+    from anatplane_dist.train.metrics import read_metrics
+    from anatplane_dist.train.phases import PHASES
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config_yaml(shards, train={"epochs": 1, "phase_times": True, "log_every": 2, "progress": "none"},
+                               data={"batch_size": 4}))
+    assert main(["--config", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert rows
+    for r in rows:
+        times = {p: r[f"ms/{p}"] for p in PHASES}
+        assert all(v >= 0 for v in times.values()) and times["forward"] > 0 and times["backward"] > 0
+        # the phases are parts of the step: together less than the wall time per optimiser step
+        assert sum(times.values()) < 1e3 * 4 / r["samples_per_s"] * 1.05
