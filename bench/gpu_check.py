@@ -11,7 +11,7 @@ Sections (each timed; a failing section is recorded with its error and the rest 
   device heatmaps, backward, SGD) at batch 32 and 128: eager fp32, bf16, bf16 + channels_last,
   compile + bf16 (+ channels_last); samples/s, TFLOP/s from a convolution FLOP count and MFU
   against ``--peak-tflops`` (989 = H100/H200 dense bf16);
-- ``trainer``: ``launch/pretrain.py`` for real on phantom shards (the heart preset: bf16,
+- ``trainer_deepspeed_zero1``, ``trainer_ddp``: ``launch/pretrain.py`` for real on phantom shards (the heart preset: bf16,
   channels_last, compile, LAMB) under DeepSpeed ZeRO-1 and under DDP (on one GPU: one rank,
   where DDP has nothing to all-reduce and the torch backend runs the bare module): median
   samples/s of the logged rows after the first, the ratio to the model alone at the same batch
@@ -23,8 +23,9 @@ Sections (each timed; a failing section is recorded with its error and the rest 
 - ``smoke``: the DDP run published (``anatplane publish``), then ``anatplane finetune seg
   --device cuda`` from it for a few steps.
 
-``--smoke`` runs the same code at tiny sizes on the CPU (without the compile variants of the
-trainer, which cost about a minute per process there) so that ``make test`` keeps it working.
+``--smoke`` runs the same code at tiny sizes on the CPU (the network alone compiled once, the
+trainer uncompiled: inductor costs about a minute per process there) so that ``make test``
+keeps it working. The exit status is 1 when any section failed (its error is in ``errors``).
 """
 from __future__ import annotations
 
@@ -308,21 +309,23 @@ def main(argv: list[str] | None = None) -> int:
         run("data", lambda: ctx.update(zip(("data", "acdc", "shards"), make_data(work, sz, env, cores))) or
             {"shards": str(ctx["shards"])})
         if "shards" in ctx:
-            def trainer() -> list[dict]:
-                out = []
-                for name, backend, stage in (("deepspeed zero1", "deepspeed", 1), ("ddp", "ddp", 0)):
-                    run_dir = work / f"run-{backend}"
-                    out.append(run_trainer(name, backend, stage, ctx["shards"], run_dir, sz, ranks, env))
-                    ctx[f"run_{backend}"] = run_dir
+            def trainer(name: str, backend: str, stage: int) -> dict:
+                run_dir = work / f"run-{backend}"
+                row = run_trainer(name, backend, stage, ctx["shards"], run_dir, sz, ranks, env)
+                ctx[f"run_{backend}"] = run_dir
+                # the network alone at the trainer's batch, with the trainer's settings (bf16,
+                # channels_last, compile; the smoke trainer does not compile)
+                variant = "bf16 channels_last" if sz.smoke else "compile bf16 channels_last"
                 alone = [r for r in summary["sections"].get("model", [])
-                         if r["batch"] == sz.trainer_batch and r["variant"] == (
-                             "bf16 channels_last" if sz.smoke else "compile bf16 channels_last")]
-                for r in out:
-                    if alone:
-                        r["model_alone_samples_per_s"] = alone[0]["samples_per_s"]
-                        r["ratio_to_model_alone"] = round(r["samples_per_s"] / ranks / alone[0]["samples_per_s"], 3)
-                return out
-            run("trainer", trainer)
+                         if r["batch"] == sz.trainer_batch and r["variant"] == variant]
+                if alone:
+                    row.update(model_alone_variant=variant, model_alone_samples_per_s=alone[0]["samples_per_s"],
+                               ratio_to_model_alone=round(row["samples_per_s"] / ranks / alone[0]["samples_per_s"],
+                                                          3))
+                return row
+            # separate sections: one backend failing must not hide the other's numbers
+            run("trainer_deepspeed_zero1", lambda: trainer("deepspeed zero1", "deepspeed", 1))
+            run("trainer_ddp", lambda: trainer("ddp", "ddp", 0))
             run("loader", lambda: section_loader(sz, ctx["shards"]))
             run("sharder", lambda: section_sharder(sz, ctx["data"], work, env, cores))
             if "run_ddp" in ctx:

@@ -28,15 +28,15 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["mode"] == "smoke" and summary["errors"] == {}
     sec = summary["sections"]
-    assert set(sec) == {"model", "data", "trainer", "loader", "sharder", "smoke"}
+    assert set(sec) == {"model", "data", "trainer_deepspeed_zero1", "trainer_ddp", "loader", "sharder", "smoke"}
 
     variants = {(r["batch"], r["variant"]) for r in sec["model"]}
     assert {(2, "eager fp32"), (2, "bf16"), (2, "bf16 channels_last"), (2, "compile bf16 channels_last"),
             (4, "bf16 channels_last")} <= variants
     assert all(r["samples_per_s"] > 0 and r["tflops"] > 0 for r in sec["model"])
 
-    runs = {r["run"]: r for r in sec["trainer"]}
-    assert set(runs) == {"deepspeed zero1", "ddp"}
+    runs = {r["run"]: r for r in (sec["trainer_deepspeed_zero1"], sec["trainer_ddp"])}
+    assert set(runs) == {"deepspeed zero1", "ddp"} and runs["deepspeed zero1"]["backend"] == "deepspeed"
     for r in runs.values():
         assert r["steps"] == 3 and r["samples_per_s"] > 0 and r["data_wait_ms_per_micro_batch"] >= 0
         assert r["ratio_to_model_alone"] > 0 and r["model_alone_samples_per_s"] > 0
