@@ -11,8 +11,9 @@ Sections (each timed; a failing section is recorded with its error and the rest 
   device heatmaps, backward, SGD) at batch 32 and 128: eager fp32, bf16, bf16 + channels_last,
   compile + bf16 (+ channels_last); samples/s, TFLOP/s from a convolution FLOP count and MFU
   against ``--peak-tflops`` (989 = H100/H200 dense bf16);
-- ``trainer_deepspeed_zero1``, ``trainer_ddp``: ``launch/pretrain.py`` for real on phantom shards (the heart preset: bf16,
-  channels_last, compile, LAMB) under DeepSpeed ZeRO-1 and under DDP (on one GPU: one rank,
+- ``trainer_deepspeed_zero1``, ``trainer_ddp``: ``launch/pretrain.py`` for real on phantom
+  shards (the heart preset: bf16, channels_last, compile, LAMB) under DeepSpeed ZeRO-1 and under
+  DDP (on one GPU: one rank,
   where DDP has nothing to all-reduce and the torch backend runs the bare module): median
   samples/s of the logged rows after the first, the ratio to the model alone at the same batch
   and settings, the data wait per micro-batch, and the step's phases (``train.phase_times``:
