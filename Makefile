@@ -15,7 +15,12 @@ STAMP       := $(VENV)/.installed
 # and real anatomy (Colin27 brain) for the reslicer tests.
 DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl mricron-data
 
-.PHONY: venv demo test test-fast bench clean debs
+# make wheelhouse WHEEL_PY=3.12 [WHEEL_PLATFORM=manylinux_2_17_aarch64]: wheels for offline GPU nodes
+WHEEL_PY        ?= 3.12
+WHEEL_PLATFORM  ?= manylinux_2_17_x86_64
+WHEELHOUSE      ?= wheelhouse
+
+.PHONY: venv demo test test-fast bench clean debs wheelhouse
 
 venv: $(STAMP)
 
@@ -58,6 +63,9 @@ test-fast: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+wheelhouse: venv
+	$(PY) launch/wheelhouse.py --out $(WHEELHOUSE) --python $(WHEEL_PY) $(foreach p,$(WHEEL_PLATFORM),--platform $(p))
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache

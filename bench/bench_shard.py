@@ -9,10 +9,17 @@
    what a shared machine's load distorts least; both run in this one process);
 3. bytes per sample vs the stored image's bytes alone (goal <= 1.05x), plain and gzip'd tar,
    plus the cost of reading each back through WebDataset (the loader's checks included);
-4. 1 vs 2 worker processes.
+4. 1 vs 2 worker processes;
+5. ``--scaling``: samples/s for 1, 2, 4, ... workers up to the core count (or ``--max-workers``),
+   the efficiency against one worker (rate_N / (N x rate_1); goal >= 0.7), the CPU time of all
+   processes per sample (what the workers cost apart from waiting for a core: on a machine with
+   no idle core this, not the wall-clock rate, says whether N workers would scale) and how busy
+   the one writer (the main process: ordering, crc32/sha256, tar) was: its CPU time over the
+   wall time.
 
     python bench/bench_shard.py [--subjects 4 --size 160 --frames 10 --grid 224 --spacing 1.26]
                                 [--runs w1,w2,gz] [--repeats 2]
+    python bench/bench_shard.py --scaling [--max-workers 16] --subjects 16 --repeats 2
 
 Phantom generation (a few seconds per subject) is not timed.  On a shared machine run it twice.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -132,6 +140,98 @@ def read_back(out: Path) -> float:
     return n / (time.perf_counter() - t)
 
 
+def worker_counts(max_workers: int) -> list[int]:
+    """1, 2, 4, ... up to ``max_workers``, which is always included."""
+    counts, n = [], 1
+    while n < max_workers:
+        counts.append(n)
+        n *= 2
+    return counts + [max_workers]
+
+
+def _import_worker_modules() -> int:
+    """What a sharder worker imports before its first study (its f16 cast loads torch)."""
+    import torch  # noqa: F401
+
+    import anatplane_dist.shards.worker  # noqa: F401
+    return os.getpid()
+
+
+def pool_startup(workers: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the workers) to spawn ``workers`` pinned worker processes and
+    import what they run: the start-up a sharding run pays once (its pool lives for the run)."""
+    from anatplane_dist.shards.pipeline import worker_pool
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    with worker_pool(workers) as pool:
+        for f in [pool.submit(_import_worker_modules) for _ in range(workers)]:
+            f.result()
+        wall = time.perf_counter() - t
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (now.ru_utime + now.ru_stime) - (kids.ru_utime + kids.ru_stime)
+
+
+def writer_alone(out: Path, samples: int = 3000, sample_bytes: int = 104_525) -> dict:
+    """The one writer by itself (tar headers, sha256, writes, fsync per shard) on samples of the
+    measured plain-tar size: the rate N workers must not exceed for the writer to keep up."""
+    from anatplane_dist.shards.samples import Sample
+    from anatplane_dist.shards.writer import SplitWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    image, meta = os.urandom(sample_bytes - 2_600), os.urandom(2_400)
+    batch = [Sample(f"s{i:06d}", {"image.npy": image, "meta.json": meta}) for i in range(samples)]
+    writer = SplitWriter(out, "writer", "train", 1000, 0, lambda rec: None)
+    t, c, m = time.perf_counter(), time.process_time(), time.thread_time()
+    for i, s in enumerate(batch):
+        writer.add(s, (i, 0))
+    writer.finish((samples, 0))
+    dt, cpu, main = time.perf_counter() - t, time.process_time() - c, time.thread_time() - m
+    shutil.rmtree(out, ignore_errors=True)
+    # main thread: the writer's ceiling where a spare core runs its sha256 helper thread
+    return {"samples_per_s": round(samples / dt, 1), "samples_per_cpu_s": round(samples / cpu, 1),
+            "samples_per_main_thread_cpu_s": round(samples / main, 1)}
+
+
+def shard_scaling(data: Path, out: Path, counts: list[int], *, grid: int, spacing: float,
+                  repeats: int = 1) -> list[dict]:
+    """End-to-end sharding of ``data`` with each worker count (interleaved repetitions, best of).
+
+    Rows: workers, samples/s, efficiency vs one worker (rate_N / (N x rate_1)), and the writer's
+    load: the main process's CPU seconds over the wall seconds (near 1.0 = the writer is the limit).
+    """
+    cfg = ShardConfig(profile=BUILTIN_PROFILES["heart"], grid=grid, spacing=spacing, shard_size=200,
+                      val_fraction=0.25)
+    best: dict[int, tuple[float, float, int, float]] = {}
+    for _ in range(repeats):
+        for n in counts:
+            shutil.rmtree(out / f"w{n}", ignore_errors=True)
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t, c = time.perf_counter(), time.process_time()
+            run = shard_dataset(data, out / f"w{n}", cfg, workers=n, progress=False)
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
+            # the pool is shut down (children reaped) when shard_dataset returns: their CPU time counts
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            total_cpu = cpu + (now.ru_utime + now.ru_stime) - (kids.ru_utime + kids.ru_stime)
+            if n not in best or dt < best[n][0]:
+                best[n] = (dt, cpu, run.samples, total_cpu)
+            shutil.rmtree(out / f"w{n}", ignore_errors=True)
+    rate1 = best[counts[0]][2] / best[counts[0]][0] / counts[0]    # per worker, from the smallest count
+    rows = []
+    for n in counts:
+        dt, cpu, samples, total_cpu = best[n]
+        row = {"workers": n, "samples": samples, "seconds": round(dt, 3), "samples_per_s": round(samples / dt, 1),
+               "efficiency": round(samples / dt / (n * rate1), 3),
+               "cpu_ms_per_sample": round(1e3 * total_cpu / max(samples, 1), 2)}
+        if n > 1:
+            start, start_cpu = pool_startup(n)
+            row.update(writer_cpu_per_wall=round(cpu / dt, 3), pool_startup_s=round(start, 2),
+                       pool_startup_cpu_s=round(start_cpu, 2),
+                       cpu_ms_per_sample_after_startup=round(1e3 * (total_cpu - start_cpu) / max(samples, 1), 2))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=4)
@@ -145,7 +245,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions (best of)")
     ap.add_argument("--runs", default="w1,w2,gz", help="sharding runs: w1 (1 process), w2 (2 workers), gz "
                     "(1 process, gzip'd); w1 is always run")
+    ap.add_argument("--scaling", action="store_true", help="only the worker-scaling runs (1, 2, 4, ... workers)")
+    ap.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.scaling:
+        return main_scaling(args)
 
     tg = bench_targets(args.grid, args.target_slices, args.sympy_pairs)
     print(f"[targets] sharder lines (vectorised, with masks): {tg['vec_pairs_s']:,.0f} pairs/s; "
@@ -156,10 +260,7 @@ def main() -> None:
     try:
         data = args.data
         if data is None:
-            data = tmp / "heart"
-            subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "phantom", "heart", "--subjects",
-                            str(args.subjects), "--out", str(data), "--size", str(args.size), "--frames",
-                            str(args.frames)], check=True, capture_output=True)
+            data = make_phantom(tmp / "heart", args.subjects, args.size, args.frames)
         bare_decode_resample(data, args.grid, args.spacing)           # warm the page cache
         bare, bare_cpu = [], []
         runs: dict[str, tuple] = {}
@@ -211,6 +312,40 @@ def main() -> None:
             print(f"[determinism] 1 vs 2 workers byte-identical shards: {same}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main_scaling(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench_shard_scaling_"))
+    try:
+        data = args.data or make_phantom(tmp / "heart", args.subjects, args.size, args.frames)
+        bare_decode_resample(data, args.grid, args.spacing)           # warm the page cache
+        load = os.getloadavg()[0]
+        rows = shard_scaling(data, tmp, worker_counts(args.max_workers), grid=args.grid, spacing=args.spacing,
+                             repeats=args.repeats)
+        alone = writer_alone(tmp / "writer")
+        print(f"[scaling] {rows[0]['samples']} samples, grid {args.grid}^2, best of {args.repeats}; "
+              f"{os.cpu_count()} CPUs, load avg {load:.1f} before / {os.getloadavg()[0]:.1f} after")
+        for r in rows:
+            writer = "" if r["workers"] == 1 else (
+                f", writer busy {r['writer_cpu_per_wall']:.2f}; pool start-up {r['pool_startup_s']:.1f} s, "
+                f"{r['pool_startup_cpu_s']:.1f} CPU-s (timed apart; paid once per run, included above); "
+                f"CPU after start-up {r['cpu_ms_per_sample_after_startup']:.2f} ms/sample")
+            print(f"  {r['workers']:>3} workers: {r['samples_per_s']:>8,.1f} samples/s, efficiency "
+                  f"{r['efficiency']:.2f} (goal >= 0.7); CPU (all processes) {r['cpu_ms_per_sample']:.2f} "
+                  f"ms/sample{writer}")
+        print(f"  the writer alone (3000 samples of 104,525 B): {alone['samples_per_s']:,.0f} samples/s, "
+              f"{alone['samples_per_cpu_s']:,.0f} samples/CPU-s (helper thread included), "
+              f"{alone['samples_per_main_thread_cpu_s']:,.0f} samples per CPU-s of its main thread")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_phantom(out: Path, subjects: int, size: int, frames: int) -> Path:
+    """The built-in heart phantom (not timed)."""
+    subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "phantom", "heart", "--subjects", str(subjects),
+                    "--out", str(out), "--size", str(size), "--frames", str(frames)], check=True,
+                   capture_output=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def main() -> None:
         variants.append(("heart U-Net 224 single fp32", [PY], 1, heart,
                          [f"data.shards={s224}", "data.batch_size=4", "data.num_workers=1",
                           f"data.samples_per_epoch={4 * (args.heart_steps + 1)}", "train.backend=single",
-                          "train.precision=fp32", "train.channels_last=false", "train.log_every=1",
-                          "train.val_every=100000", "train.ckpt_every=100000", "train.epochs=1",
+                          "train.precision=fp32", "train.channels_last=false", "train.compile=false",
+                          "train.log_every=1", "train.val_every=100000", "train.ckpt_every=100000", "train.epochs=1",
                           "train.progress=lines", "optim.warmup_epochs=0", "train.val_batches=1"]))
     results = []
     for name, launcher, ranks, config, overrides in variants:

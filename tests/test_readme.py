@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent          # the venv's python, anatplane, torch
 # stand-in for /shared, {port} a free TCP port picked for that command.
 TINY_TRAIN = ("model.width=8 model.depth=3 model.loc_hidden=[32] data.batch_size=2 data.num_workers=1 "
               "data.shuffle_buffer=16 data.shuffle_initial=4 data.samples_per_epoch=16 "
-              "train.max_steps=2 train.val_batches=1 train.progress=none")
+              "train.max_steps=2 train.val_batches=1 train.progress=none train.compile=false")
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
     # (pattern, replacement, why)
     (r"^(anatplane phantom heart .*)--subjects 20(.*)--labelled 10(.*)$", r"\1--subjects 3\2--labelled 4\3 --size 64 --frames 4",
@@ -53,7 +53,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
      "GPU count: 2 CPU ranks (gloo); a free port"),
     (r"^deepspeed --num_gpus 8 ", "deepspeed --num_gpus 2 --master_port {port} ",
      "GPU count: 2 CPU ranks (gloo); a free port"),
-    (r"^(.*launch/pretrain\.py .*)$", r"\1 " + TINY_TRAIN, "sizes: a width-8 U-Net, 2 optimiser steps"),
+    (r"^(.*launch/pretrain\.py .*)$", r"\1 " + TINY_TRAIN,
+     "sizes: a width-8 U-Net, 2 optimiser steps, not compiled (the GPU presets compile; ~1 min per rank on CPU)"),
     (r"--labels 1,2,4,all --seeds 0,1 (.*)$", r"--labels 1,all --seeds 0 \1 --steps 3 --workers 1",
      "sizes: the tiny pools hold fewer than 4 subjects; one seed, 3 fine-tune steps, in-process"),
     (r"/shared/", "{shared}/", "/shared is a folder of this test's working directory"),

@@ -29,6 +29,7 @@ from anatplane_dist.shards.manifest import merge_parts, write_part
 from anatplane_dist.shards.profiles import ShardConfig
 from anatplane_dist.shards.samples import StudySamples
 from anatplane_dist.shards.splits import assign_splits, part_subjects
+from anatplane_dist.shards.threads import pin_worker_threads
 from anatplane_dist.shards.worker import SubjectTask, list_subjects, process_subject, resolve_reader
 from anatplane_dist.shards.writer import Journal, ResumeState, ShardRecord, SplitWriter
 from anatplane_dist.sources.base import Skip
@@ -49,10 +50,8 @@ def _ordered_results(tasks: list[SubjectTask], workers: int) -> Iterator[StudySa
         for t in tasks:
             yield process_subject(t)
         return
-    ctx = multiprocessing.get_context("spawn")       # fork-safety with threads, same on every OS
-
     def pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return worker_pool(workers)
 
     ex = pool()
     try:
@@ -83,6 +82,14 @@ def _ordered_results(tasks: list[SubjectTask], workers: int) -> Iterator[StudySa
             yield result
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Spawned worker processes (fork-safety with threads, the same on every OS), each pinned to
+    one compute thread before it imports numpy/torch (:mod:`.threads`). The pool lives for the
+    whole run, so interpreter start-up and imports are paid once per worker."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=pin_worker_threads)
 
 
 @dataclass

@@ -3,8 +3,23 @@
 The trainer only sees :class:`Backend`: ``forward``, ``no_sync(last)``, ``backward(loss,
 last)`` per micro-batch, ``step()`` once per optimiser step, ``save``/``load`` and
 ``fp32_state_dict``. Everything backend-specific (who saves what, how gradient accumulation
-and clipping happen, which dtype the inputs need, how a ZeRO checkpoint of another world
-size is read) stays in here.
+and clipping happen, which dtype and memory layout the inputs need, how a ZeRO checkpoint of
+another world size is read) stays in here.
+
+Speed options (``train.channels_last``, ``train.compile``) work under every backend:
+
+- channels_last: the torch backends store the weights NHWC *and* feed NHWC batches. DeepSpeed
+  cannot hold NHWC weights (its start-up broadcast views each parameter as bytes, which needs
+  ``stride(-1) == 1``; converting after ``deepspeed.initialize`` detaches the parameters from
+  the bf16/ZeRO flat buffers, and ZeRO-1/2 restore the default layout after each step), so
+  there only the *input batch* is NHWC: a convolution with an NHWC input runs the NHWC kernels
+  (cuDNN / oneDNN choose the layout from either operand) and its output stays NHWC, so the
+  whole network runs channels_last while the stored weights keep DeepSpeed's layout.
+- compile: ``nn.Module.compile()`` on the bare module (DeepSpeed: ``engine.compile()``, which
+  calls the same after switching off its NVTX ranges), so state-dict keys carry no
+  ``_orig_mod.`` prefix and checkpoints of compiled and eager runs are interchangeable.
+  Validation runs the module eagerly: its batch sizes vary (the last batch of a split) and it
+  runs rarely, so compiling it would cost a recompilation per shape for little gain.
 """
 from __future__ import annotations
 
@@ -43,6 +58,13 @@ class Backend:
         self.cfg = cfg
         self.device = device
         self.precision = cfg.train.precision
+        self.channels_last = cfg.train.channels_last
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch in the memory layout the network runs in (NHWC with ``train.channels_last``)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def input_dtype(self) -> torch.dtype:
         return torch.float32
@@ -55,8 +77,11 @@ class Backend:
 
     def eval_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward of the raw module, no collectives (safe with uneven validation batches)."""
+        module = self.module
+        # the eager forward of a compiled module (Module.compile() only swaps __call__)
+        call = module.forward if getattr(module, "_compiled_call_impl", None) is not None else module
         with self.autocast():
-            out = self.module(x.to(self.input_dtype()))
+            out = call(self.layout(x).to(self.input_dtype()))
         return {k: v.float() for k, v in out.items()}
 
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -99,6 +124,10 @@ class TorchBackend(Backend):
         self.name = "ddp" if world_size > 1 else "single"
         if self.precision == "fp16" and device.type != "cuda":
             raise ValueError("train.precision=fp16 needs CUDA for the ddp/single backends; use bf16 on CPU")
+        if self.channels_last:    # before DDP: its start-up broadcast copes with NHWC weights
+            model.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            model.compile()
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -115,7 +144,7 @@ class TorchBackend(Backend):
 
     def forward(self, x):
         with self.autocast():
-            out = self.wrapped(x)
+            out = self.wrapped(self.layout(x))
         return {k: v.float() for k, v in out.items()}
 
     def no_sync(self, last: bool):
@@ -168,14 +197,17 @@ class DeepSpeedBackend(Backend):
         self.ds_config = ds_config(cfg, world_size)
         if load_universal:  # resuming ZeRO state written on another world size (see _load_universal)
             self.ds_config["checkpoint"] = {"load_universal": True}
+        # the weights stay NCHW here (see the module docstring); only the batches are NHWC
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.module = self.engine.module
+        if cfg.train.compile:
+            self.engine.compile()
 
     def input_dtype(self):
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
     def forward(self, x):
-        out = self.engine(x.to(self.input_dtype()))
+        out = self.engine(self.layout(x).to(self.input_dtype()))
         return {k: v.float() for k, v in out.items()}
 
     def backward(self, loss, last):

@@ -56,8 +56,12 @@ class TrainConfig:
     #: published model (version dir or its ``latest``); checksums verified; ignored on resume
     init_from: str = ""
     seed: int = 0
-    compile: bool = False
+    compile: bool = False          #: torch.compile the network (every backend; state dicts unchanged)
+    #: NHWC layout (every backend; DeepSpeed: NHWC batches, NCHW weights - see train/backends.py)
     channels_last: bool = False
+    #: metric rows get ms/<phase> per optimiser step (host_to_device, augment, forward, loss,
+    #: backward, optimiser_step; CUDA events, no extra host sync - see train/phases.py)
+    phase_times: bool = False
     #: auto (tqdm on a TTY, lines otherwise) | tqdm | lines | none
     progress: Literal["auto", "tqdm", "lines", "none"] = "auto"
 
@@ -90,8 +94,4 @@ def resolve_backend(train: TrainConfig, world_size: int, launcher: str) -> str:
         chosen = "deepspeed"
     else:
         chosen = "ddp" if world_size > 1 else "single"
-    if chosen == "deepspeed" and train.channels_last:
-        # deepspeed.initialize broadcasts parameters through a byte view that needs stride(-1) == 1
-        raise AnatplaneError("train.channels_last=true does not work with the DeepSpeed backend (its "
-                             "parameter broadcast needs contiguous weights); set train.channels_last=false")
     return chosen

@@ -32,7 +32,8 @@ CONFIG = "config.yaml"
 #: keys (or prefixes ending in ".") that a resume may change freely
 SAFE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.val_every", "train.val_batches",
              "train.ckpt_every", "train.keep_last", "train.progress", "train.resume", "train.init_from",
-             "train.grad_accum", "data.batch_size", "data.val_batch_size", "publish.", "run_dir")
+             "train.grad_accum", "train.compile", "train.channels_last", "train.phase_times", "data.batch_size",
+             "data.val_batch_size", "publish.", "run_dir")
 #: data paths: safe when the shard manifest hash is unchanged
 DATA_PATH_KEYS = ("data.shards", "data.val_shards")
 

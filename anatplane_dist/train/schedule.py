@@ -59,7 +59,12 @@ class Lamb(torch.optim.Optimizer):
     """LAMB (You et al. 2019): Adam update rescaled per tensor by ||w|| / ||update||.
 
     Kept in torch so that it runs everywhere (DeepSpeed's FusedLamb is a CUDA JIT build);
-    large-batch runs use it with the linear LR rule.
+    large-batch runs use it with the linear LR rule. One step is a fixed number of
+    ``torch._foreach_*`` calls per parameter group (multi-tensor kernels on CUDA), not a Python
+    loop of ~10 small kernels per tensor: at batch 128 on an H200 the loop took 12.6 ms of a
+    ~180 ms step (issue 16). The trust ratios are computed on the device (stacked norms and
+    ``torch.where``), so the step adds no host sync. The state layout (per-tensor ``step``,
+    ``exp_avg``, ``exp_avg_sq``) is unchanged, so older checkpoints load.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -70,28 +75,48 @@ class Lamb(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                t = state["step"]
-                g = p.grad.float()
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update = update + group["weight_decay"] * p.float()
-                w_norm, u_norm = p.float().norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_((update * trust * -group["lr"]).to(p.dtype))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._group_step(group, params)
         return loss
+
+    def _group_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        b1, b2 = group["betas"]
+        for p in params:   # lazy state creation only (first step); the maths below is multi-tensor
+            if not self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32),
+                                     exp_avg=torch.zeros_like(p, dtype=torch.float32),
+                                     exp_avg_sq=torch.zeros_like(p, dtype=torch.float32))
+        states = [self.state[p] for p in params]
+        steps = [st["step"] for st in states]
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        grads = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for p in params]
+        weights = [p if p.dtype == torch.float32 else p.float() for p in params]
+        torch._foreach_add_(steps, 1.0)
+        # bias corrections as Python numbers, as torch's AdamW does: the step counters are CPU
+        # tensors (Optimizer.load_state_dict keeps "step" on the CPU), so reading them syncs nothing
+        bc1 = [1 - b1 ** t.item() for t in steps]
+        bc2 = [1 - b2 ** t.item() for t in steps]
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(v, bc2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(m, bc1)
+        torch._foreach_div_(update, denom)
+        if group["weight_decay"]:
+            torch._foreach_add_(update, weights, alpha=group["weight_decay"])
+        w_norm = torch.stack(torch._foreach_norm(weights))
+        u_norm = torch.stack(torch._foreach_norm(update))
+        trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        torch._foreach_mul_(update, list((trust * -group["lr"]).unbind()))
+        if all(p.dtype == torch.float32 for p in params):
+            torch._foreach_add_(params, update)
+        else:
+            torch._foreach_add_(params, [u.to(p.dtype) for u, p in zip(update, params)])
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
@@ -99,9 +124,11 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> to
     groups = param_groups(model, optim.weight_decay)
     betas = (float(optim.betas[0]), float(optim.betas[1]))
     if optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        # the multi-tensor path (fused kernels on CUDA): one launch per group, not per tensor
+        on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=not on_cuda, fused=on_cuda)
     if optim.name == "lamb":
         return Lamb(groups, lr=lr, betas=betas)
     if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, foreach=True)
     raise ValueError(f"unknown optimiser {optim.name!r} (adamw | lamb | sgd)")

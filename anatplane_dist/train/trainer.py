@@ -53,6 +53,7 @@ from anatplane_dist.train.config import (
 from anatplane_dist.train.hooks import StepHook
 from anatplane_dist.train.init_weights import load_init_weights
 from anatplane_dist.train.metrics import MetricsWriter, Progress, truncate_metrics
+from anatplane_dist.train.phases import NoPhaseTimer, PhaseTimer
 from anatplane_dist.train.schedule import LRSchedule, build_optimizer, make_schedule, set_lr
 from anatplane_dist.train.signals import StopRequest
 from anatplane_dist.train.state import RunPlan, RunSummary, TrainState
@@ -84,11 +85,9 @@ class Setup:
     start_step: int
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if channels_last:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
-    return out
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Host to device; the memory layout is the backend's business (``Backend.layout``)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _with_facts(cfg: PretrainConfig, facts: ShardFacts) -> PretrainConfig:
@@ -122,6 +121,7 @@ class Trainer:
         self.micro_done = 0      #: micro-batches this process trained on (not counting skipped ones)
         self.train_time_s = 0.0  #: seconds spent in optimiser steps by the whole run (all starts)
         self.state = TrainState()
+        self.phases: PhaseTimer = NoPhaseTimer()   #: per-phase step times (train.phase_times)
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> Setup:
@@ -164,6 +164,8 @@ class Trainer:
         self.train_time_s = float(resume.meta.get("train_time_s") or 0.0)
         self.state = state or TrainState(data_seed=cfg.data.seed, global_batch=gbs)
         self._record_start(backend, resume, facts)
+        if cfg.train.phase_times:
+            self.phases = PhaseTimer(device)
         return Setup(cfg, plan, facts, objective, backend, loader, epoch_state, schedule, checkpointer, device,
                      self.state.step)
 
@@ -191,12 +193,8 @@ class Trainer:
                 load_init_weights(model, t.init_from)
             else:
                 log.info("train.init_from ignored: resuming from %s", resume.path)
-        model = model.to(device)
-        if t.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if t.compile:
-            model.compile()
-        return model
+        # channels_last and compile are applied by the backend (what each one can hold differs)
+        return model.to(device)
 
     def _record_start(self, backend: Backend, resume: ResumePlan, facts: ShardFacts) -> None:
         """Rank 0: the config history, ``config.yaml``, ``ds_config.json``, the metrics file, and
@@ -230,7 +228,7 @@ class Trainer:
         One host sync per step: the NaN check and the stop request travel in one all-reduce,
         after the last backward and before the optimiser updates anything.
         """
-        t, st, plan = s.cfg.train, self.state, s.plan
+        t, st, plan, ph = s.cfg.train, self.state, s.plan, self.phases
         t_step = time.perf_counter()
         set_lr(s.backend.optimizer, s.schedule(st.step))
         sums: dict[str, torch.Tensor] = {}
@@ -240,18 +238,24 @@ class Trainer:
             raw = next(batches)
             data_time += time.perf_counter() - t0
             micro_idx = st.step * plan.grad_accum + micro
-            batch = _to_device(raw, s.device, t.channels_last)
+            ph.start()
+            batch = _to_device(raw, s.device)
+            ph.mark("host_to_device")
             # every random draw of this micro-step (augmentation, views, dropout) is a function of
             # (seed, rank, micro-step), so a resumed run repeats the interrupted one exactly
             torch.manual_seed(derive_seed(t.seed, self.denv.rank, micro_idx, 1))
             gen = torch.Generator(device=s.device)
             gen.manual_seed(derive_seed(st.data_seed, self.denv.rank, micro_idx))
             batch = augment_batch(batch, s.cfg.augment, gen)
+            ph.mark("augment")
             last = micro == plan.grad_accum - 1
             with s.backend.no_sync(last):
                 out = s.backend.forward(s.objective.inputs(batch, gen))
+                ph.mark("forward")
                 loss, parts = s.objective.loss(out, batch)
+                ph.mark("loss")
                 s.backend.backward(loss, last)
+                ph.mark("backward")
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             self.micro_done += 1
@@ -261,7 +265,10 @@ class Trainer:
         if flags[0]:
             raise NonFiniteLossError(f"non-finite loss at step {st.step} (epoch {st.epoch}); stopping without "
                                      f"saving. Last complete checkpoint: {ckpt.find_latest_complete(self.run_dir)}")
+        ph.start()
         s.backend.step()
+        ph.mark("optimiser_step")
+        ph.end_step()
         st.advance(plan.steps_per_epoch)
         self.train_time_s += time.perf_counter() - t_step
         return sums, data_time, bool(flags[1])
@@ -316,7 +323,7 @@ class Trainer:
         step, t, last = self.state.step, s.cfg.train, self.state.step == s.plan.total_steps
         if step % t.log_every == 0 or last:
             row = {"step": step, "epoch": self.state.epoch, "lr": s.schedule(step - 1), **window.means(),
-                   "samples_seen": self.state.samples_seen}
+                   "samples_seen": self.state.samples_seen, **self.phases.collect()}
             metrics.write(row)
             progress.update(step, row)
         else:
@@ -345,7 +352,7 @@ class Trainer:
             for i, raw in enumerate(loader):
                 if s.cfg.train.val_batches and i >= s.cfg.train.val_batches:
                     break
-                batch = _to_device(raw, s.device, False)
+                batch = _to_device(raw, s.device)
                 gen = torch.Generator(device=s.device)
                 gen.manual_seed(derive_seed(self.state.data_seed, self.denv.rank, i, 2))
                 out = s.backend.eval_forward(s.objective.inputs(batch, gen))

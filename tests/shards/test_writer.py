@@ -145,3 +145,24 @@ def test_gzip_shards_are_deterministic_and_read_by_tarfile_and_webdataset(tmp_pa
         assert len(tf.getmembers()) == 4 * 5
     got = list(wds.WebDataset([str(a / r.name) for r in out[0]], shardshuffle=False).decode())
     assert [g["__key__"] for g in got] == [s.key for s in fake_samples(6)]
+
+
+def test_sha256_of_large_shards_hashed_on_the_helper_thread(tmp_path):
+    """Shards of several MiB: the digest handed over in 1 MiB batches is that of the file."""
+    import os
+    big = [Sample(f"s{i:03d}", {"image.npy": os.urandom(300_000 + i), "meta.json": b"{}"}) for i in range(20)]
+    recs = write_all(tmp_path, big, shard_size=8)
+    assert [r.count for r in recs] == [8, 8, 4] and recs[0].bytes > 2 * (1 << 20)
+    for r in recs:
+        assert hashlib.sha256((tmp_path / r.name).read_bytes()).hexdigest() == r.sha256
+
+
+def test_abort_stops_the_hashing_thread(tmp_path):
+    import threading
+    w = SplitWriter(tmp_path, "train", "train", 100, 0, lambda rec: None)
+    for j, s in enumerate(fake_samples(3)):
+        w.add(s, (j, 0))
+    assert any(t.name == "shard-sha256" for t in threading.enumerate())
+    w.abort()
+    assert not any(t.name == "shard-sha256" for t in threading.enumerate())
+    assert not list(tmp_path.glob("*"))

@@ -68,7 +68,6 @@ def test_backend_choice(requested, zero, source, world, expected):
 @pytest.mark.parametrize("train, message", [
     (TrainConfig(backend="single"), "single with 2 ranks"),
     (TrainConfig(backend="ddp", zero_stage=1), "zero_stage=1 is a DeepSpeed option"),
-    (TrainConfig(zero_stage=1, channels_last=True), "channels_last=true does not work with the DeepSpeed"),
 ])
 def test_backend_choice_refusals(train, message):
     with pytest.raises(AnatplaneError, match=message):
