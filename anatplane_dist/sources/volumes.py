@@ -44,7 +44,7 @@ from anatplane_dist.sources.reslice import reslice
 
 __all__ = ["PoseSpec", "VolumeEntry", "VolumeCohort", "load_cohort", "Pose", "draw_pose", "acquire",
            "write_dicom_study", "write_labelled_stack", "brain_of", "anatomy_dirs", "ROLES", "build_cohort",
-           "label_volume", "load_volume"]
+           "label_volume", "load_volume", "nifti_affine"]
 
 ROLES = ("pretrain", "heldout", "labelled")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -276,7 +276,7 @@ def write_dicom_study(out: Path, entry: VolumeEntry, rx: ViewPrescription, spec:
     scale = 3000.0 / top * float(rng.uniform(0.7, 1.0))        # 12-bit range, scanner units differ
     study_uid = deterministic_uid("volumes", seed, subject, "study")
     for_uid = deterministic_uid("volumes", seed, subject, "frame-of-reference")
-    record = {"subject": subject, "brain": entry.subject, "pose": {"rotation": pose.rotation.tolist(),
+    record = {"subject": subject, "brain": entry.subject, "scale": scale, "pose": {"rotation": pose.rotation.tolist(),
               "centre": pose.centre.tolist(), "shift": pose.shift.tolist()}, "series": []}
     subject_dir = out / subject
     for number, (view, (scanner, volume)) in enumerate(views.items(), start=3):
@@ -335,12 +335,7 @@ def write_labelled_stack(out: Path, entry: VolumeEntry, rx: ViewPrescription, sp
     pixels = reslice(data, affine, volume, order=1)                 # (S, rows, cols)
     lab = reslice(labels.astype(np.float32), affine, volume, order=0)
     # voxel (row i, col j, slice k) -> LPS: origin_0 + j dcol r + i drow c + k gap n
-    a = np.eye(4)
-    a[:3, 0] = scanner.col_dir[0] * scanner.spacing[0, 0]
-    a[:3, 1] = scanner.row_dir[0] * scanner.spacing[0, 1]
-    a[:3, 2] = scanner.origin[1] - scanner.origin[0]
-    a[:3, 3] = scanner.origin[0]
-    ras = _RAS_TO_LPS @ a
+    ras = nifti_affine(scanner)
     subject_dir = out / entry.subject
     subject_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{entry.subject}_frame{pose_index + 1:02d}"
@@ -351,6 +346,18 @@ def write_labelled_stack(out: Path, entry: VolumeEntry, rx: ViewPrescription, sp
         with atomic_path(subject_dir / name) as tmp:
             nib.save(nii, str(tmp))
     atomic_write_text(subject_dir / "Info.cfg", f"Group: {entry.subject}\nNbFrame: {pose_index + 1}\n")
+
+
+def nifti_affine(stack: Plane, thickness_mm: float = 1.0) -> np.ndarray:
+    """The voxel -> RAS affine of a stack of parallel planes stored as ``data[row, col, slice]``
+    (``geometry.plane_from_nifti``'s convention, axis 2); one plane gets ``thickness_mm``."""
+    s = stack if stack.batch_shape else Plane.stack([stack])
+    a = np.eye(4)
+    a[:3, 0] = s.col_dir[0] * s.spacing[0, 0]
+    a[:3, 1] = s.row_dir[0] * s.spacing[0, 1]
+    a[:3, 2] = s.origin[1] - s.origin[0] if len(s) > 1 else s.normal[0] * thickness_mm
+    a[:3, 3] = s.origin[0]
+    return _RAS_TO_LPS @ a
 
 
 def load_volume(entry: VolumeEntry) -> tuple[np.ndarray, np.ndarray]:
