@@ -74,11 +74,15 @@ def _resolve(path: str, base: Path) -> Path:
 class PoseSpec:
     """Random patient pose (``rotate_deg`` about a random axis through the landmarks' centre,
     ``shift_mm`` per axis) and operator error per view (``jitter_deg`` tilt, ``jitter_mm``
-    shift along the normal)."""
+    shift along the normal).  ``inplane_deg`` rotates each view's image axes about its normal
+    by up to that much (0: the prescription's convention, e.g. anterior at the top of axial
+    brain images, as scanners display them; 180: any in-plane orientation, as the cardiac
+    phantom writes its views)."""
     rotate_deg: float = 12.0
     shift_mm: float = 10.0
     jitter_deg: float = 3.0
     jitter_mm: float = 2.0
+    inplane_deg: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,19 @@ def load_cohort(path: str | Path) -> VolumeCohort:
         raise PrescriptionError(f"volume cohort {path}: cannot read ({exc})") from exc
     if not isinstance(raw, dict):
         raise PrescriptionError(f"volume cohort {path}: expected a mapping")
-    allowed = {"name", "prescription", "pose", "volumes", "profile", "poses", "seed"}
+    allowed = {"name", "prescription", "pose", "volumes", "profile", "poses", "seed", "base"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise PrescriptionError(f"volume cohort {path}: unknown key(s) {unknown}; known: {sorted(allowed)}")
     base = path.parent
+    if "base" in raw:                   # a variant: another cohort file with some keys replaced
+        parent = _resolve(str(raw.pop("base")), base)
+        try:
+            merged = yaml.safe_load(parent.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise PrescriptionError(f"volume cohort {path}: base {parent}: cannot read ({exc})") from exc
+        merged.update(raw)
+        raw, base = merged, parent.parent
     rx = ViewPrescription.from_dict(raw.get("prescription") or {})
     pose_raw = raw.get("pose") or {}
     bad = sorted(set(pose_raw) - {f.name for f in fields(PoseSpec)})
@@ -211,6 +223,8 @@ def _jitter(p: Plane, rng: np.random.Generator, spec: PoseSpec) -> Plane:
     r = _random_rotation(rng, spec.jitter_deg)
     centre = p.center.reshape(-1, 3).mean(axis=0)
     n = p.normal.reshape(-1, 3)[0]
+    if spec.inplane_deg > 0:            # image axes turned about the normal (geometry unchanged)
+        r = r @ rotation(n, np.deg2rad(rng.uniform(-spec.inplane_deg, spec.inplane_deg)))
     shift = rng.uniform(-spec.jitter_mm, spec.jitter_mm) * n
     return Plane((p.origin - centre) @ r.T + centre + shift, p.row_dir @ r.T, p.col_dir @ r.T, p.spacing, p.shape)
 

@@ -215,3 +215,49 @@ def test_brain_real_cohort_builds_from_the_installed_volumes(tmp_path: Path):
     record = json.loads((paths["heldout"] / "volumes.json").read_text())
     assert {r["brain"] for r in record["studies"]} == {"mni152", "itk"}
     assert yaml.safe_load(paths["profile"].read_text())["reader"] == "viewdirs"
+
+
+def test_heart_pseudo_acquisition_is_a_dsbcc_study(tmp_path: Path):
+    """A heart prescription written from a volume is read by the DSBCC reader unchanged: the SAX
+    stack base -> apex and both long-axis views."""
+    from anatplane_dist.sources import dsbcc
+
+    vol, aff = smooth_volume()
+    lm = {"mitral": np.array([-5.0, -5.0, 10.0]), "apex": np.array([20.0, -30.0, -25.0]),
+          "rv_ant": np.array([-20.0, -25.0, 5.0]), "rv_inf": np.array([-15.0, -5.0, -15.0])}
+    entry = VolumeEntry(subject="heart", image=Path("unused"), roles=("pretrain",), landmarks=lm)
+    rx = ViewPrescription(kind="heart", n_slices=6, matrix=40, spacing_mm=2.0)
+    rec = write_dicom_study(tmp_path, entry, rx, POSE, 0, 0, vol, aff)
+    study = dsbcc.read_study(tmp_path / rec["subject"], root=tmp_path)
+    assert {v: len(s) for v, s in study.views.items()} == {"sax": 6, "2ch": 1, "4ch": 1}
+    assert not [s for s in study.skipped if s.level != "channel"]
+    pose = Pose(np.asarray(rec["pose"]["rotation"]), np.asarray(rec["pose"]["centre"]), np.asarray(rec["pose"]["shift"]))
+    apex, mitral = pose.to_scanner(lm["apex"]), pose.to_scanner(lm["mitral"])
+    sax = Plane.stack([s.plane for s in study.views["sax"]])
+    # sorted base -> apex: the first slice is the one nearest the (posed) mitral centre
+    d = [abs(float(sax[k].world_to_pixel(mitral)[2])) for k in range(6)]
+    assert int(np.argmin(d)) == 0 and abs(float(sax[5].world_to_pixel(apex)[2])) < POSE.jitter_mm + 60 * np.sin(np.deg2rad(POSE.jitter_deg)) + 1e-6
+
+
+def test_cohort_variant_replaces_keys_and_rotates_views_in_plane(tmp_path: Path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"prescription": {"kind": "brain"}, "pose": {"rotate_deg": 5},
+                                    "volumes": [{"subject": "a", "image": str(MNI_LANDMARKS)}]}))
+    (tmp_path / "sub").mkdir()
+    variant = tmp_path / "sub" / "v.yaml"
+    variant.write_text("base: ../base.yaml\npose: {rotate_deg: 5, inplane_deg: 180}\n")
+    c = load_cohort(variant)
+    assert c.pose.inplane_deg == 180 and [v.subject for v in c.volumes] == ["a"]
+    from anatplane_dist.sources.volumes import acquire, draw_pose
+
+    entry = synthetic_entry()
+    spec = PoseSpec(rotate_deg=0, shift_mm=0, jitter_deg=0, jitter_mm=0, inplane_deg=180)
+    rng = np.random.default_rng(0)
+    truth = prescribe(RX, entry.landmarks)["axial"]
+    angles = []
+    for _ in range(12):
+        turned = acquire(entry, RX, draw_pose(rng, np.zeros(3), spec), rng, spec)["axial"][0]
+        np.testing.assert_allclose(turned.normal, truth.normal, atol=1e-9)      # same planes
+        np.testing.assert_allclose(turned.center, truth.center, atol=1e-9)
+        angles.append(np.degrees(np.arccos(np.clip(turned.row_dir[0] @ truth.row_dir[0], -1, 1))))
+    assert max(angles) > 90 and min(angles) < 90                                # image axes turned both ways
