@@ -24,9 +24,18 @@ import pydicom
 
 from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_dicom
 from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
-from anatplane_dist.sources.dicom_read import relpath
+from anatplane_dist.sources.dicom_read import (
+    group_by_plane,
+    list_dicom_files,
+    relative_reason,
+    relpath,
+    scan_headers,
+    slice_from_group,
+    split_stray_frames,
+)
 
-__all__ = ["ENHANCED_MR", "EnhancedFrame", "read_enhanced_frames", "is_enhanced", "slices_from_enhanced"]
+__all__ = ["ENHANCED_MR", "EnhancedFrame", "read_enhanced_frames", "is_enhanced", "slices_from_enhanced",
+           "folder_slices"]
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
@@ -176,3 +185,22 @@ def _load_frames(path: str, picks: tuple[tuple[int, float, float], ...]) -> np.n
         raise ReaderError(f"{Path(path).name}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     arr = arr.reshape((-1,) + arr.shape[-2:])
     return np.stack([arr[i].astype(np.float32) * s + b for i, s, b in picks])
+
+
+def folder_slices(view: str, folder: Path, study: Study) -> list[Slice]:
+    """Every slice of one series folder: classic single-frame files grouped by plane (each file
+    parsed once), and each Enhanced multi-frame file split into its stacks and slices.
+    An unreadable or empty folder is a ``series`` skip on ``study`` (no slices)."""
+    try:
+        files = list_dicom_files(folder, study=study)
+    except ReaderError as exc:          # one unreadable series folder costs that series only
+        study.skip(relative_reason(str(exc), study.root), relpath(folder, study.root), "series")
+        return []
+    multi: list[Path] = []
+    headers = scan_headers(files, study, keep_pixels=True, multiframe=multi)
+    out = [slice_from_group(view, folder.name, g, study.root) for g in split_stray_frames(group_by_plane(headers), study)]
+    for f in multi:
+        out.extend(slices_from_enhanced(f, view, folder.name, study))
+    if not out:
+        study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
+    return out

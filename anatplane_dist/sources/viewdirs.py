@@ -20,19 +20,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from anatplane_dist.core.geometry import Plane, heart_locations, stack_positions
-from anatplane_dist.sources.base import ReaderError, Slice, Study
-from anatplane_dist.sources.dicom_read import (
-    drop_coincident,
-    group_by_plane,
-    iter_subjects,
-    list_dicom_files,
-    majority,
-    relative_reason,
-    relpath,
-    scan_headers,
-    slice_from_group,
-    split_stray_frames,
-)
+from anatplane_dist.sources.base import Slice, Study
+from anatplane_dist.sources.dicom_read import drop_coincident, iter_subjects, majority, relpath
+from anatplane_dist.sources.enhanced import folder_slices
 
 __all__ = ["iter_studies", "read_study"]
 
@@ -58,7 +48,7 @@ def read_study(study_dir: str | Path, root: str | Path | None = None, subject: s
             study.skip(f"not a <view>_<n> series folder: {folder.name}", relpath(folder, root), "series")
             continue
         view, number = m.group(1).lower(), int(m.group(2))
-        for s in _read_folder(view, folder, study):
+        for s in folder_slices(view, folder, study):
             tagged.setdefault(view, []).append((number, s))
     frame_of_ref = majority([s.frame_of_reference for t in tagged.values() for _, s in t])
     for view, items in sorted(tagged.items()):
@@ -76,29 +66,6 @@ def read_study(study_dir: str | Path, root: str | Path | None = None, subject: s
     if not study.views:
         study.skip("no usable series in this study", relpath(series_parent, root), "study")
     return study
-
-
-def _read_folder(view: str, folder: Path, study: Study) -> list[Slice]:
-    from anatplane_dist.sources.enhanced import is_enhanced, slices_from_enhanced
-
-    try:
-        files = list_dicom_files(folder, study=study)
-    except ReaderError as exc:
-        study.skip(relative_reason(str(exc), study.root), relpath(folder, study.root), "series")
-        return []
-    out: list[Slice] = []
-    single = []
-    for f in files:
-        if is_enhanced(f):
-            out.extend(slices_from_enhanced(f, view, folder.name, study))
-        else:
-            single.append(f)
-    headers = scan_headers(single, study, keep_pixels=True) if single else []
-    for group in split_stray_frames(group_by_plane(headers), study):
-        out.append(slice_from_group(view, folder.name, group, study.root))
-    if not out:
-        study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
-    return out
 
 
 def _same_frame(s: Slice, frame_of_ref: str | None, study: Study) -> bool:

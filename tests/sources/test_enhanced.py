@@ -79,3 +79,15 @@ def test_classic_file_is_not_multiframe(tmp_path: Path):
     assert not is_enhanced(p)
     with pytest.raises(ReaderError, match="not a readable DICOM"):
         read_enhanced_frames(p)
+
+
+@needs_mprage
+def test_dsbcc_reader_reads_a_multiframe_series_too(tmp_path: Path):
+    from anatplane_dist.sources import dsbcc
+
+    path = _mprage(tmp_path, stacks=1, frames=10)
+    sax = path.parent.parent / "sax_5"
+    path.parent.rename(sax)
+    study = dsbcc.read_study(tmp_path / "subj", root=tmp_path)
+    assert len(study.views["sax"]) == 10
+    assert not [s for s in study.skipped if s.level not in ("channel",)]
