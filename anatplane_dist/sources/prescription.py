@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.core.geometry import GeometryError, Plane
 from anatplane_dist.sources.reslice import plane_through
 
@@ -39,8 +40,9 @@ LANDMARKS = {"heart": ("apex", "mitral", "rv_ant", "rv_inf"), "brain": ("ac", "p
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
-class PrescriptionError(GeometryError):
-    """Landmarks or a prescription that define no valid planes (the message says which)."""
+class PrescriptionError(AnatplaneError, GeometryError):
+    """Landmarks, a prescription or a volume cohort that define no valid planes (one line: the
+    message says which)."""
 
 
 @dataclass(frozen=True)

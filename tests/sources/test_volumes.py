@@ -261,3 +261,13 @@ def test_cohort_variant_replaces_keys_and_rotates_views_in_plane(tmp_path: Path)
         np.testing.assert_allclose(turned.center, truth.center, atol=1e-9)
         angles.append(np.degrees(np.arccos(np.clip(turned.row_dir[0] @ truth.row_dir[0], -1, 1))))
     assert max(angles) > 90 and min(angles) < 90                                # image axes turned both ways
+
+
+def test_volumes_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys):
+    from anatplane_dist.cli import main
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("prescription: {kind: brain}\nvolumes: [{subject: a, image: /nonexistent.nii.gz}]\n")
+    assert main(["volumes", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
