@@ -63,3 +63,15 @@ def test_brain_real_small(tmp_path: Path):
     assert vals and vals[-1]["val/samples"] == 2 * 10
     cell = json.loads((out / "cells" / "multitask" / "n001-seed0.json").read_text())
     assert cell["test"] == ["itk"] and cell["train"] == ["mni152"]
+
+
+def test_volumes_data_source_in_the_spec(tmp_path: Path):
+    from anatplane_dist.experiment.spec import SpecError
+
+    spec = yaml.safe_load(PRESET.read_text())
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(spec))
+    assert load_spec(tmp_path / "ok.yaml").data.volumes == "brain-real/cohort.yaml"
+    spec["data"]["phantom"] = {"kind": "heart"}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="phantom or volumes"):
+        load_spec(tmp_path / "both.yaml")
