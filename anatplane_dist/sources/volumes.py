@@ -97,6 +97,8 @@ class VolumeEntry:
     tissue: dict[int, Path] = field(default_factory=dict)     # class -> probability map (argmax > 0.5)
     rest_class: int | None = None            # class for voxels inside the image's non-zero mask and no tissue
     prescription: ViewPrescription | None = None              # per-volume override
+    mask: Path | None = None                 # label map on the image grid: voxels outside ``mask_values`` -> 0
+    mask_values: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,13 @@ def _entry(v: Any, base: Path, i: int) -> VolumeEntry:
         img = nib.load(str(_resolve(str(lm_spec["labels"]), base)))
         landmarks.update(landmarks_from_labels(np.asarray(img.dataobj), img.affine, lm_spec.get("named") or {}))
     rx = ViewPrescription.from_dict(v["prescription"]) if v.get("prescription") else None
+    mask_spec = v.get("mask") or {}
+    if mask_spec and not ("file" in mask_spec and mask_spec.get("values")):
+        raise PrescriptionError(f"{where}: mask needs file and values (the label values kept)")
+    mask = _resolve(str(mask_spec["file"]), base) if mask_spec else None
     return VolumeEntry(subject=subject, image=image, roles=roles, landmarks=landmarks, labels=labels,
-                       label_map=label_map, tissue=tissue, rest_class=v.get("rest_class"), prescription=rx)
+                       label_map=label_map, tissue=tissue, rest_class=v.get("rest_class"), prescription=rx,
+                       mask=mask, mask_values=tuple(int(x) for x in mask_spec.get("values", ())))
 
 
 def brain_of(subject: str) -> str:
@@ -375,12 +382,19 @@ def nifti_affine(stack: Plane, thickness_mm: float = 1.0) -> np.ndarray:
 
 
 def load_volume(entry: VolumeEntry) -> tuple[np.ndarray, np.ndarray]:
+    """The image (float32, 3D) and its affine; with a ``mask``, voxels outside the kept label
+    values are zero (e.g. brain extraction, so every brain of a cohort looks alike)."""
     img = nib.load(str(entry.image))
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise PrescriptionError(f"{entry.image}: expected a 3D volume, got shape {data.shape}")
+    if entry.mask is not None:
+        m = nib.load(str(entry.mask))
+        if tuple(m.shape[:3]) != data.shape or not np.allclose(m.affine, img.affine, atol=1e-3):
+            raise PrescriptionError(f"{entry.mask}: mask grid differs from the image {entry.image}")
+        data = np.where(np.isin(np.asarray(m.dataobj), entry.mask_values), data, 0.0).astype(np.float32)
     return data, np.asarray(img.affine, dtype=np.float64)
 
 

@@ -271,3 +271,25 @@ def test_volumes_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys):
     assert main(["volumes", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0]
+
+
+def test_mask_keeps_only_the_named_labels(tmp_path: Path):
+    vol, aff = smooth_volume(shape=(10, 12, 8))
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[2:6, 3:9, 1:5] = 5
+    lab[6:8, 3:9, 1:5] = 2
+    nib.save(nib.Nifti1Image(vol, aff), str(tmp_path / "t1.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "lab.nii.gz"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "prescription": {"kind": "brain"},
+        "volumes": [{"subject": "a", "image": "t1.nii.gz", "mask": {"file": "lab.nii.gz", "values": [5]}}]}))
+    from anatplane_dist.sources.volumes import load_volume
+
+    data, _ = load_volume(load_cohort(tmp_path / "c.yaml").volumes[0])
+    np.testing.assert_array_equal(data[lab == 5], vol[lab == 5])
+    assert not data[lab != 5].any()
+    nib.save(nib.Nifti1Image(lab[:-1], aff), str(tmp_path / "lab.nii.gz"))
+    from anatplane_dist.sources.prescription import PrescriptionError
+
+    with pytest.raises(PrescriptionError, match="grid differs"):
+        load_volume(load_cohort(tmp_path / "c.yaml").volumes[0])
