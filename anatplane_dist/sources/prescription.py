@@ -58,7 +58,8 @@ class ViewPrescription:
             positive) from the AC-PC plane; generic: along ``stack_normal`` from ``stack_center``).
         matrix, spacing_mm: image size (pixels, square) and in-plane pixel spacing.
         stack_normal, stack_center, references: generic only (LPS); ``references`` maps a view
-            name to ``{points: [p1, p2, p3]}`` or ``{point: p, normal: n}``.
+            name to ``{points: [p1, p2, p3]}`` or ``{point: p, normal: n}``; a point may be the
+            name of a landmark.
     """
 
     kind: str
@@ -69,7 +70,7 @@ class ViewPrescription:
     matrix: int = 128
     spacing_mm: float = 1.5
     stack_normal: tuple[float, float, float] | None = None
-    stack_center: tuple[float, float, float] | None = None
+    stack_center: tuple[float, float, float] | str | None = None
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,7 +145,7 @@ def prescribe(rx: ViewPrescription, landmarks: Mapping[str, Any] | None = None) 
         return _heart(rx, lm)
     if rx.kind == "brain":
         return _brain(rx, lm)
-    return _generic(rx)
+    return _generic(rx, lm)
 
 
 def _heart(rx: ViewPrescription, lm: dict[str, Any]) -> dict[str, Plane]:
@@ -184,22 +185,25 @@ def _brain(rx: ViewPrescription, lm: dict[str, Any]) -> dict[str, Plane]:
             coronal: _plane(ac + 20.0 * sup, a, sup, rx)}
 
 
-def _generic(rx: ViewPrescription) -> dict[str, Plane]:
+def _generic(rx: ViewPrescription, lm: dict[str, Any]) -> dict[str, Plane]:
+    def at(v: Any) -> np.ndarray:          # a point, or the name of a landmark
+        return _point(lm, v) if isinstance(v, str) else np.asarray(v, dtype=np.float64)
+
     n = _unit(np.asarray(rx.stack_normal, dtype=np.float64), "stack_normal")
-    c = np.asarray(rx.stack_center, dtype=np.float64)
+    c = at(rx.stack_center)
     lo, hi = rx.stack_range_mm if rx.stack_range_mm is not None else (-(rx.n_slices - 1) * 2.5, (rx.n_slices - 1) * 2.5)
     helper = np.array([0.0, 0.0, 1.0]) if abs(n[2]) < 0.9 else np.array([0.0, -1.0, 0.0])
     out = {rx.stack_view: _stack(c, n, helper, np.linspace(lo, hi, rx.n_slices), rx)}
     for name, ref in rx.references.items():
         if "points" in ref:
-            p = np.asarray(ref["points"], dtype=np.float64)
+            p = np.stack([at(q) for q in ref["points"]]) if len(ref["points"]) == 3 else np.zeros((0, 3))
             if p.shape != (3, 3):
                 raise PrescriptionError(f"reference {name}: points must be three 3D points")
             normal = _unit(np.cross(p[1] - p[0], p[2] - p[0]), f"reference {name} (collinear points)")
             centre = p.mean(axis=0)
         elif "point" in ref and "normal" in ref:
             normal = _unit(np.asarray(ref["normal"], dtype=np.float64), f"reference {name} normal")
-            centre = np.asarray(ref["point"], dtype=np.float64)
+            centre = at(ref["point"])
         else:
             raise PrescriptionError(f"reference {name}: give points: [p1, p2, p3] or point + normal")
         # the reference's image centre: the point of the plane nearest to the stack centre

@@ -26,7 +26,7 @@ from anatplane_dist.sources.enhanced import folder_slices
 
 __all__ = ["iter_studies", "read_study"]
 
-_FOLDER_RE = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_(\d+)$")
+_FOLDER_RE = re.compile(r"^([A-Za-z0-9]+)_(\d+)$")
 
 
 def iter_studies(root: str | Path, subjects: Iterable[str] | None = None) -> Iterator[Study]:

@@ -18,6 +18,8 @@ pose (a pose of a test brain in pretraining would leak the test anatomy).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -253,8 +255,6 @@ def acquire(entry: VolumeEntry, rx: ViewPrescription, pose: Pose, rng: np.random
 
 def _generic_in_scanner(rx: ViewPrescription, lm: Mapping[str, np.ndarray], pose: Pose) -> ViewPrescription:
     """A generic prescription given in volume space (points may name landmarks), moved with the pose."""
-    import dataclasses
-
     def pt(v: Any) -> list[float]:
         p = lm[v] if isinstance(v, str) else np.asarray(v, float)
         if isinstance(v, str) and v not in lm:
@@ -317,7 +317,7 @@ def write_dicom_study(out: Path, entry: VolumeEntry, rx: ViewPrescription, spec:
 
 
 def _stable(text: str) -> int:
-    import hashlib
+    """A seed part fixed by ``text`` (not Python's salted ``hash``)."""
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 

@@ -133,3 +133,15 @@ def test_bad_landmarks_are_one_line_errors():
         ViewPrescription(kind="knee")
     with pytest.raises(PrescriptionError, match="unknown"):
         ViewPrescription.from_dict({"kind": "brain", "slices": 3})
+
+
+def test_generic_points_may_name_landmarks():
+    rx = ViewPrescription(kind="generic", stack_view="axial", n_slices=3, matrix=16, spacing_mm=1.0,
+                          stack_normal=(0.0, 0.0, 1.0), stack_center="centre",
+                          references={"sagittal": {"point": "centre", "normal": [1, 0, 0]}})
+    lm = {"centre": np.array([4.0, -3.0, 7.0])}
+    views = prescribe(rx, lm)
+    assert distance_mm(views["sagittal"], lm["centre"]) < 0.1
+    np.testing.assert_allclose(views["axial"][1].center, lm["centre"], atol=1e-9)
+    with pytest.raises(PrescriptionError, match="missing"):
+        prescribe(rx, {})

@@ -230,6 +230,8 @@ def test_heart_pseudo_acquisition_is_a_dsbcc_study(tmp_path: Path):
     rec = write_dicom_study(tmp_path, entry, rx, POSE, 0, 0, vol, aff)
     study = dsbcc.read_study(tmp_path / rec["subject"], root=tmp_path)
     assert {v: len(s) for v, s in study.views.items()} == {"sax": 6, "2ch": 1, "4ch": 1}
+    generic = viewdirs.read_study(tmp_path / rec["subject"], root=tmp_path)     # view names may start with a digit
+    assert {v: len(s) for v, s in generic.views.items()} == {"sax": 6, "2ch": 1, "4ch": 1}
     assert not [s for s in study.skipped if s.level != "channel"]
     pose = Pose(np.asarray(rec["pose"]["rotation"]), np.asarray(rec["pose"]["centre"]), np.asarray(rec["pose"]["shift"]))
     apex, mitral = pose.to_scanner(lm["apex"]), pose.to_scanner(lm["mitral"])
