@@ -57,14 +57,15 @@ debs:
 	  else echo "not root: SLURM/dciodvfy tests will be skipped (missing:$$missing)"; fi; \
 	fi
 
-anatomy: venv debs
+anatomy: venv
 	@mkdir -p $(ANATOMY_DIR)
 	@if ! ls $(addprefix $(ANATOMY_DIR)/,$(MNI_FILES)) >/dev/null 2>&1; then \
 	  echo "pip download $(NILEARN_WHL) --no-deps (MNI152 2009a files only)"; \
 	  rm -rf $(ANATOMY_DIR)/wheel && mkdir -p $(ANATOMY_DIR)/wheel && \
 	  $(PY) -m pip download -q --no-deps -d $(ANATOMY_DIR)/wheel '$(NILEARN_WHL)' $(QUIET_PIP) && \
 	  $(PY) -c "import sys, zipfile, glob, os; z = zipfile.ZipFile(glob.glob('$(ANATOMY_DIR)/wheel/nilearn-*.whl')[0]); \
-	    [open(os.path.join('$(ANATOMY_DIR)', n), 'wb').write(z.read('nilearn/datasets/data/' + n)) for n in sys.argv[1:]]" $(MNI_FILES) \
+	    [(open(os.path.join('$(ANATOMY_DIR)', n + '.part'), 'wb').write(z.read('nilearn/datasets/data/' + n)), \
+	      os.replace(os.path.join('$(ANATOMY_DIR)', n + '.part'), os.path.join('$(ANATOMY_DIR)', n))) for n in sys.argv[1:]]" $(MNI_FILES) \
 	  && rm -rf $(ANATOMY_DIR)/wheel || echo "nilearn wheel not reachable: MNI152 tests will be skipped"; \
 	fi
 	@for f in KmeansTest_T1UCharRaw.nii.gz KmeansTest_T1KmeansPrelimSegmentation.nii.gz; do \
