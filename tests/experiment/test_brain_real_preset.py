@@ -63,6 +63,24 @@ def test_brain_real_small(tmp_path: Path):
     assert vals and vals[-1]["val/samples"] == 2 * 10
     cell = json.loads((out / "cells" / "multitask" / "n001-seed0.json").read_text())
     assert cell["test"] == ["itk"] and cell["train"] == ["mni152"]
+    # the heatmap figure shows what the network predicts on its training-time input (z-scored)
+    import torch
+
+    from anatplane_dist.data.decode import collate, decode_sample
+    from anatplane_dist.experiment.figures import heatmap_panels
+    from anatplane_dist.finetune.backbone import read_pretrained_info
+    from anatplane_dist.publish import load_pretrained
+    from anatplane_dist.shards.reader import iter_raw_samples
+
+    published = arms["multitask"]["published"]
+    heldout = data / "heldout-shards"
+    panels = heatmap_panels(published, heldout, count=1)
+    raw = {r["__key__"]: r for t in sorted(heldout.glob("*.tar")) for r in iter_raw_samples(t)}
+    batch = collate([decode_sample(raw[panels[0]["key"]])])
+    net = load_pretrained(read_pretrained_info(published).path.parent, part="full").eval()
+    with torch.no_grad():
+        expected = net(batch["image"])["heatmaps"][0].numpy()
+    assert abs(panels[0]["pred"] - expected).max() < 1e-5
 
 
 def test_volumes_data_source_in_the_spec(tmp_path: Path):
