@@ -12,15 +12,25 @@ PIP         := set -o pipefail; $(PY) -m pip install -q
 QUIET_PIP   := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 STAMP       := $(VENV)/.installed
 # Debian packages the tests use: a real one-node SLURM (+ accounting), a DICOM validator,
-# and real anatomy (Colin27 brain) for the reslicer tests.
-DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl mricron-data
+# and real anatomy (Colin27 brain + AAL; the ITK example T1 brain with its k-means classes) for
+# the reslicer and pseudo-acquisition tests and experiments/brain-real.yaml.
+DEB_PKGS    := munge slurmctld slurmd slurm-client slurmdbd mariadb-server dicom3tools numactl mricron-data \
+               insighttoolkit5-examples
+# Real anatomy gathered in one ignored folder (sources/volumes.py looks here): the MNI152 2009a T1
+# and GM/WM maps are data files inside the nilearn wheel (downloaded, unpacked, never installed),
+# the ITK example brain comes from the Debian package above.
+ANATOMY_DIR ?= .cache/anatomy
+NILEARN_WHL ?= nilearn==0.14.1
+ITK_DATA    := /usr/share/doc/insighttoolkit5-examples/examples/Data
+MNI_FILES   := mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz \
+               mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz
 
 # make wheelhouse WHEEL_PY=3.12 [WHEEL_PLATFORM=manylinux_2_17_aarch64]: wheels for offline GPU nodes
 WHEEL_PY        ?= 3.12
 WHEEL_PLATFORM  ?= manylinux_2_17_x86_64
 WHEELHOUSE      ?= wheelhouse
 
-.PHONY: venv demo test test-fast bench clean debs wheelhouse
+.PHONY: venv demo test test-fast bench clean debs anatomy wheelhouse
 
 venv: $(STAMP)
 
@@ -52,13 +62,29 @@ debs:
 	  else echo "not root: SLURM/dciodvfy tests will be skipped (missing:$$missing)"; fi; \
 	fi
 
+anatomy: venv
+	@mkdir -p $(ANATOMY_DIR)
+	@if ! ls $(addprefix $(ANATOMY_DIR)/,$(MNI_FILES)) >/dev/null 2>&1; then \
+	  echo "pip download $(NILEARN_WHL) --no-deps (MNI152 2009a files only)"; \
+	  rm -rf $(ANATOMY_DIR)/wheel && mkdir -p $(ANATOMY_DIR)/wheel && \
+	  $(PY) -m pip download -q --no-deps -d $(ANATOMY_DIR)/wheel '$(NILEARN_WHL)' $(QUIET_PIP) && \
+	  $(PY) -c "import sys, zipfile, glob, os; z = zipfile.ZipFile(glob.glob('$(ANATOMY_DIR)/wheel/nilearn-*.whl')[0]); \
+	    [(open(os.path.join('$(ANATOMY_DIR)', n + '.part'), 'wb').write(z.read('nilearn/datasets/data/' + n)), \
+	      os.replace(os.path.join('$(ANATOMY_DIR)', n + '.part'), os.path.join('$(ANATOMY_DIR)', n))) for n in sys.argv[1:]]" $(MNI_FILES) \
+	  && rm -rf $(ANATOMY_DIR)/wheel || echo "nilearn wheel not reachable: MNI152 tests will be skipped"; \
+	fi
+	@for f in KmeansTest_T1UCharRaw.nii.gz KmeansTest_T1KmeansPrelimSegmentation.nii.gz; do \
+	  if [ -f $(ITK_DATA)/$$f ]; then ln -sf $(ITK_DATA)/$$f $(ANATOMY_DIR)/$$f; \
+	  else echo "$(ITK_DATA)/$$f missing (insighttoolkit5-examples not installed): ITK brain tests will be skipped"; fi; \
+	done
+
 demo: venv
 	$(PY) -m anatplane_dist.demo --out $(DEMO_DIR)
 
-test: venv debs
+test: venv debs anatomy
 	$(PY) -m pytest tests
 
-test-fast: venv
+test-fast: venv anatomy
 	$(PY) -m pytest tests -m "not slurm and not slow"
 
 bench: venv

@@ -15,6 +15,7 @@ from anatplane_dist.core.errors import DISK_FULL_ERRNOS, AnatplaneError, ExitCod
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("anatplane_dist.sources.phantom.cli", "write a built-in phantom data set (DICOM/NIfTI)"),
     "inspect": ("anatplane_dist.sources.inspect_planes", "print the line where plane B cuts image A"),
+    "volumes": ("anatplane_dist.sources.volumes_cli", "cut prescribed views out of 3D volumes as DICOM series (pseudo-acquisitions)"),
     "shard": ("anatplane_dist.shards.cli", "write WebDataset shards of plane pairs with their targets"),
     "pretrain": ("anatplane_dist.train.cli", "multitask pretraining (same as launch/pretrain.py)"),
     "submit": ("anatplane_dist.train.submit", "submit pretraining to SLURM with submitit (requeue + resume)"),

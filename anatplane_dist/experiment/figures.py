@@ -163,6 +163,7 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
         sigma_px_of,
         target_heatmaps,
     )
+    from anatplane_dist.data.decode import zscore_
     from anatplane_dist.finetune.backbone import read_pretrained_info
     from anatplane_dist.publish import load_pretrained
     from anatplane_dist.shards.manifest import read_shard_facts
@@ -176,8 +177,10 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
     for key, title in pick_samples(samples, count):
         s = samples[key]
         image = np.asarray(s["image"], np.float32)
+        # the network sees what training fed it: the stored ~[0, 1] image z-scored (data.decode)
+        x = zscore_(torch.from_numpy(image.copy())[None])[:, None]
         with torch.no_grad():
-            pred = net(torch.from_numpy(image)[None, None]).get("heatmaps")
+            pred = net(x).get("heatmaps")
         if pred is None:
             raise ValueError(f"{info.path.parent}: this network has no heatmap decoder to show")
         out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(),

@@ -75,6 +75,8 @@ def prepare_data(spec: ExperimentSpec, out: Path, log: Callable[[str], None] = p
     so no test subject was seen, even unlabelled, in pretraining.
     """
     d = spec.data
+    if d.volumes:
+        return _prepare_volumes(spec, out, log)
     if d.phantom is None:
         shards, root = Path(d.pretrain_shards), Path(d.finetune)
         for p in (shards, root):
@@ -106,6 +108,36 @@ def prepare_data(spec: ExperimentSpec, out: Path, log: Callable[[str], None] = p
         _anatplane(["shard", "--profile", ph.kind, "--input", str(pre), "--out", str(shards), "--grid", str(d.grid),
                     "--spacing", str(d.spacing), "--val-fraction", "0.25", "--workers", "1"], "shard")
     return shards, lab
+
+
+def _prepare_volumes(spec: ExperimentSpec, out: Path, log: Callable[[str], None]) -> tuple[Path, Path]:
+    """Pseudo-acquisitions of a volume cohort: pretraining shards from the ``pretrain`` volumes,
+    the ``heldout`` volumes sharded apart and used as the pretraining validation set (the pretext
+    error on anatomy never trained on), the ``labelled`` volumes as the fine-tuning root."""
+    from anatplane_dist.sources.prescription import PrescriptionError
+    from anatplane_dist.sources.volumes import build_cohort, load_cohort
+
+    d = spec.data
+    cohort_path = Path(d.volumes)
+    if not cohort_path.is_absolute() and spec.source:
+        near = Path(spec.source).parent / cohort_path
+        cohort_path = near if near.is_file() else cohort_path
+    try:
+        paths = build_cohort(load_cohort(cohort_path), out / "data", log)
+    except PrescriptionError as exc:
+        raise SpecError(f"data.volumes: {exc}") from exc
+    shards, heldout = out / "data" / "shards", out / "data" / "heldout-shards"
+    for src, dst in ((paths["pretrain"], shards), (paths["heldout"], heldout)):
+        if not (dst / "manifest.json").exists():
+            log(f"data: shards on a {d.grid} px @ {d.spacing} mm grid -> {dst}")
+            _anatplane(["shard", "--profile", str(paths["profile"]), "--input", str(src), "--out", str(dst),
+                        "--grid", str(d.grid), "--spacing", str(d.spacing), "--val-fraction", "0",
+                        "--workers", "1"], "shard")
+    names = sorted(n for n in json.loads((heldout / "sizes.json").read_text()) if n.endswith(".tar"))
+    override = "data.val_shards=" + "::".join(str(heldout / n) for n in names)
+    if override not in spec.pretrain.overrides:
+        spec.pretrain.overrides.append(override)
+    return shards, paths["labelled"]
 
 
 def load_cell_data(spec: ExperimentSpec, root: Path) -> tuple[CellData, list[Any]]:

@@ -82,6 +82,7 @@ class PhantomData:
 class DataSpec:
     """Where the pretraining shards and the labelled fine-tuning data come from."""
     phantom: PhantomData | None = None
+    volumes: str | None = None            # a volume cohort YAML (sources/volumes.py): pseudo-acquisitions
     pretrain_shards: str | None = None    # a sharder output directory (when not a phantom)
     finetune: str | None = None           # ACDC root (seg) or knee root with labels.csv (cls)
     grid: int = 64                        # model grid (pixels) and spacing (mm): as in pretraining
@@ -91,8 +92,11 @@ class DataSpec:
     def __post_init__(self) -> None:
         if isinstance(self.phantom, dict):
             self.phantom = _build(PhantomData, self.phantom, "data.phantom")
-        if self.phantom is None and not (self.pretrain_shards and self.finetune):
-            raise SpecError("data: give either phantom: {...} or both pretrain_shards and finetune paths")
+        if self.phantom is not None and self.volumes:
+            raise SpecError("data: give phantom or volumes, not both")
+        if self.phantom is None and not self.volumes and not (self.pretrain_shards and self.finetune):
+            raise SpecError("data: give phantom: {...}, volumes: <cohort.yaml>, or both pretrain_shards and "
+                            "finetune paths")
 
 
 @dataclass

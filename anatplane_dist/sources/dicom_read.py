@@ -41,7 +41,7 @@ from anatplane_dist.sources.plausible import frame_problem
 from anatplane_dist.sources.rawtags import RawTags
 
 __all__ = [
-    "DicomHeader", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
+    "DicomHeader", "MultiFrameFile", "read_dataset", "read_header", "header_from_dataset", "load_pixels",
     "decode_pixels", "load_frames", "list_dicom_files", "scan_headers", "group_by_plane", "split_stray_frames",
     "slice_from_group",
     "angle_between_normals_deg", "drop_coincident", "majority", "relpath", "relative_reason", "iter_subjects",
@@ -53,6 +53,10 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 _POS_TOL_MM = 0.01      # two origins closer than this are the same position (DS rounding)
 _DIR_TOL = 1e-4         # direction cosines equal within this
 _SPACING_TOL = 1e-4
+
+
+class MultiFrameFile(ReaderError):
+    """A file whose geometry is per frame (Enhanced MR): not one plane, read by ``sources.enhanced``."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,8 @@ def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike, *, keep_pi
             physically implausible (``plausible.frame_problem``), or a multi-frame object (the readers handle single-frame MR images only).
     """
     path = Path(path)
+    if "PerFrameFunctionalGroupsSequence" in ds:   # geometry per frame: sources.enhanced reads it
+        raise MultiFrameFile(f"{path}: Enhanced multi-frame object (per-frame geometry)")
     tags = RawTags(ds)       # the values below without pydicom's per-element conversion cost
     try:
         plane = plane_from_dicom(tags, what=str(path))
@@ -331,17 +337,26 @@ def list_dicom_files(folder: Path, *, recursive: bool = False, study: Study | No
     return sorted(out)
 
 
-def scan_headers(files: Iterable[Path], study: Study, *, keep_pixels: bool = True) -> list[DicomHeader]:
+def scan_headers(files: Iterable[Path], study: Study, *, keep_pixels: bool = True,
+                 multiframe: list[Path] | None = None) -> list[DicomHeader]:
     """Headers of ``files``; unreadable ones and repeated SOPInstanceUIDs become skips on ``study``.
 
     With ``keep_pixels`` (the readers' scan) each file is read whole, once, and its encoded
     pixels are kept with its header for ``Slice.load()``; without, only headers are read.
+    Enhanced multi-frame files go to ``multiframe`` when given (``enhanced.folder_slices``
+    reads them), else they are skips too.
     """
     out: list[DicomHeader] = []
     seen: dict[str, Path] = {}
     for f in files:
         try:
             h = read_header(f, keep_pixels=keep_pixels)
+        except MultiFrameFile as exc:
+            if multiframe is not None:
+                multiframe.append(f)
+                continue
+            study.skip(relative_reason(str(exc), study.root) + ": not read by this reader", relpath(f, study.root), "file")
+            continue
         except ReaderError as exc:
             study.skip(relative_reason(str(exc), study.root), relpath(f, study.root), "file")
             continue

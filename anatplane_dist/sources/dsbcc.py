@@ -26,21 +26,16 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from anatplane_dist.core.geometry import Plane, heart_locations, stack_positions
-from anatplane_dist.sources.base import ReaderError, Slice, Study
+from anatplane_dist.sources.base import Slice, Study
 from anatplane_dist.sources.dicom_read import (
     DICOM_SUFFIXES,
     angle_between_normals_deg,
     drop_coincident,
-    group_by_plane,
     iter_subjects,
-    list_dicom_files,
     majority,
-    relative_reason,
     relpath,
-    scan_headers,
-    slice_from_group,
-    split_stray_frames,
 )
+from anatplane_dist.sources.enhanced import folder_slices
 
 __all__ = ["VIEWS", "iter_studies", "read_study"]
 
@@ -125,21 +120,9 @@ def read_study(study_dir: str | Path, root: str | Path | None = None,
 
 
 def _read_view(view: str, folders: list[tuple[int, Path]], study: Study) -> list[tuple[int, Slice]]:
-    """All slices of a view's folders, each tagged with its folder number."""
-    out: list[tuple[int, Slice]] = []
-    for number, folder in folders:
-        try:
-            files = list_dicom_files(folder, study=study)
-        except ReaderError as exc:          # one unreadable series folder costs that series only
-            study.skip(relative_reason(str(exc), study.root), relpath(folder, study.root), "series")
-            continue
-        headers = scan_headers(files, study, keep_pixels=True)
-        if not headers:
-            study.skip("series folder holds no readable DICOM image", relpath(folder, study.root), "series")
-            continue
-        for group in split_stray_frames(group_by_plane(headers), study):
-            out.append((number, slice_from_group(view, folder.name, group, study.root)))
-    return out
+    """All slices of a view's folders (Enhanced multi-frame files split into theirs), each
+    tagged with its folder number."""
+    return [(number, s) for number, folder in folders for s in folder_slices(view, folder, study)]
 
 
 def _build_sax_stack(tagged: list[tuple[int, Slice]], study: Study) -> tuple[list[Slice], np.ndarray | None, str | None]:

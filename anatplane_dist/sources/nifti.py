@@ -23,7 +23,7 @@ from anatplane_dist.core.geometry import GeometryError, plane_from_nifti
 from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
 from anatplane_dist.sources.dicom_read import relpath
 
-__all__ = ["read_nifti_stack", "read_study", "iter_studies", "nifti_stem"]
+__all__ = ["read_nifti_stack", "read_study", "iter_studies", "nifti_stem", "view_of"]
 
 
 def nifti_stem(path: str | os.PathLike) -> str:
@@ -87,8 +87,45 @@ def read_nifti_stack(path: str | os.PathLike, view: str, axis: int = 2, *, root:
     return study
 
 
-#: the name every reader module exposes
-read_study = read_nifti_stack
+def view_of(path: str | os.PathLike) -> str:
+    """The view a file holds, from its name: ``axial.nii.gz`` or ``<subject>_axial.nii.gz`` -> ``axial``."""
+    return nifti_stem(path).rsplit("_", 1)[-1].lower()
+
+
+def read_study(study_dir: str | os.PathLike, root: str | os.PathLike | None = None,
+               subject: str | None = None, axis: int = 2) -> Study:
+    """The sharder's entry point: one subject folder of NIfTI views, ``<subject>/<view>.nii.gz``
+    (or ``<subject>_<view>.nii.gz``), each a 3D stack (or a 4D cine) sliced along ``axis``.
+
+    The files of one subject folder are taken as one scanning session: they share the frame of
+    reference ``nifti:<subject>`` (NIfTI records none), so their planes are compared with each
+    other, never with another subject's.  A file that cannot be read, or a second file of the
+    same view, is recorded as a skip; the rest of the study is still used.
+    """
+    study_dir = Path(study_dir)
+    root = Path(root) if root is not None else study_dir.parent
+    name = subject or study_dir.name
+    study = Study(subject=name, root=root, views={})
+    files = sorted(p for p in study_dir.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))) \
+        if study_dir.is_dir() else []
+    for path in files:
+        view = view_of(path)
+        if view in study.views:
+            study.skip(f"second file of view {view!r}: the first one ({study.views[view][0].frames[0].path}) is used",
+                       relpath(path, root), "series")
+            continue
+        try:
+            one = read_nifti_stack(path, view, axis, root=root, subject=name, frame_of_reference=f"nifti:{name}")
+        except ReaderError as exc:
+            study.skip(str(exc), relpath(path, root), "series")
+            continue
+        study.views.update(one.views)
+        study.skipped.extend(one.skipped)
+        study.meta.setdefault("files", {})[view] = one.meta
+    if not study.views:
+        study.skip("no readable NIfTI file (<subject>/<view>.nii.gz) in this subject folder", relpath(study_dir, root),
+                   "study")
+    return study
 
 
 def iter_studies(root: str | os.PathLike, view: str, axis: int = 2, pattern: str = "**/*.nii*") -> Iterator[Study]:
@@ -116,7 +153,9 @@ class _SliceLoader:
         slicer = [slice(None)] * self.ndim
         slicer[self.axis] = self.index
         try:
-            data = np.asarray(self.proxy[tuple(slicer)], dtype=np.float32)
+            # a copy: nibabel may hand out a read-only view of its cache, and the sharder
+            # rescales slices in place
+            data = np.array(self.proxy[tuple(slicer)], dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 -- truncated .gz, short file, ...
             raise ReaderError(f"{self.rel}: cannot read slice {self.index} ({type(exc).__name__}: {exc})") from exc
         data = data[None] if self.ndim == 3 else np.moveaxis(data, -1, 0)
