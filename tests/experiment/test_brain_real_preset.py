@@ -66,7 +66,8 @@ def test_brain_real_small(tmp_path: Path):
     # the heatmap figure shows what the network predicts on its training-time input (z-scored)
     import torch
 
-    from anatplane_dist.data.decode import collate, decode_sample
+    from anatplane_dist.data.decode import collate
+    from anatplane_dist.shards.format import decode_sample
     from anatplane_dist.experiment.figures import heatmap_panels
     from anatplane_dist.finetune.backbone import read_pretrained_info
     from anatplane_dist.publish import load_pretrained
