@@ -33,6 +33,7 @@ import yaml
 
 from anatplane_dist.core.atomic import atomic_path, atomic_write_text
 from anatplane_dist.core.geometry import Plane
+from anatplane_dist.core.mapping import read_yaml_mapping
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from anatplane_dist.sources.phantom.render import rotation
 from anatplane_dist.sources.prescription import (
@@ -120,12 +121,7 @@ class VolumeCohort:
 def load_cohort(path: str | Path) -> VolumeCohort:
     """Read a volume cohort YAML (every problem a one-line ``PrescriptionError``)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PrescriptionError(f"volume cohort {path}: cannot read ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise PrescriptionError(f"volume cohort {path}: expected a mapping")
+    raw = read_yaml_mapping(path, "volume cohort", PrescriptionError)
     allowed = {"name", "prescription", "pose", "volumes", "profile", "poses", "seed", "base"}
     unknown = sorted(set(raw) - allowed)
     if unknown:

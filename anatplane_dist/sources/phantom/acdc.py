@@ -21,7 +21,14 @@ import numpy as np
 from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.core.geometry import RAS_TO_LPS, Plane
 from anatplane_dist.sources.phantom.heart import GROUPS, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, save_nifti, subject_rng
+from anatplane_dist.sources.phantom.io import (
+    check_sizes,
+    claim_target,
+    map_subjects,
+    merge_truth,
+    save_nifti,
+    subject_rng,
+)
 from anatplane_dist.sources.phantom.prescribe import prescribe_heart_views
 
 __all__ = ["AcdcCohortConfig", "truth_header", "stack_affine_ras", "write_acdc_patient", "write_acdc_cohort"]

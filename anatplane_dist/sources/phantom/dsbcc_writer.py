@@ -20,7 +20,13 @@ from anatplane_dist.core.atomic import staged_dir
 from anatplane_dist.core.geometry import Plane
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
 from anatplane_dist.sources.phantom.heart import GROUPS, HeartAnatomy, render_cine, sample_heart
-from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, subject_rng
+from anatplane_dist.sources.phantom.io import (
+    check_sizes,
+    claim_target,
+    map_subjects,
+    merge_truth,
+    subject_rng,
+)
 from anatplane_dist.sources.phantom.prescribe import HeartViews, prescribe_heart_views
 from anatplane_dist.sources.phantom.render import rotation
 

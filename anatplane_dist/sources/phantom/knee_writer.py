@@ -17,7 +17,13 @@ import numpy as np
 
 from anatplane_dist.core.atomic import atomic_write_text, staged_dir
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
-from anatplane_dist.sources.phantom.io import check_sizes, claim_target, map_subjects, merge_truth, subject_rng
+from anatplane_dist.sources.phantom.io import (
+    check_sizes,
+    claim_target,
+    map_subjects,
+    merge_truth,
+    subject_rng,
+)
 from anatplane_dist.sources.phantom.knee import (
     KNEE_VIEWS,
     prescribe_knee_views,
