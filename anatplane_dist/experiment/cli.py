@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "report":
         info = render_report(args.dir)
         print((args.dir / "results.md").read_text())
-        print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)")
-        return 0
+        bad = info["unreadable"]
+        print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)"
+              + (f"; {len(bad)} cell file(s) unreadable, listed as failed: {', '.join(bad)}" if bad else ""))
+        return 1 if bad else 0
     from anatplane_dist.experiment.runner import run_experiment
     from anatplane_dist.experiment.spec import load_spec
 

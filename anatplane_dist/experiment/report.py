@@ -104,4 +104,4 @@ def render_report(out: str | Path) -> dict[str, Any]:
     figs += _heatmap_figures(res)
     atomic_write_text(out / "results.md", results_markdown(res, stats, comps, figs))
     return {"csv": str(out / "results.csv"), "md": str(out / "results.md"), "figures": figs,
-            "cells": len(res.cells)}
+            "cells": len(res.cells), "unreadable": [u["path"] for u in res.unreadable]}

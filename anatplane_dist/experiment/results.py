@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from anatplane_dist.experiment.stats import (
     Paired,
     auc,
     bootstrap_auc,
-    bootstrap_ci,
+    hierarchical_mean,
     paired_auc_difference,
-    paired_difference,
+    paired_seed_difference,
+    verdict,
 )
 
 __all__ = ["Results", "load_results", "csv_rows", "write_csv", "CellStats", "cell_stats", "comparisons",
@@ -48,6 +50,7 @@ class Results:
     arms: dict[str, dict[str, Any]]
     split: dict[str, Any]
     cells: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[dict[str, Any]] = field(default_factory=list)   # cell files that exist but cannot be read
 
     @property
     def task(self) -> str:
@@ -92,13 +95,23 @@ def load_results(out: str | Path) -> Results:
         for path in sorted((out / "cells" / arm).glob("n*-seed*.json")):
             try:
                 rec = json.loads(path.read_text())
-            except ValueError:
+                if not isinstance(rec, dict) or not {"arm", "n_labelled", "seed", "rows"} <= set(rec):
+                    raise ValueError("not a cell record")
+            except (OSError, ValueError) as exc:
+                # listed as failed (never silently dropped): a row's seeds must not shrink unseen
+                m = _CELL_NAME.match(path.name)
+                res.unreadable.append({"arm": arm, "n_labelled": int(m.group(1)) if m else None,
+                                       "seed": int(m.group(2)) if m else None, "path": str(path.relative_to(out)),
+                                       "why": f"{type(exc).__name__}: {exc}"})
                 continue
             if version is not None and rec.get("weights") != version:
                 continue
             if rec.get("seed") in seeds and rec.get("n_labelled") in counts and rec.get("test") == split["test"]:
                 res.cells.append(rec)
     return res
+
+
+_CELL_NAME = re.compile(r"^n(\d+)-seed(-?\d+)\.json$")
 
 
 def _num(v: Any) -> float:
@@ -191,7 +204,15 @@ def _seg_obs(cells: list[dict[str, Any]], key: str, structures: tuple[str, ...] 
     return out
 
 
+def _by_seed(obs: dict[Any, float]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for (seed, _subject), v in sorted(obs.items(), key=lambda kv: repr(kv[0])):
+        out.setdefault(seed, []).append(v)
+    return out
+
+
 def cell_stats(res: Results) -> list[CellStats]:
+    """Per (arm, count): mean over seeds of the per-seed mean, hierarchical CI (seeds, subjects)."""
     out = []
     for arm in res.arm_names:
         for n in res.counts:
@@ -200,9 +221,9 @@ def cell_stats(res: Results) -> list[CellStats]:
                 continue
             if res.task == "seg":
                 obs = _seg_obs(cells, "dice")
-                parts = {s: bootstrap_ci(list(_seg_obs(cells, "dice", (s,)).values())) for s in STRUCTURES}
-                hd = bootstrap_ci(list(_seg_obs(cells, "hd95").values()))
-                out.append(CellStats(arm, n, len(cells), bootstrap_ci(list(obs.values())), parts, hd, obs=obs))
+                parts = {s: hierarchical_mean(_by_seed(_seg_obs(cells, "dice", (s,)))) for s in STRUCTURES}
+                hd = hierarchical_mean(_by_seed(_seg_obs(cells, "hd95")))
+                out.append(CellStats(arm, n, len(cells), hierarchical_mean(_by_seed(obs)), parts, hd, obs=obs))
             else:
                 names = _cls_names(cells[0])
                 by_seed = {c["seed"]: _cls_arrays(c, names) for c in cells}
@@ -213,31 +234,22 @@ def cell_stats(res: Results) -> list[CellStats]:
 
 
 def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], Paired]:
-    """Every pretrained arm against ``random`` at every count, paired on (seed, subject)."""
+    """Every pretrained arm against ``random`` at every count: per-seed paired differences."""
     by = {(s.arm, s.n_labelled): s for s in stats}
     out = {}
     for (arm, n), s in by.items():
         ref = by.get((RANDOM, n))
         if arm == RANDOM or ref is None:
             continue
-        out[(arm, n)] = (paired_difference(s.obs, ref.obs) if res.task == "seg"
+        out[(arm, n)] = (paired_seed_difference(s.obs, ref.obs) if res.task == "seg"
                          else paired_auc_difference(s.by_seed, ref.by_seed))
     return out
 
 
 # -- results.md --------------------------------------------------------------------------------
 
-def _verdict(p: Paired, alpha: float = 0.05) -> str:
-    """Better / worse only when the CI excludes zero *and* the Wilcoxon test agrees: the
-    bootstrap treats (seed, subject) pairs as independent, the rank test is the check on it."""
-    d = p.diff
-    if not (math.isfinite(d.lo) and math.isfinite(p.p)):
-        return "undetermined (too few pairs)"
-    if d.lo > 0 and p.p < alpha:
-        return "better than random"
-    if d.hi < 0 and p.p < alpha:
-        return "worse than random"
-    return "no clear difference from random"
+def _verdict(p: Paired) -> str:
+    return verdict(p)
 
 
 def _auc_warnings(res: Results) -> list[str]:
@@ -268,12 +280,12 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              f"transfer {ft['transfer'] if res.task == 'seg' else 'encoder'}; scored: {select}",
              f"- pretraining: `{spec['pretrain']['config']}` {' '.join(spec['pretrain']['overrides'])} "
              f"({spec['pretrain']['ranks']} rank(s)), one budget for every arm",
-             "- 95% CIs: percentile bootstrap over (seed, test subject) pairs" if res.task == "seg" else
-             "- 95% CIs: percentile bootstrap over test subjects (same draw for every seed)",
-             "- vs random: paired difference (same seed, subset, test subjects), bootstrap CI, "
-             "two-sided Wilcoxon signed-rank p" + (" over (seed, subject) pairs" if res.task == "seg"
-                                                   else " over seeds"),
-             "- reading: 'better'/'worse' than random only when the CI excludes 0 and p < 0.05"]
+             "- the replicate is the seed (one labelled-subset draw = one trained model): a cell is the mean "
+             "over seeds of the per-seed mean over test subjects; 95% CIs by a hierarchical percentile "
+             "bootstrap (seeds, then test subjects inside each seed)",
+             "- vs random: per-seed paired difference (same subset, batches, head init and test subjects); "
+             "mean over seeds, hierarchical bootstrap CI, wins = seeds with a positive difference",
+             "- reading: 'better'/'worse' than random only when that interval excludes 0 (at least 2 seeds)"]
     transferred = {}
     for c in res.cells:
         if c["arm"] != RANDOM:
@@ -288,9 +300,11 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
         lines += [f"- `{a}`: {why}" for a, why in failed.items()]
     run_file = res.out / "run.json"
     cell_failures = json.loads(run_file.read_text()).get("cell_failures", []) if run_file.is_file() else []
-    if cell_failures:
+    if cell_failures or res.unreadable:
         lines += ["", "## Failed cells (left out of the tables; rerun to retry them)", ""]
         lines += [f"- {f}" for f in cell_failures]
+        lines += [f"- {u['arm']} n={u['n_labelled']} seed={u['seed']}: unreadable cell file {u['path']} "
+                  f"({u['why']})" for u in res.unreadable]
     parts = list(STRUCTURES) if res.task == "seg" else (_cls_names(res.cells[0]) if res.cells else [])
     head = ["arm", "n", "seeds", metric.split(" ")[0]] + [f"{'Dice' if res.task == 'seg' else 'AUC'} {p}" for p in parts]
     if res.task == "seg":
@@ -298,7 +312,8 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
     head.append("Δ vs random [95% CI], p")
     lines += ["", "## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in stats:
-        cells = [s.arm, str(s.n_labelled), str(s.seeds), s.metric.text()] + [s.parts[p].text() for p in parts]
+        bad = sum(1 for u in res.unreadable if u["arm"] == s.arm and u["n_labelled"] == s.n_labelled)
+        cells = [s.arm, str(s.n_labelled), str(s.seeds) + (f" ({bad} unreadable)" if bad else ""), s.metric.text()] + [s.parts[p].text() for p in parts]
         if res.task == "seg":
             cells.append(s.hd95.text(1) if s.hd95 else "n/a")
         cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
