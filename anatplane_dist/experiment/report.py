@@ -38,7 +38,7 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
         pred_rel = next((p for p in cell["predictions"] if f"/{subject}/" in f"/{p}"), None)
         if pred_rel is None:
             continue
-        cell_dir = res.out / "cells" / arm / f"n{n:03d}-seed{seed}"
+        cell_dir = res.out / (cell.get("cell_dir") or f"cells/{arm}/n{n:03d}-seed{seed}")
         pred = np.asarray(nib.load(str(cell_dir / pred_rel)).dataobj)
         image_rel = Path(pred_rel).relative_to("predictions")
         image_path = Path(cell["data"]["root"]) / str(image_rel).replace("_pred.nii", ".nii")

@@ -58,14 +58,18 @@ class Results:
 
     @property
     def arm_names(self) -> list[str]:
-        return [a["name"] for a in self.spec["arms"]]
+        """Rows of the grid: the spec's arms, plus ``ARM@transfer`` rows of extra transfer scopes."""
+        return list(self.spec.get("cell_arms") or [a["name"] for a in self.spec["arms"]])
 
     @property
     def counts(self) -> list[int]:
-        return list(self.spec["protocol"]["labels"])
+        return list(self.split.get("counts") or self.spec["protocol"]["labels"])
 
     def failed_arms(self) -> dict[str, str]:
         return {k: v.get("reason", "") for k, v in self.arms.items() if v.get("status") == "failed"}
+
+    def base_arm(self, arm: str) -> str:
+        return arm.split("@", 1)[0]
 
     def of(self, arm: str, n: int) -> list[dict[str, Any]]:
         return [c for c in self.cells if c["arm"] == arm and c["n_labelled"] == n]
@@ -84,13 +88,13 @@ def load_results(out: str | Path) -> Results:
                         f"run 'anatplane experiment run' first") from exc
     arms = json.loads((out / "arms.json").read_text()) if (out / "arms.json").is_file() else {}
     res = Results(out, spec, arms, split)
-    seeds, counts = set(spec["protocol"]["seeds"]), set(spec["protocol"]["labels"])
+    seeds, counts = set(spec["protocol"]["seeds"]), set(res.counts)
     for arm in res.arm_names:
-        if arm in res.failed_arms():
+        if res.base_arm(arm) in res.failed_arms():
             continue
         # a pretrained arm's cells must come from the weights it published last: after the arm
         # changed, cells of its old weights (a run killed before they were redone) are left out
-        published = (arms.get(arm) or {}).get("published")
+        published = (arms.get(res.base_arm(arm)) or {}).get("published")
         version = Path(published).name if published else None
         for path in sorted((out / "cells" / arm).glob("n*-seed*.json")):
             try:
@@ -252,6 +256,72 @@ def _verdict(p: Paired) -> str:
     return verdict(p)
 
 
+def _schedule_text(res: Results) -> str:
+    sch = next((c.get("schedule") for c in res.cells if c.get("schedule")), None)
+    if not sch:
+        ft = res.spec["finetune"]
+        return f"{ft.get('steps')} steps, batch {ft.get('batch_size')}, lr {ft.get('lr')}"
+    length = (f"{sch['epochs']:g} epochs of the labelled items" if sch.get("epochs") else f"{sch['steps']} steps")
+    decay = ("cosine to 0" if sch["decay"] == "cosine" else
+             f"LR x{sch['step_factor']:g} every {sch['step_epochs']:g} epochs")
+    lr = "LR chosen per arm and count on validation (lr.json)" if res.spec["finetune"].get("lr_grid") \
+        else f"lr {sch['lr']:g}"
+    return (f"schedule `{sch['name']}`: {sch['optimizer']}, {length}, batch {sch['batch_size']}, {decay}, "
+            f"warm-up {sch.get('warmup_steps', 0)} steps, {lr}")
+
+
+def training_lines(res: Results) -> list[str]:
+    """Per (arm, count): the LR used, steps, cells still rising at the end (not converged),
+    and how far the encoder / decoder weights moved (median relative L2 over seeds)."""
+    head = ["| arm | n | lr | steps | still rising (of seeds) | moved encoder | moved decoder |",
+            "|---|---|---|---|---|---|---|"]
+    lines = []
+    for arm in res.arm_names:
+        for n in res.counts:
+            cells = res.of(arm, n)
+            if not cells:
+                continue
+            lrs = sorted({float(c["lr"]) for c in cells if c.get("lr") is not None})
+            steps = sorted({int(c["steps"]) for c in cells if c.get("steps") is not None})
+            rising = [c.get("still_rising") for c in cells]
+            known = [r for r in rising if r is not None]
+            rise = f"{sum(bool(r) for r in known)}/{len(known)}" if known else "n/a (no validation curve)"
+            mv = {p: [c["moved"][p] for c in cells if (c.get("moved") or {}).get(p) is not None]
+                  for p in ("encoder", "decoder")}
+            mtxt = {p: f"{np.median(v):.3f}" if v else "n/a" for p, v in mv.items()}
+            lines.append(f"| {arm} | {n} | {', '.join(f'{x:.3g}' for x in lrs) or 'n/a'} | "
+                         f"{', '.join(map(str, steps)) or 'n/a'} | {rise} | {mtxt['encoder']} | {mtxt['decoder']} |")
+    if not lines:
+        return []
+    out = ["", "## Training: learning rate, convergence, weight movement", "",
+           "'still rising': the best validation score of the last quarter of the curve beats the "
+           "earlier best by > 0.005 (the schedule stopped a network still learning: read that row "
+           "with care). 'moved': ||w_final − w_start|| / ||w_start|| of the fine-tuned network's "
+           "encoder / decoder (median over seeds); for pretrained arms, how much of the pretrained "
+           "weights the fine-tune overwrote.", ""] + head + lines
+    lr_file = res.out / "lr.json"
+    if lr_file.is_file():
+        lr = json.loads(lr_file.read_text())
+        out += ["", f"Learning-rate search on the validation subjects (mean best validation {lr.get('metric')} "
+                f"of the first seeds; chosen per arm and count):", "",
+                "| arm | n | validation score by LR | chosen | Δ vs random's best |", "|---|---|---|---|---|"]
+        arms = lr.get("arms", {})
+        for arm, by_n in arms.items():
+            for n, info in by_n.items():
+                ref = arms.get(RANDOM, {}).get(n)
+                ref_best = max((v for v in (ref or {}).get("scores", {}).values()
+                                if v is not None and math.isfinite(v)), default=float("nan"))
+                best = info["scores"].get(f"{info['chosen']:.3g}")
+                scores = ", ".join(f"{k}: {v:.3f}" if v is not None and math.isfinite(v) else f"{k}: n/a"
+                                   for k, v in info["scores"].items())
+                d = (best - ref_best) if best is not None and math.isfinite(ref_best) else float("nan")
+                edge = " (on the edge after widening)" if info.get("on_edge") else ""
+                out.append(f"| {arm} | {n} | {scores} | {info['chosen']:.3g}{edge} | "
+                           f"{d:+.3f} |" if math.isfinite(d) else f"| {arm} | {n} | {scores} | "
+                           f"{info['chosen']:.3g}{edge} | n/a |")
+    return out
+
+
 def _auc_warnings(res: Results) -> list[str]:
     if res.task != "cls" or not res.cells:
         return []
@@ -276,7 +346,7 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              f"- test subjects (fixed): {len(split['test'])} ({', '.join(split['test'])})",
              f"- labelled pool: {len(split['pool'])} subjects; counts {res.counts}; seeds {proto['seeds']}; "
              f"subsets per seed nested across counts (split.json)",
-             f"- fine-tuning: {ft['steps']} steps, batch {ft['batch_size']}, lr {ft['lr']}, "
+             f"- fine-tuning: {_schedule_text(res)}, "
              f"transfer {ft['transfer'] if res.task == 'seg' else 'encoder'}; scored: {select}",
              f"- pretraining: `{spec['pretrain']['config']}` {' '.join(spec['pretrain']['overrides'])} "
              f"({spec['pretrain']['ranks']} rank(s)), one budget for every arm",
@@ -318,6 +388,7 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
             cells.append(s.hd95.text(1) if s.hd95 else "n/a")
         cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += training_lines(res)
     lines += ["", "## Reading", ""]
     by = {(s.arm, s.n_labelled): s for s in stats}
     for n in res.counts:
