@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--slurm", action="store_true", help="pretrain each arm on SLURM via 'anatplane submit --wait'")
     r.add_argument("--slurm-args", default="", help="extra 'anatplane submit' arguments, e.g. "
                                                    "\"--partition gpu --gpus-per-node 4 --time 240\"")
-    r.add_argument("--workers", type=int, default=None, help="fine-tune cells at once (default: the file's)")
+    r.add_argument("--workers", type=int, default=None, help="CPU: fine-tune cells at once (default: the file's)")
+    r.add_argument("--devices", default=None,
+                   help="where cells train: auto | cpu | cuda:0,cuda:1,... (default: the file's 'devices')")
+    r.add_argument("--cells-per-device", type=int, default=None,
+                   help="GPU: cells trained at once on each device (default: the file's)")
     p = sub.add_parser("report", help="re-render results.csv/md and figures from stored cells")
     p.add_argument("dir", type=Path, help="experiment directory")
 
@@ -42,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     if args.workers is not None:
         spec.workers = max(1, args.workers)
+    if args.devices is not None:
+        spec.devices = args.devices
+    if args.cells_per_device is not None:
+        spec.cells_per_device = max(1, args.cells_per_device)
+    # Ctrl-C: finished cells are on disk; the workers exit quietly and KeyboardInterrupt reaches
+    # the top-level command, which prints one line and exits 130
     summary = run_experiment(spec, args.out, slurm=args.slurm, slurm_args=shlex.split(args.slurm_args))
     info = render_report(args.out)
     print((args.out / "results.md").read_text())

@@ -391,7 +391,7 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
         else:
             arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=slurm_args, log=log)
     atomic_write_json(out / "arms.json", {k: v.to_dict() for k, v in arms.items()})
-    arch_yaml, k = _architecture(spec, shards if needs_shards else None, published)
+    arch_yaml, k = _architecture(spec, shards, published)
 
     data_id = {"root": str(root.resolve()), "subjects": subjects, "grid": [spec.data.grid, spec.data.spacing]}
     ft = spec.finetune
