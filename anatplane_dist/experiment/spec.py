@@ -11,6 +11,7 @@ that is neither a phantom recipe nor a path.  Each becomes one :class:`SpecError
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -210,6 +211,7 @@ class ProtocolSpec:
     val_subjects: int = 0                 # drawn once from the rest; needed by select: best-val
     split_seed: int = 0
     test_ids: list[str] | None = None     # a fixed, named test set (e.g. ACDC patient065..084)
+    test_fraction: float | None = None    # instead of test_subjects: ceil(fraction x labelled subjects)
 
     def __post_init__(self) -> None:
         if self.test_ids is not None:
@@ -217,9 +219,11 @@ class ProtocolSpec:
                 raise SpecError("protocol.test_ids: a non-empty list of subject ids")
             self.test_ids = sorted(str(t) for t in self.test_ids)
             self.test_subjects = len(self.test_ids)
-        if not self.labels or not all((isinstance(n, int) and not isinstance(n, bool) and n >= 1) or n == "all"
+        if not self.labels or not all((isinstance(n, int) and not isinstance(n, bool) and n >= 1) or n in ("all", "auto")
                                       for n in self.labels):
-            raise SpecError(f"protocol.labels: positive integers or 'all', got {self.labels}")
+            raise SpecError(f"protocol.labels: positive integers, 'all' or 'auto', got {self.labels}")
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
+            raise SpecError(f"protocol.test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise SpecError(f"protocol.seeds: distinct integers, got {self.seeds}")
         if self.test_subjects < 1 or self.val_subjects < 0:
@@ -267,7 +271,11 @@ class ExperimentSpec:
             raise SpecError(f"task {self.task} does not fit data.phantom.kind {self.data.phantom.kind}")
 
     def check_pool(self, n_subjects: int, subjects: list[str] | None = None) -> None:
-        """Refuse up front a label count the labelled pool cannot provide (never drop it)."""
+        """Refuse up front a label count the labelled pool cannot provide (never drop it).
+        A ``test_fraction`` becomes a test-subject count here (at least 1, leaving a pool)."""
+        p = self.protocol
+        if p.test_fraction is not None and not p.test_ids:
+            p.test_subjects = max(1, min(math.ceil(p.test_fraction * n_subjects), n_subjects - 1 - p.val_subjects))
         if self.protocol.test_ids and subjects is not None:
             missing = sorted(set(self.protocol.test_ids) - set(subjects))
             if missing:
@@ -276,7 +284,7 @@ class ExperimentSpec:
         if pool < 1:
             raise SpecError(f"{n_subjects} labelled subjects leave no training pool after "
                             f"{self.protocol.test_subjects} test + {self.protocol.val_subjects} validation subjects")
-        too_big = [n for n in self.protocol.labels if n != "all" and n > pool]
+        too_big = [n for n in self.protocol.labels if n not in ("all", "auto") and n > pool]
         if too_big:
             raise SpecError(f"protocol.labels {too_big} exceed the labelled pool of {pool} subjects "
                             f"({n_subjects} - {self.protocol.test_subjects} test - "
@@ -284,7 +292,13 @@ class ExperimentSpec:
 
     def counts(self, pool: int) -> list[int]:
         """The label counts, 'all' resolved to the pool size."""
-        return sorted({pool if n == "all" else int(n) for n in self.protocol.labels})
+        out: set[int] = set()
+        for n in self.protocol.labels:
+            if n == "auto":
+                out |= {c for c in (1, 2, 4, 8) if c <= pool} | {pool}
+            else:
+                out.add(pool if n == "all" else int(n))
+        return sorted(out)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
