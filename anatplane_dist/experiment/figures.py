@@ -153,9 +153,14 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
 
     Loads the whole published network (:func:`anatplane_dist.publish.load_pretrained`,
     ``part="full"``) and renders the ground truth from the stored lines with the run's own
-    ridge width (:mod:`anatplane_dist.experiment.heatmaps`).
+    ridge width (:mod:`anatplane_dist.experiment.heatmaps`).  The network sees the image as
+    training showed it: the stored image (~[0, 1]) through the stream's own per-image z-score
+    (:func:`anatplane_dist.data.decode.zscore_`, the one normalisation of the package); the
+    panel keeps the stored image for display.
     """
     import torch
+
+    from anatplane_dist.data.decode import zscore_
 
     from anatplane_dist.experiment.heatmaps import (
         pick_samples,
@@ -176,8 +181,9 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
     for key, title in pick_samples(samples, count):
         s = samples[key]
         image = np.asarray(s["image"], np.float32)
+        seen = zscore_(torch.from_numpy(image.copy())[None])      # (1, H, W), as the stream feeds it
         with torch.no_grad():
-            pred = net(torch.from_numpy(image)[None, None]).get("heatmaps")
+            pred = net(seen[:, None]).get("heatmaps")
         if pred is None:
             raise ValueError(f"{info.path.parent}: this network has no heatmap decoder to show")
         out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(),
