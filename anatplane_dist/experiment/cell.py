@@ -160,8 +160,14 @@ def init_worker(data: TaskData, threads: int, devices: Any = None) -> None:
     """Worker start: one torch thread count, the data, a device slot from the shared queue, and
     SIGINT ignored (Ctrl-C is the parent's: it stops the pool; workers must not print tracebacks)."""
     import signal
+    import threading
+
+    from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore per process: a worker stopped by the
+    # parent on Ctrl-C would leave it registered ("leaked semaphore" warnings at exit)
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
     _WORKER["data"] = data
     _WORKER["device"] = devices.get() if devices is not None else "cpu"

@@ -322,8 +322,13 @@ class CellPool:
                 p.terminate()
             for p in procs:
                 p.join(5)
+            ex.shutdown(wait=True)           # the pool notices its dead workers and frees its queues
+            queue.close()
+            queue.join_thread()
             raise
         ex.shutdown(wait=True)
+        queue.close()
+        queue.join_thread()
 
 
 def _mean_val(recs: list[dict[str, Any] | None]) -> float:
@@ -336,9 +341,9 @@ def _widen(grid: list[float], best: float) -> float | None:
     g = sorted(grid)
     ratio = (g[-1] / g[0]) ** (1 / (len(g) - 1)) if len(g) > 1 else 10.0
     if best == g[0]:
-        return g[0] / ratio
+        return float(f"{g[0] / ratio:.3g}")          # 3 significant digits: file names and lr.json keys
     if best == g[-1]:
-        return g[-1] * ratio
+        return float(f"{g[-1] * ratio:.3g}")
     return None
 
 
