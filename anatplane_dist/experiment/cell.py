@@ -48,6 +48,7 @@ class CellJob:
     grid: tuple[int, float]
     schedule: Schedule = field(default_factory=Schedule)
     device: str = ""                # "" -> the worker's device
+    frozen_encoder: bool = False    # readout: the encoder is frozen (eval mode, no gradient)
 
 
 def _backbone(job: CellJob) -> Backbone:
@@ -120,6 +121,16 @@ def weight_moves(before: dict[str, dict[str, torch.Tensor]], net: torch.nn.Modul
     return out
 
 
+def freeze_encoder(net: torch.nn.Module) -> None:
+    """The readout: no gradient into ``net.encoder`` and its norm layers kept in eval mode
+    (their running statistics would otherwise drift), whatever ``train()`` calls follow."""
+    enc = net.encoder
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    enc.train = lambda mode=True: torch.nn.Module.train(enc, False)     # type: ignore[method-assign]
+    enc.eval()
+
+
 def run_cell(job: CellJob, data: TaskData, device: str = "cpu") -> dict[str, Any]:
     """Fine-tune and score one cell; returns its record body (the runner adds the key)."""
     t0 = time.perf_counter()
@@ -128,6 +139,8 @@ def run_cell(job: CellJob, data: TaskData, device: str = "cpu") -> dict[str, Any
     backbone = _backbone(job)
     torch.manual_seed(job.seed)                 # the new head: the same for every arm of a seed
     net = task.build(backbone, data)
+    if job.frozen_encoder:
+        freeze_encoder(net)
     before = _part_tensors(net)
     before.get("decoder", {}).pop("head.weight", None)
     before.get("decoder", {}).pop("head.bias", None)

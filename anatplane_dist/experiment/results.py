@@ -237,13 +237,19 @@ def cell_stats(res: Results) -> list[CellStats]:
     return out
 
 
+def reference_of(arm: str) -> str:
+    """What a row is compared with: ``random``, or ``random@frozen`` for a readout row."""
+    return f"{RANDOM}@frozen" if arm.endswith("@frozen") else RANDOM
+
+
 def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], Paired]:
     """Every pretrained arm against ``random`` at every count: per-seed paired differences."""
     by = {(s.arm, s.n_labelled): s for s in stats}
     out = {}
     for (arm, n), s in by.items():
-        ref = by.get((RANDOM, n))
-        if arm == RANDOM or ref is None:
+        ref_name = reference_of(arm)
+        ref = by.get((ref_name, n))
+        if arm == ref_name or ref is None:
             continue
         out[(arm, n)] = (paired_seed_difference(s.obs, ref.obs) if res.task == "seg"
                          else paired_auc_difference(s.by_seed, ref.by_seed))
@@ -322,6 +328,55 @@ def training_lines(res: Results) -> list[str]:
     return out
 
 
+#: pretext metrics shown per arm: (card key, column title, warn(value) -> reason or "")
+PRETEXT_METRICS = (
+    ("val/angle_err_deg", "angle error °", lambda v: "orientation not learnt (angle error >= 15°)" if v >= 15 else ""),
+    ("val/offset_err_px", "offset px", lambda v: ""),
+    ("val/loc_mae", "location MAE", lambda v: "location not learnt (MAE >= 0.2; predicting 0.5 gives 0.25)"
+     if v >= 0.2 else ""),
+    ("val/top1", "SimCLR positive-pair top-1", lambda v: "SimCLR positives not found (top-1 < 0.5)" if v < 0.5 else ""),
+    ("val/rot_acc", "rotation accuracy", lambda v: "rotation not learnt (accuracy < 0.5; chance 0.25)" if v < 0.5
+     else ""),
+    ("val/restore_mae", "Genesis restore MAE", lambda v: ""),
+    ("val/loss", "val loss", lambda v: ""),
+)
+
+
+def pretext_lines(res: Results) -> list[str]:
+    """Each pretrained arm's own pretext quality on the pretraining validation subjects (from
+    its model card: the last validation pass of the published step), with a warning when the
+    pretext was not learnt: a fine-tune comparison of an arm that learnt nothing says nothing
+    about the method."""
+    from anatplane_dist.finetune.backbone import PretrainedError, read_pretrained_info
+
+    rows, warnings = [], []
+    for arm, info in res.arms.items():
+        if info.get("status") != "ok" or not info.get("published"):
+            continue
+        try:
+            card = read_pretrained_info(info["published"]).extra
+        except PretrainedError as exc:
+            rows.append((arm, {}, f"card unreadable: {exc}"))
+            continue
+        m = card.get("pretext_metrics") or {}
+        rows.append((arm, m, ""))
+        for key, _title, warn in PRETEXT_METRICS:
+            if isinstance(m.get(key), (int, float)) and warn(float(m[key])):
+                warnings.append(f"- **{arm}**: {warn(float(m[key]))} ({key} = {float(m[key]):.3g})")
+    if not rows:
+        return []
+    cols = [(k, t) for k, t, _ in PRETEXT_METRICS if any(isinstance(m.get(k), (int, float)) for _, m, _ in rows)]
+    out = ["", "## Pretext quality per arm (pretraining validation subjects, published step)", "",
+           "| arm | step | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for arm, m, err in rows:
+        vals = [f"{float(m[k]):.3g}" if isinstance(m.get(k), (int, float)) else "—" for k, _ in cols]
+        out.append(f"| {arm} | {m.get('step', '?') if not err else err} | " + " | ".join(vals) + " |")
+    if warnings:
+        out += ["", "Warnings (read these arms' fine-tune rows as 'pretext not learnt', not as the method):", ""]
+        out += warnings
+    return out
+
+
 def _auc_warnings(res: Results) -> list[str]:
     if res.task != "cls" or not res.cells:
         return []
@@ -388,6 +443,7 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
             cells.append(s.hd95.text(1) if s.hd95 else "n/a")
         cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += pretext_lines(res)
     lines += training_lines(res)
     lines += ["", "## Reading", ""]
     by = {(s.arm, s.n_labelled): s for s in stats}

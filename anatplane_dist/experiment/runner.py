@@ -244,7 +244,8 @@ def _architecture(spec: ExperimentSpec, shards: Path | None, published: dict[str
 
 def cell_arms(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
     """(cell arm name, spec arm name, transfer) of every row of the grid: each arm at the spec's
-    transfer, plus ``ARM@encoder`` / ``ARM@encoder+decoder`` rows for ``finetune.transfers``."""
+    transfer, plus ``ARM@encoder`` / ``ARM@encoder+decoder`` rows for ``finetune.transfers``, and
+    ``ARM@frozen`` rows (the frozen-encoder readout, random included) for ``finetune.readout``."""
     out = []
     for arm in spec.arms:
         out.append((arm.name, arm.name, spec.finetune.transfer))
@@ -252,6 +253,8 @@ def cell_arms(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
         if t == spec.finetune.transfer or spec.task != "seg":
             continue
         out += [(f"{a.name}@{t}", a.name, t) for a in spec.arms if a.pretrained]
+    if spec.finetune.readout:
+        out += [(f"{a.name}@frozen", a.name, "encoder") for a in spec.arms]
     return out
 
 
@@ -420,14 +423,14 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
                       test=tuple(split["test"]), pretrained=res.published, transfer=transfer, select=ft.select,
                       val_every=ft.val_every, cell_dir=str(path.with_suffix("")), predictions=predictions,
                       model_config_yaml=arch_yaml, num_channels=k, grid=(spec.data.grid, spec.data.spacing),
-                      schedule=sched)
+                      schedule=sched, frozen_encoder=name.endswith("@frozen"))
         weights = Path(res.published).name if res.published else None   # version = step + weights hash
         key = {"task": spec.task, "arm": name, "weights": weights, "n_labelled": n, "seed": seed,
                "train": job.train, "val": job.val, "test": job.test, "select": ft.select,
                "val_every": ft.val_every if ft.select == "best-val" else None,
                "transfer": transfer if res.published else None, "architecture": [arch_yaml, k],
                "schedule": sched.to_dict(), "train_config": train_config, "data": data_id,
-               "predictions": predictions}
+               "predictions": predictions, "frozen_encoder": job.frozen_encoder}
         key["fingerprint"] = json_fingerprint(key)
         return job, key
 

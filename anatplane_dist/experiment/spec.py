@@ -172,6 +172,7 @@ class FinetuneSpec:
     lr_widen: int = 2                     # extra grid points allowed when the winner sits on an edge
     transfer: str = "encoder+decoder"     # seg: which pretrained parts are loaded
     transfers: list[str] = field(default_factory=list)   # report more scopes: extra arms ARM@encoder
+    readout: bool = False                 # also ARM@frozen rows: encoder frozen, decoder/head trained
     select: str = "final"                 # final | best-val (best validation Dice / AUC)
     val_every: int = 25                   # best-val: evaluate every N steps
     largest_component: bool = True

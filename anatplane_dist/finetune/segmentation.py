@@ -164,9 +164,11 @@ def schedule_of(cfg: Any) -> "Schedule":
 
 
 def make_optimizer(net: nn.Module, schedule: "Schedule") -> torch.optim.Optimizer:
+    """The schedule's optimiser over the trainable parameters (a frozen encoder is left out)."""
+    params = [p for p in net.parameters() if p.requires_grad]
     if schedule.optimizer == "adam":
-        return torch.optim.Adam(net.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
-    return torch.optim.AdamW(net.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    return torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
 
 
 def train_segmentation(net: SegNet, subjects: Sequence[SegSubject], cfg: SegTrainConfig,

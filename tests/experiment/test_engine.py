@@ -224,3 +224,37 @@ def test_ctrl_c_keeps_finished_cells_and_workers_die_quietly(tmp_path, tiny_data
     done = _cells(out)
     assert 1 <= len(done) < 6
     assert all(isinstance(c["summary"]["dice_mean"], float) for c in done.values())
+
+
+def test_frozen_encoder_readout_rows_leave_the_encoder_untouched(tmp_path, tiny_data):
+    cfg = write_spec(tmp_path / "r.yaml", tiny_data, protocol={"labels": [1], "seeds": [0]},
+                     finetune={"steps": 6, "readout": True})
+    out = tmp_path / "out"
+    run_experiment(load_spec(cfg), out, log=lambda _m: None)
+    cells = _cells(out)
+    frozen = cells["cells/random@frozen/n001-seed0.json"]
+    free = cells["cells/random/n001-seed0.json"]
+    assert frozen["frozen_encoder"] is True and frozen["moved"]["encoder"] == 0.0
+    assert frozen["moved"]["decoder"] > 0 and free["moved"]["encoder"] > 0
+
+
+def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path):
+    from anatplane_dist.experiment.report import render_report
+    from anatplane_dist.model import ModelConfig
+    from tests.experiment.test_results import make_experiment
+    from tests.finetune.conftest import publish_weights
+
+    run = tmp_path / "run-tiny"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val/loss": 0.02, "val/angle_err_deg": 21.6,
+                                                   "val/offset_err_px": 3.0, "val/loc_mae": 0.1}) + "\n")
+    name_dir = publish_weights(tmp_path, ModelConfig(name="unet", width=8, depth=3, loc_hidden=[16]))
+    out = make_experiment(tmp_path / "exp")
+    arms = json.loads((out / "arms.json").read_text())
+    arms["multitask"]["published"] = str((name_dir / "latest").resolve())
+    (out / "arms.json").write_text(json.dumps(arms))
+    render_report(out)
+    md = (out / "results.md").read_text()
+    assert "## Pretext quality per arm" in md and "| multitask | 10 | 21.6 | 3 | 0.1 |" in md
+    assert "orientation not learnt (angle error >= 15°) (val/angle_err_deg = 21.6)" in md
+    assert "location not learnt" not in md
