@@ -18,9 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="run (or resume) an experiment")
     r.add_argument("config", type=Path, help="experiment YAML (see experiments/)")
     r.add_argument("--out", type=Path, required=True, help="experiment directory (resumed when it exists)")
-    r.add_argument("--slurm", action="store_true", help="pretrain each arm on SLURM via 'anatplane submit --wait'")
+    r.add_argument("--slurm", action="store_true",
+                   help="pretrain each arm on SLURM via 'anatplane submit --wait', and fine-tune the cells as a "
+                        "SLURM job array (submitit; one GPU per cell; requeue-safe, cached by fingerprint)")
     r.add_argument("--slurm-args", default="", help="extra 'anatplane submit' arguments, e.g. "
-                                                   "\"--partition gpu --gpus-per-node 4 --time 240\"")
+                                                   "\"--partition gpu --gpus-per-node 4 --time 240\" (cells take "
+                                                   "--partition/--account/--qos/--time/--mem/--cpus-per-task, "
+                                                   "one GPU each, and --array-parallelism N)")
     r.add_argument("--workers", type=int, default=None, help="CPU: fine-tune cells at once (default: the file's)")
     r.add_argument("--devices", default=None,
                    help="where cells train: auto | cpu | cuda:0,cuda:1,... (default: the file's 'devices')")

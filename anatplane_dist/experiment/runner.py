@@ -260,6 +260,21 @@ def cell_arms(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
 
 # -- cells -----------------------------------------------------------------------------------
 
+def _submit_args(args: list[str] | None) -> list[str]:
+    """``--slurm-args`` without the cells-only option (``--array-parallelism N``)."""
+    out, skip = [], False
+    for a in args or []:
+        if skip:
+            skip = False
+            continue
+        if a == "--array-parallelism":
+            skip = True
+            continue
+        if not a.startswith("--array-parallelism="):
+            out.append(a)
+    return out
+
+
 def cell_path(out: Path, arm: str, n: int, seed: int) -> Path:
     return out / "cells" / arm / f"n{n:03d}-seed{seed}.json"
 
@@ -397,7 +412,8 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
         if arm.published:
             arms[arm.name] = ArmResult(arm.name, "ok", published=str(published[arm.name].path.parent))
         else:
-            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=slurm_args, log=log)
+            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=_submit_args(slurm_args),
+                                         log=log)
     atomic_write_json(out / "arms.json", {k: v.to_dict() for k, v in arms.items()})
     arch_yaml, k = _architecture(spec, shards, published)
 
@@ -459,7 +475,12 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
                 bar.update()
             else:
                 todo.append((job, key, path))
-        pool.run(todo, finish)
+        if slurm:
+            from anatplane_dist.experiment.slurm_cells import run_on_slurm
+
+            run_on_slurm(todo, spec, root, out, slurm_args or [], finish)
+        else:
+            pool.run(todo, finish)
 
     bar = tqdm(desc="fine-tune cells", unit="cell", disable=None, smoothing=0.1)
     # 1. the learning rate, per arm and count, on the validation subjects

@@ -258,3 +258,28 @@ def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path):
     assert "## Pretext quality per arm" in md and "| multitask | 10 | 21.6 | 3 | 0.1 |" in md
     assert "orientation not learnt (angle error >= 15°) (val/angle_err_deg = 21.6)" in md
     assert "location not learnt" not in md
+
+
+@pytest.mark.slow
+def test_cells_as_a_submitit_job_array_are_the_local_cells_and_requeue_safe(tmp_path, tiny_data):
+    """--slurm sends the cells to a job array; submitit's LocalExecutor runs the same tasks here."""
+    from anatplane_dist.experiment.slurm_cells import CellTask
+
+    kw = dict(protocol={"labels": [1], "seeds": [0, 1]}, finetune={"steps": 6})
+    local = run_experiment(load_spec(write_spec(tmp_path / "a.yaml", tiny_data, **kw)), tmp_path / "local",
+                           log=lambda _m: None)
+    spec = load_spec(write_spec(tmp_path / "b.yaml", tiny_data, **kw))
+    array = run_experiment(spec, tmp_path / "array", slurm=True, slurm_args=["--local", "--time", "5"],
+                           log=lambda _m: None)
+    assert local["cells_run"] == array["cells_run"] == 2 and not array["cell_failures"]
+    a, b = _cells(tmp_path / "local"), _cells(tmp_path / "array")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k]["summary"] == b[k]["summary"], k
+    assert list((tmp_path / "array" / "slurm-cells").glob("*_log.out"))
+    # a requeued task whose cell is already written returns it without training again
+    path = tmp_path / "array" / "cells" / "random" / "n001-seed0.json"
+    rec = json.loads(path.read_text())
+    task = CellTask(spec, "unused-root", None, {"fingerprint": rec["fingerprint"]}, str(path), str(tmp_path))
+    mtime = path.stat().st_mtime_ns
+    assert task() == str(path) and path.stat().st_mtime_ns == mtime
