@@ -410,7 +410,8 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              "bootstrap (seeds, then test subjects inside each seed)",
              "- vs random: per-seed paired difference (same subset, batches, head init and test subjects); "
              "mean over seeds, hierarchical bootstrap CI, wins = seeds with a positive difference",
-             "- reading: 'better'/'worse' than random only when that interval excludes 0 (at least 2 seeds)"]
+             "- reading: 'better'/'worse' than random only when that interval excludes 0, with at least 5 seeds "
+             "(fewer: undetermined)"]
     transferred = {}
     for c in res.cells:
         if c["arm"] != RANDOM:

@@ -11,8 +11,9 @@ times and reports p-values and intervals far too small.  So:
 - an arm is compared with ``random`` on per-seed paired differences (same subset, batches,
   head init and test subjects), summarised by their mean, the same hierarchical bootstrap CI
   (one subject draw shared by both arms: they are paired) and the wins out of seeds.  The
-  reading calls an arm better/worse only when that interval excludes 0; a single seed cannot
-  (its interval covers the test subjects only) and is reported as undetermined;
+  reading calls an arm better/worse only when that interval excludes 0 and there are at least
+  :data:`MIN_SEEDS` seeds (fewer are reported as undetermined: one seed's interval covers the
+  test subjects only, and 3 seeds give 10 distinct seed resamples);
 - classification has one AUC per (seed, label) over all test subjects, so the subject level of
   the bootstrap recomputes the AUC on the drawn subjects.
 
@@ -264,8 +265,14 @@ def paired_seed_difference(arm: Mapping[object, float], ref: Mapping[object, flo
     return Paired(est, wilcoxon_p(per_seed), int(sum(d > 0 for d in per_seed)), len(per_seed))
 
 
-def verdict(p: Paired, min_seeds: int = 2) -> str:
-    """'better'/'worse' than random only when the seed-level 95% interval excludes 0."""
+#: seeds (subset draws) below which no verdict is given: with 3 seeds a percentile bootstrap has
+#: 10 distinct seed resamples and a 3/3 sign pattern has p = 0.25; 5 draws is the presets' minimum
+MIN_SEEDS = 5
+
+
+def verdict(p: Paired, min_seeds: int = MIN_SEEDS) -> str:
+    """'better'/'worse' than random only when the seed-level 95% interval excludes 0 (and there
+    are at least ``min_seeds`` seeds to make that interval mean something)."""
     d = p.diff
     n_seeds = p.seeds if p.seeds >= 0 else d.n
     if not (math.isfinite(d.lo) and math.isfinite(d.hi)) or n_seeds < min_seeds:

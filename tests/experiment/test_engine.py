@@ -108,18 +108,22 @@ def test_rotate_scale_is_the_old_fine_tune_augmentation():
 # -- statistics: the seed is the replicate ------------------------------------------------------
 
 def test_seed_level_interval_is_wide_when_seeds_disagree_however_many_subjects():
-    # every subject agrees within a seed; the three seeds (three models) disagree in sign
-    per_seed = {0: 0.10, 1: 0.08, 2: -0.07}
+    # every subject agrees within a seed; the five seeds (five models) disagree in sign
+    per_seed = {0: 0.10, 1: 0.08, 2: -0.07, 3: 0.09, 4: -0.06}
     arm = {(s, j): 0.6 + d + 0.001 * j for s, d in per_seed.items() for j in range(40)}
     ref = {(s, j): 0.6 + 0.001 * j for s in per_seed for j in range(40)}
     pairs = paired_difference(arm, ref)                     # the old, pseudo-replicated unit
     assert pairs.diff.lo > 0 and pairs.p < 1e-6              # it claimed a clear gain
     seeds = paired_seed_difference(arm, ref)
     assert seeds.diff.mean == pytest.approx(np.mean(list(per_seed.values())))
-    assert seeds.diff.lo < 0 < seeds.diff.hi and (seeds.wins, seeds.seeds) == (2, 3)
+    assert seeds.diff.lo < 0 < seeds.diff.hi and (seeds.wins, seeds.seeds) == (3, 5)
     assert verdict(seeds) == "no clear difference from random"
     one = paired_seed_difference({k: v for k, v in arm.items() if k[0] == 0}, ref)
     assert verdict(one).startswith("undetermined (1 seed")
+    same = {k: v + 0.1 for k, v in ref.items()}
+    assert verdict(paired_seed_difference(same, ref)) == "better than random"
+    three = {k: v for k, v in same.items() if k[0] < 3}
+    assert verdict(paired_seed_difference(three, ref)).startswith("undetermined (3 seeds")
     est = hierarchical_mean({0: [0.5, 0.5], 1: [0.7, 0.7]})
     assert est.n == 2 and est.mean == pytest.approx(0.6) and (est.lo, est.hi) == pytest.approx((0.5, 0.7))
 
