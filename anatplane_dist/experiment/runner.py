@@ -528,11 +528,13 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
         atomic_write_json(out / "lr.json", json_safe({"grid": ft.lr_grid, "metric": task.metric,
                                                       "on": "validation subjects", "arms": search}))
     # 2. the grid, each (arm, count) at its LR
+    # seed-major: an interrupted grid holds whole seeds (every arm and count), which is what the
+    # paired, seed-level statistics need
     wanted = []
-    for name, res, transfer in live:
+    for seed in proto.seeds:
         for n in counts:
-            lr = chosen.get((name, n), base.lr)
-            for seed in proto.seeds:
+            for name, res, transfer in live:
+                lr = chosen.get((name, n), base.lr)
                 path = cell_path(out, name, n, seed)
                 predictions = ft.predictions and spec.task == "seg"
                 src = search_path(out, name, n, seed, lr)
