@@ -425,7 +425,9 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
         lines += ["", "## Failed arms (their cells are missing from every table)", ""]
         lines += [f"- `{a}`: {why}" for a, why in failed.items()]
     run_file = res.out / "run.json"
-    cell_failures = json.loads(run_file.read_text()).get("cell_failures", []) if run_file.is_file() else []
+    run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    cell_failures = run_info.get("cell_failures", [])
+    lines += [f"- **warning**: {w}" for w in run_info.get("warnings", [])]
     if cell_failures or res.unreadable:
         lines += ["", "## Failed cells (left out of the tables; rerun to retry them)", ""]
         lines += [f"- {f}" for f in cell_failures]

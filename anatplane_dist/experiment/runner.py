@@ -242,6 +242,25 @@ def _architecture(spec: ExperimentSpec, shards: Path | None, published: dict[str
                     "or data.model_config")
 
 
+#: parameters above which the fixed-steps CPU schedule is called out (the paper's U-Net has 31 M;
+#: 200 AdamW steps at 3e-3 did not train it in issue 17's GPU run)
+BIG_NETWORK = 5_000_000
+
+
+def schedule_warnings(schedule: Any, arch_yaml: str, k: int) -> list[str]:
+    """A fixed-steps schedule on a network it cannot train is said out loud (run.json, results.md)."""
+    from anatplane_dist.model import ModelConfig, build_model
+
+    if schedule.name != "steps" or schedule.epochs > 0:
+        return []
+    n = sum(p.numel() for p in build_model(ModelConfig.from_yaml(arch_yaml), k).parameters())
+    if n <= BIG_NETWORK:
+        return []
+    return [f"the '{schedule.name}' schedule ({schedule.steps} steps) on a {n / 1e6:.1f} M-parameter network: "
+            f"too few updates to train it (use 'schedule: paper', or more steps, and check the 'still rising' "
+            f"column)"]
+
+
 def cell_arms(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
     """(cell arm name, spec arm name, transfer) of every row of the grid: each arm at the spec's
     transfer, plus ``ARM@encoder`` / ``ARM@encoder+decoder`` rows for ``finetune.transfers``, and
@@ -420,6 +439,9 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
     data_id = {"root": str(root.resolve()), "subjects": subjects, "grid": [spec.data.grid, spec.data.spacing]}
     ft = spec.finetune
     base = ft.base_schedule()
+    warnings = schedule_warnings(base, arch_yaml, k)
+    for w in warnings:
+        log(f"warning: {w}")
     train_config = task.config(data)
     live = []          # (cell arm, result, transfer)
     for name, arm_name, transfer in rows:
@@ -555,7 +577,7 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
     total = counters["run"] + counters["cached"]
     summary = {"name": spec.name, "task": spec.task, "seconds": round(time.perf_counter() - t_start, 1),
                "cells": total, "cells_run": counters["run"], "cells_cached": counters["cached"],
-               "cell_failures": failures, "devices": slots, "schedule": base.to_dict(),
+               "cell_failures": failures, "devices": slots, "schedule": base.to_dict(), "warnings": warnings,
                "lr_chosen": {f"{a}@n{n}": lr for (a, n), lr in chosen.items()},
                "arms": {k: v.to_dict() for k, v in arms.items()}}
     atomic_write_json(out / "run.json", summary)

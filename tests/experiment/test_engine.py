@@ -287,3 +287,15 @@ def test_cells_as_a_submitit_job_array_are_the_local_cells_and_requeue_safe(tmp_
     task = CellTask(spec, "unused-root", None, {"fingerprint": rec["fingerprint"]}, str(path), str(tmp_path))
     mtime = path.stat().st_mtime_ns
     assert task() == str(path) and path.stat().st_mtime_ns == mtime
+
+
+def test_the_cpu_schedule_on_the_paper_network_is_called_out():
+    from anatplane_dist.experiment.runner import schedule_warnings
+    from anatplane_dist.model import ModelConfig
+
+    paper_unet = ModelConfig(name="unet", width=64, depth=4, loc_hidden=[128]).to_yaml()
+    tiny = ModelConfig(name="unet", width=8, depth=3, loc_hidden=[16]).to_yaml()
+    (w,) = schedule_warnings(named_schedule("steps"), paper_unet, 2)
+    assert "31.2 M-parameter" in w and "schedule: paper" in w
+    assert schedule_warnings(named_schedule("paper"), paper_unet, 2) == []
+    assert schedule_warnings(named_schedule("steps"), tiny, 2) == []
