@@ -28,7 +28,12 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
     if res.task != "seg" or not res.cells:
         return None
     subject = res.split["test"][0]
-    n, seed = max(res.counts), min(res.spec["protocol"]["seeds"])
+    n = max(res.counts)
+    # the first seed every arm has predictions for (the LR-search seeds' cells keep none)
+    with_preds = [{c["seed"] for c in res.cells if c["arm"] == a and c["n_labelled"] == n and c.get("predictions")}
+                  for a in res.arm_names]
+    common = set.intersection(*with_preds) if with_preds and all(with_preds) else set()
+    seed = min(common) if common else min(res.spec["protocol"]["seeds"])
     panels = []
     gt = None
     for arm in res.arm_names:
