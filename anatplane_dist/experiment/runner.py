@@ -36,7 +36,7 @@ from anatplane_dist.core.atomic import atomic_write_json, atomic_write_text, jso
 from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.experiment.arms import ArmResult, prepare_arm
 from anatplane_dist.experiment.cell import CellJob, init_worker, run_cell, run_cell_in_worker
-from anatplane_dist.experiment.spec import RANDOM, ExperimentSpec, SpecError
+from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
 
 __all__ = ["draw_split", "draw_subsets", "stratified_permutation", "prepare_data", "load_task_data",
            "resolve_devices", "validate_up_front", "run_experiment", "cell_path", "cell_arms"]
