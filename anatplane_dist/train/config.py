@@ -279,7 +279,7 @@ _MISSING = object()
 
 
 #: presets shipped inside the package (found after a non-editable install too)
-PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"   # anatplane_dist/configs
 
 
 def available_presets() -> list[str]:
