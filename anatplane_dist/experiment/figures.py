@@ -186,9 +186,13 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
             pred = net(seen[:, None]).get("heatmaps")
         if pred is None:
             raise ValueError(f"{info.path.parent}: this network has no heatmap decoder to show")
-        out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(),
-                    "gt": target_heatmaps(s, image.shape, sigma), "lines": np.asarray(s["lines"]),
-                    "valid": np.asarray(s["valid"], bool), "channel_names": list(facts.channels)})
+        gt = target_heatmaps(s, image.shape, sigma)
+        valid = np.asarray(s["valid"], bool)
+        corr = [float(np.corrcoef(pred[0, c].numpy().ravel(), gt[c].ravel())[0, 1]) if valid[c] else float("nan")
+                for c in range(gt.shape[0])]
+        out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(), "gt": gt,
+                    "lines": np.asarray(s["lines"]), "valid": valid, "channel_names": list(facts.channels),
+                    "corr": corr})
     if not out:
         raise ValueError(f"{shards}: no validation sample with a valid line")
     return out
