@@ -321,7 +321,10 @@ def training_lines(res: Results) -> list[str]:
                 scores = ", ".join(f"{k}: {v:.3f}" if v is not None and math.isfinite(v) else f"{k}: n/a"
                                    for k, v in info["scores"].items())
                 d = (best - ref_best) if best is not None and math.isfinite(ref_best) else float("nan")
-                edge = " (on the edge after widening)" if info.get("on_edge") else ""
+                widened = int(info.get("widened") or 0)
+                edge = ""
+                if info.get("on_edge"):
+                    edge = f" (on the grid's edge, after widening {widened}x)" if widened else " (on the grid's edge)"
                 out.append(f"| {arm} | {n} | {scores} | {info['chosen']:.3g}{edge} | "
                            f"{d:+.3f} |" if math.isfinite(d) else f"| {arm} | {n} | {scores} | "
                            f"{info['chosen']:.3g}{edge} | n/a |")
@@ -437,7 +440,7 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
     head = ["arm", "n", "seeds", metric.split(" ")[0]] + [f"{'Dice' if res.task == 'seg' else 'AUC'} {p}" for p in parts]
     if res.task == "seg":
         head.append("HD95 mm")
-    head.append("Δ vs random [95% CI], p")
+    head.append("Δ vs random [95% CI], wins/seeds")
     lines += ["", "## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in stats:
         bad = sum(1 for u in res.unreadable if u["arm"] == s.arm and u["n_labelled"] == s.n_labelled)
