@@ -45,8 +45,9 @@ def readme_lines(exp_dir: Path, seconds: float, spec: str = "experiments/demo.ya
     by = {(s.arm, s.n_labelled): s for s in stats}
     seeds = len(res.spec["protocol"]["seeds"])
     out = [f"`make demo` ({seconds / 60:.1f} min on this machine; phantom, {len(res.split['test'])} fixed test "
-           f"subjects, {seeds} seeds; Dice mean of RV/MYO/LV with 95% bootstrap CI; Δ = paired difference "
-           f"to random init with its 95% CI and Wilcoxon p):", ""]
+           f"subjects, {seeds} subset draws (seeds) per count, best-on-validation model, LR chosen per arm on "
+           f"validation; Dice mean of RV/MYO/LV with a 95% CI over seeds then subjects; Δ = per-seed paired "
+           f"difference to random init with that CI and the seeds it wins):", ""]
     out.append("| labelled subjects | " + " | ".join(res.arm_names) + " | " +
                " | ".join(f"Δ {a}" for a in res.arm_names if a != "random") + " |")
     out.append("|---|" + "---|" * (2 * len(res.arm_names) - 1))
@@ -54,6 +55,12 @@ def readme_lines(exp_dir: Path, seconds: float, spec: str = "experiments/demo.ya
         cells = [by[(a, n)].metric.text() if (a, n) in by else "failed" for a in res.arm_names]
         cells += [comps[(a, n)].text() if (a, n) in comps else "—" for a in res.arm_names if a != "random"]
         out.append(f"| {n} | " + " | ".join(cells) + " |")
+    from anatplane_dist.experiment.stats import verdict
+
+    readings = [f"{a} at n={n}: {verdict(comps[(a, n)])}" for n in res.counts for a in res.arm_names
+                if (a, n) in comps]
+    if readings:
+        out += ["", "Reading (better/worse only when the seed-level interval excludes 0): " + "; ".join(readings)]
     failed = res.failed_arms()
     if failed:
         out += ["", "Failed arms: " + "; ".join(f"{a}: {why}" for a, why in failed.items())]

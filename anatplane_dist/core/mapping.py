@@ -10,8 +10,8 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
-import types
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -149,6 +149,11 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", *, ki
         raise error(str(e)) from None
     except TypeError as e:              # a required field missing
         raise error(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:             # the dataclass's own checks (already ours: kept as they are)
+        if isinstance(e, AnatplaneError):
+            raise
+        where = prefix or cls.__name__
+        raise error(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     except ValueError as e:             # a range the dataclass's own checks refuse (width=0, batch_size=-1)
         raise error(one_line(e)) from None
 

@@ -211,3 +211,19 @@ def augment_batch(batch: Mapping[str, Any], cfg: AugmentConfig,
     if cfg.intensity:
         out["image"] = _intensity(out["image"], cfg, generator)
     return out
+
+
+def rotate_scale(images: Tensor, angles: Tensor, scales: Tensor | None = None, *, mode: str = "bilinear",
+                 padding_mode: str = "border") -> Tensor:
+    """Rotate (radians) and isotropically scale each (B, C, H, W) image about its centre.
+
+    The fine-tuning augmentation (segmentation: image bilinear/border and label nearest/zeros with
+    the same angles; classification: one angle per stack); kept here beside the pretraining
+    augmentation so the package has one rotation.
+    """
+    s = torch.ones_like(angles) if scales is None else scales
+    cos, sin = torch.cos(angles) / s, torch.sin(angles) / s
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=False)

@@ -1,16 +1,20 @@
 """One cell of the grid: fine-tune one arm's network on one labelled subset, score the test set.
 
-Runs in a worker process (the runner hands each worker the loaded data once).  Model
+Runs in a worker process (the runner hands each worker the loaded data once) on the device the
+worker was given.  The task (segmentation, classification) comes from the registry
+(:data:`anatplane_dist.finetune.tasks.TASKS`); this module has no per-task branch.  Model
 selection follows the spec: the final model, or, with ``select: best-val``, the state with
 the best validation score seen at the evaluation steps (validation subjects are neither
-training nor test subjects).  A segmentation cell also writes its model file and the NIfTI
-predictions of the test subjects, so the numbers can be checked by eye.
+training nor test subjects).  Every cell also records its validation curve, whether that curve
+was still rising over its last quarter (not converged), and how far the network's weights
+moved from where they started (relative L2 per part): large moves of pretrained weights mean
+the schedule overwrote what pretraining put there.
 """
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +22,10 @@ import numpy as np
 import torch
 
 from anatplane_dist.finetune.backbone import Backbone, make_backbone
-from anatplane_dist.finetune.classification import (
-    ClsTrainConfig,
-    StackClassifier,
-    evaluate_classifier,
-    summarise_classification,
-    train_classifier,
-)
-from anatplane_dist.finetune.data import KneeStack, SegSubject
-from anatplane_dist.finetune.segmentation import (
-    SegNet,
-    SegTrainConfig,
-    evaluate_segmentation,
-    predict_volume,
-    summarise_segmentation,
-    train_segmentation,
-)
+from anatplane_dist.finetune.schedules import Schedule
+from anatplane_dist.finetune.tasks import TaskData, get_task
 
-__all__ = ["CellJob", "CellData", "run_cell"]
+__all__ = ["CellJob", "run_cell", "still_rising", "weight_moves"]
 
 
 @dataclass(frozen=True)
@@ -56,18 +46,9 @@ class CellJob:
     model_config_yaml: str          # the architecture (random init builds the same network)
     num_channels: int
     grid: tuple[int, float]
-
-
-@dataclass
-class CellData:
-    """The loaded fine-tuning data of one task (handed to each worker once)."""
-    task: str                       # seg | cls
-    seg: dict[str, SegSubject] | None = None
-    seg_cfg: SegTrainConfig | None = None
-    cls: dict[str, KneeStack] | None = None
-    cls_cfg: ClsTrainConfig | None = None
-    cls_names: tuple[str, ...] = ()
-    root: str = ""                  # the fine-tuning data root (predictions keep its layout)
+    schedule: Schedule = field(default_factory=Schedule)
+    device: str = ""                # "" -> the worker's device
+    frozen_encoder: bool = False    # readout: the encoder is frozen (eval mode, no gradient)
 
 
 def _backbone(job: CellJob) -> Backbone:
@@ -99,83 +80,111 @@ class _Selector:
             self.net.load_state_dict(self.state)
 
 
-def _run_seg(job: CellJob, data: CellData, backbone: Backbone) -> dict[str, Any]:
-    from anatplane_dist.finetune.predict import prediction_path, save_seg_model, write_prediction
+#: a validation score this much higher in the last quarter than before it: still learning
+RISE_TOL = 0.005
 
-    cfg = data.seg_cfg
-    assert cfg is not None and data.seg is not None
-    torch.manual_seed(job.seed)
-    net = SegNet(backbone.encoder, backbone.decoder, cfg.num_classes)
-    train = [data.seg[s] for s in job.train]
-    selector = None
-    if job.select == "best-val":
-        val = [data.seg[s] for s in job.val]
-        selector = _Selector(net, lambda: summarise_segmentation(evaluate_segmentation(net, val, cfg))["dice_mean"])
-    losses = train_segmentation(net, train, cfg, job.seed, desc=f"{job.arm} n={job.n_labelled} s={job.seed}",
-                                every=job.val_every if selector else 0, on_step=selector)
-    if selector is not None:
-        selector.restore()
-    test = [data.seg[s] for s in job.test]
-    rows = evaluate_segmentation(net, test, cfg)
-    out: dict[str, Any] = {"summary": summarise_segmentation(rows), "rows": rows, "losses": losses}
-    if selector is not None:
-        out["selected_step"], out["val_history"] = selector.best_step, selector.history
-    cell_dir = Path(job.cell_dir)
-    save_seg_model(cell_dir / "model.pt", net, model_config_yaml=job.model_config_yaml,
-                   num_channels=job.num_channels, num_classes=cfg.num_classes, grid=job.grid,
-                   largest_component=cfg.largest_component)
-    if job.predictions:
-        import nibabel as nib
-        written = []
-        for subj in test:
-            for vol in subj.volumes:
-                affine = nib.load(str(Path(data.root) / vol.source)).affine
-                p = prediction_path(cell_dir / "predictions", vol.source)
-                written.append(str(write_prediction(p, predict_volume(net, vol, cfg), affine).relative_to(cell_dir)))
-        out["predictions"] = written
+
+def still_rising(history: list[tuple[int, float]], tol: float = RISE_TOL) -> bool | None:
+    """True when the best score of the last quarter of the validation curve beats the best of
+    the rest by more than ``tol`` (the schedule stopped a network that was still learning);
+    None when the curve is too short (< 4 points) to tell."""
+    vals = [v for _, v in history if np.isfinite(v)]
+    if len(vals) < 4:
+        return None
+    q = max(1, len(vals) // 4)
+    return bool(max(vals[-q:]) > max(vals[:-q]) + tol)
+
+
+def _part_tensors(net: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for part in ("encoder", "decoder"):
+        mod = getattr(net, part, None)
+        if isinstance(mod, torch.nn.Module):
+            out[part] = {k: v.detach().float().cpu().clone() for k, v in mod.state_dict().items()
+                         if v.is_floating_point()}
     return out
 
 
-def _run_cls(job: CellJob, data: CellData, backbone: Backbone) -> dict[str, Any]:
-    cfg, names = data.cls_cfg, list(data.cls_names)
-    assert cfg is not None and data.cls is not None
-    torch.manual_seed(job.seed)
-    net = StackClassifier(backbone.encoder, len(names), cfg.dropout)
-    train = [data.cls[s] for s in job.train]
-    selector = None
-    if job.select == "best-val":
-        val = [data.cls[s] for s in job.val]
-        selector = _Selector(net, lambda: summarise_classification(evaluate_classifier(net, val, names, cfg),
-                                                                   names, cfg.threshold)["auc_mean"])
-    losses = train_classifier(net, train, names, cfg, job.seed, desc=f"{job.arm} n={job.n_labelled}",
-                              every=job.val_every if selector else 0, on_step=selector)
-    if selector is not None:
-        selector.restore()
-    rows = evaluate_classifier(net, [data.cls[s] for s in job.test], names, cfg)
-    out: dict[str, Any] = {"summary": summarise_classification(rows, names, cfg.threshold), "rows": rows,
-                           "losses": losses}
-    if selector is not None:
-        out["selected_step"], out["val_history"] = selector.best_step, selector.history
+def weight_moves(before: dict[str, dict[str, torch.Tensor]], net: torch.nn.Module) -> dict[str, float]:
+    """||w_after - w_before|| / ||w_before|| per part, over the tensors both hold with one shape
+    (the new head is left out: it did not exist before)."""
+    after = _part_tensors(net)
+    out = {}
+    for part, b in before.items():
+        a = after.get(part, {})
+        keys = [k for k in b if k in a and a[k].shape == b[k].shape]
+        if not keys:
+            continue
+        num = sum(float((a[k] - b[k]).pow(2).sum()) for k in keys) ** 0.5
+        den = sum(float(b[k].pow(2).sum()) for k in keys) ** 0.5
+        out[part] = round(num / den, 5) if den > 0 else float("nan")
     return out
 
 
-def run_cell(job: CellJob, data: CellData) -> dict[str, Any]:
+def freeze_encoder(net: torch.nn.Module) -> None:
+    """The readout: no gradient into ``net.encoder`` and its norm layers kept in eval mode
+    (their running statistics would otherwise drift), whatever ``train()`` calls follow."""
+    enc = net.encoder
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    enc.train = lambda mode=True: torch.nn.Module.train(enc, False)     # type: ignore[method-assign]
+    enc.eval()
+
+
+def run_cell(job: CellJob, data: TaskData, device: str = "cpu") -> dict[str, Any]:
     """Fine-tune and score one cell; returns its record body (the runner adds the key)."""
     t0 = time.perf_counter()
+    task = get_task(data.task)
+    dev = job.device or device
     backbone = _backbone(job)
-    result = _run_seg(job, data, backbone) if data.task == "seg" else _run_cls(job, data, backbone)
-    result["losses"] = [round(float(x), 5) for x in result["losses"]]
-    return {"transferred": backbone.transferred, "seconds": round(time.perf_counter() - t0, 2), **result}
+    torch.manual_seed(job.seed)                 # the new head: the same for every arm of a seed
+    net = task.build(backbone, data)
+    if job.frozen_encoder:
+        freeze_encoder(net)
+    before = _part_tensors(net)
+    before.get("decoder", {}).pop("head.weight", None)
+    before.get("decoder", {}).pop("head.bias", None)
+    selector = None
+    if job.select == "best-val" and job.val:
+        selector = _Selector(net, lambda: task.score(net, data, job.val))
+    losses = task.train(net, data, job.train, job.seed, schedule=job.schedule, device=dev,
+                        every=job.val_every if selector else 0, on_step=selector,
+                        desc=f"{job.arm} n={job.n_labelled} s={job.seed} lr={job.schedule.lr:g}")
+    moved = weight_moves(before, net)           # of the final state: how far training went
+    if selector is not None:
+        selector.restore()
+    rows = task.evaluate(net, data, job.test)
+    out: dict[str, Any] = {"summary": task.summarise(rows, data), "rows": rows,
+                           "losses": [round(float(x), 5) for x in losses], "steps": len(losses),
+                           "lr": job.schedule.lr, "moved": moved, "device": str(dev)}
+    if selector is not None:
+        out.update(selected_step=selector.best_step, val_history=selector.history,
+                   val_best=selector.best if np.isfinite(selector.best) else None,
+                   still_rising=still_rising(selector.history))
+    out.update(task.artifacts(net, data, job, Path(job.cell_dir)))
+    return {"transferred": backbone.transferred, "seconds": round(time.perf_counter() - t0, 2), **out}
 
 
 # worker-process state: the data is sent once per worker, not once per cell
-_DATA: dict[str, CellData] = {}
+_WORKER: dict[str, Any] = {}
 
 
-def init_worker(data: CellData, threads: int) -> None:
+def init_worker(data: TaskData, threads: int, devices: Any = None) -> None:
+    """Worker start: one torch thread count, the data, a device slot from the shared queue, and
+    SIGINT ignored (Ctrl-C is the parent's: it stops the pool; workers must not print tracebacks)."""
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore per process: a worker stopped by the
+    # parent on Ctrl-C would leave it registered ("leaked semaphore" warnings at exit)
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
-    _DATA["data"] = data
+    _WORKER["data"] = data
+    _WORKER["device"] = devices.get() if devices is not None else "cpu"
 
 
 def run_cell_in_worker(job: CellJob) -> dict[str, Any]:
-    return run_cell(job, _DATA["data"])
+    return run_cell(job, _WORKER["data"], _WORKER["device"])

@@ -18,10 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="run (or resume) an experiment")
     r.add_argument("config", type=Path, help="experiment YAML (see experiments/)")
     r.add_argument("--out", type=Path, required=True, help="experiment directory (resumed when it exists)")
-    r.add_argument("--slurm", action="store_true", help="pretrain each arm on SLURM via 'anatplane submit --wait'")
+    r.add_argument("--slurm", action="store_true",
+                   help="pretrain each arm on SLURM via 'anatplane submit --wait', and fine-tune the cells as a "
+                        "SLURM job array (submitit; one GPU per cell; requeue-safe, cached by fingerprint)")
     r.add_argument("--slurm-args", default="", help="extra 'anatplane submit' arguments, e.g. "
-                                                   "\"--partition gpu --gpus-per-node 4 --time 240\"")
-    r.add_argument("--workers", type=int, default=None, help="fine-tune cells at once (default: the file's)")
+                                                   "\"--partition gpu --gpus-per-node 4 --time 240\" (cells take "
+                                                   "--partition/--account/--qos/--time/--mem/--cpus-per-task, "
+                                                   "one GPU each, and --array-parallelism N)")
+    r.add_argument("--workers", type=int, default=None, help="CPU: fine-tune cells at once (default: the file's)")
+    r.add_argument("--devices", default=None,
+                   help="where cells train: auto | cpu | cuda:0,cuda:1,... (default: the file's 'devices')")
+    r.add_argument("--cells-per-device", type=int, default=None,
+                   help="GPU: cells trained at once on each device (default: the file's)")
     p = sub.add_parser("report", help="re-render results.csv/md and figures from stored cells")
     p.add_argument("dir", type=Path, help="experiment directory")
 
@@ -32,14 +40,22 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "report":
         info = render_report(args.dir)
         print((args.dir / "results.md").read_text())
-        print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)")
-        return 0
+        bad = info["unreadable"]
+        print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)"
+              + (f"; {len(bad)} cell file(s) unreadable, listed as failed: {', '.join(bad)}" if bad else ""))
+        return 1 if bad else 0
     from anatplane_dist.experiment.runner import run_experiment
     from anatplane_dist.experiment.spec import load_spec
 
     spec = load_spec(args.config)
     if args.workers is not None:
         spec.workers = max(1, args.workers)
+    if args.devices is not None:
+        spec.devices = args.devices
+    if args.cells_per_device is not None:
+        spec.cells_per_device = max(1, args.cells_per_device)
+    # Ctrl-C: finished cells are on disk; the workers exit quietly and KeyboardInterrupt reaches
+    # the top-level command, which prints one line and exits 130
     summary = run_experiment(spec, args.out, slurm=args.slurm, slurm_args=shlex.split(args.slurm_args))
     info = render_report(args.out)
     print((args.out / "results.md").read_text())

@@ -153,17 +153,20 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
 
     Loads the whole published network (:func:`anatplane_dist.publish.load_pretrained`,
     ``part="full"``) and renders the ground truth from the stored lines with the run's own
-    ridge width (:mod:`anatplane_dist.experiment.heatmaps`).
+    ridge width (:mod:`anatplane_dist.experiment.heatmaps`).  The network sees the image as
+    training showed it: the stored image (~[0, 1]) through the stream's own per-image z-score
+    (:func:`anatplane_dist.data.decode.zscore_`, the one normalisation of the package); the
+    panel keeps the stored image for display.
     """
     import torch
 
+    from anatplane_dist.data.decode import zscore_
     from anatplane_dist.experiment.heatmaps import (
         pick_samples,
         read_validation_samples,
         sigma_px_of,
         target_heatmaps,
     )
-    from anatplane_dist.data.decode import zscore_
     from anatplane_dist.finetune.backbone import read_pretrained_info
     from anatplane_dist.publish import load_pretrained
     from anatplane_dist.shards.manifest import read_shard_facts
@@ -177,15 +180,18 @@ def heatmap_panels(model: str | Path, shards: str | Path, *, count: int = 2) -> 
     for key, title in pick_samples(samples, count):
         s = samples[key]
         image = np.asarray(s["image"], np.float32)
-        # the network sees what training fed it: the stored ~[0, 1] image z-scored (data.decode)
-        x = zscore_(torch.from_numpy(image.copy())[None])[:, None]
+        seen = zscore_(torch.from_numpy(image.copy())[None])      # (1, H, W), as the stream feeds it
         with torch.no_grad():
-            pred = net(x).get("heatmaps")
+            pred = net(seen[:, None]).get("heatmaps")
         if pred is None:
             raise ValueError(f"{info.path.parent}: this network has no heatmap decoder to show")
-        out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(),
-                    "gt": target_heatmaps(s, image.shape, sigma), "lines": np.asarray(s["lines"]),
-                    "valid": np.asarray(s["valid"], bool), "channel_names": list(facts.channels)})
+        gt = target_heatmaps(s, image.shape, sigma)
+        valid = np.asarray(s["valid"], bool)
+        corr = [float(np.corrcoef(pred[0, c].numpy().ravel(), gt[c].ravel())[0, 1]) if valid[c] else float("nan")
+                for c in range(gt.shape[0])]
+        out.append({"key": key, "title": title, "image": image, "pred": pred[0].numpy(), "gt": gt,
+                    "lines": np.asarray(s["lines"]), "valid": valid, "channel_names": list(facts.channels),
+                    "corr": corr})
     if not out:
         raise ValueError(f"{shards}: no validation sample with a valid line")
     return out

@@ -28,7 +28,12 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
     if res.task != "seg" or not res.cells:
         return None
     subject = res.split["test"][0]
-    n, seed = max(res.counts), min(res.spec["protocol"]["seeds"])
+    n = max(res.counts)
+    # the first seed every arm has predictions for (the LR-search seeds' cells keep none)
+    with_preds = [{c["seed"] for c in res.cells if c["arm"] == a and c["n_labelled"] == n and c.get("predictions")}
+                  for a in res.arm_names]
+    common = set.intersection(*with_preds) if with_preds and all(with_preds) else set()
+    seed = min(common) if common else min(res.spec["protocol"]["seeds"])
     panels = []
     gt = None
     for arm in res.arm_names:
@@ -38,7 +43,7 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
         pred_rel = next((p for p in cell["predictions"] if f"/{subject}/" in f"/{p}"), None)
         if pred_rel is None:
             continue
-        cell_dir = res.out / "cells" / arm / f"n{n:03d}-seed{seed}"
+        cell_dir = res.out / (cell.get("cell_dir") or f"cells/{arm}/n{n:03d}-seed{seed}")
         pred = np.asarray(nib.load(str(cell_dir / pred_rel)).dataobj)
         image_rel = Path(pred_rel).relative_to("predictions")
         image_path = Path(cell["data"]["root"]) / str(image_rel).replace("_pred.nii", ".nii")
@@ -53,7 +58,7 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
     return subject, gt, panels
 
 
-def _heatmap_figures(res: Results) -> list[str]:
+def _heatmap_figures(res: Results, notes: list[str]) -> list[str]:
     """figures/heatmaps-<arm>.png for every published arm with a heatmap decoder (drawn once;
     an arm without one, e.g. a location-only objective, is left out with a note)."""
     from anatplane_dist.experiment import figures
@@ -67,14 +72,17 @@ def _heatmap_figures(res: Results) -> list[str]:
         if info.get("status") != "ok" or not info.get("published"):
             continue
         path = res.out / "figures" / f"heatmaps-{arm}.png"
-        if not path.is_file():
-            try:
-                panels = figures.heatmap_panels(info["published"], shards, count=2)
+        try:
+            panels = figures.heatmap_panels(info["published"], shards, count=2)
+            if not path.is_file():
                 figures.plot_heatmaps(panels, path, panels[0]["channel_names"])
-            except Exception as exc:  # noqa: BLE001 - a figure never fails the report; say why
-                print(f"heatmaps of arm {arm}: not drawn ({type(exc).__name__}: {exc})")
-                continue
+        except Exception as exc:  # noqa: BLE001 - a figure never fails the report; say why
+            print(f"heatmaps of arm {arm}: not drawn ({type(exc).__name__}: {exc})")
+            continue
         out.append(f"figures/{path.name}")
+        corr = ", ".join(f"{p['title']} {n}: {c:.2f}" for p in panels for n, c in zip(p["channel_names"], p["corr"])
+                         if np.isfinite(c))
+        notes.append(f"- {arm}: correlation of the drawn prediction with the target heatmap: {corr}")
     return out
 
 
@@ -101,7 +109,11 @@ def render_report(out: str | Path) -> dict[str, Any]:
         subject, gt, panels = ov
         figures.plot_overlays(panels, gt, out / "figures" / "overlays.png", subject=subject)
         figs.append("figures/overlays.png")
-    figs += _heatmap_figures(res)
-    atomic_write_text(out / "results.md", results_markdown(res, stats, comps, figs))
+    notes: list[str] = []
+    figs += _heatmap_figures(res, notes)
+    md = results_markdown(res, stats, comps, figs)
+    if notes:
+        md += "\nHeatmap figures (the network's input z-scored as in training):\n\n" + "\n".join(notes) + "\n"
+    atomic_write_text(out / "results.md", md)
     return {"csv": str(out / "results.csv"), "md": str(out / "results.md"), "figures": figs,
-            "cells": len(res.cells)}
+            "cells": len(res.cells), "unreadable": [u["path"] for u in res.unreadable]}

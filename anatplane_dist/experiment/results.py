@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from anatplane_dist.experiment.stats import (
     Paired,
     auc,
     bootstrap_auc,
-    bootstrap_ci,
+    hierarchical_mean,
     paired_auc_difference,
-    paired_difference,
+    paired_seed_difference,
+    verdict,
 )
 
 __all__ = ["Results", "load_results", "csv_rows", "write_csv", "CellStats", "cell_stats", "comparisons",
@@ -48,6 +50,7 @@ class Results:
     arms: dict[str, dict[str, Any]]
     split: dict[str, Any]
     cells: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[dict[str, Any]] = field(default_factory=list)   # cell files that exist but cannot be read
 
     @property
     def task(self) -> str:
@@ -55,14 +58,18 @@ class Results:
 
     @property
     def arm_names(self) -> list[str]:
-        return [a["name"] for a in self.spec["arms"]]
+        """Rows of the grid: the spec's arms, plus ``ARM@transfer`` rows of extra transfer scopes."""
+        return list(self.spec.get("cell_arms") or [a["name"] for a in self.spec["arms"]])
 
     @property
     def counts(self) -> list[int]:
-        return list(self.spec["protocol"]["labels"])
+        return list(self.split.get("counts") or self.spec["protocol"]["labels"])
 
     def failed_arms(self) -> dict[str, str]:
         return {k: v.get("reason", "") for k, v in self.arms.items() if v.get("status") == "failed"}
+
+    def base_arm(self, arm: str) -> str:
+        return arm.split("@", 1)[0]
 
     def of(self, arm: str, n: int) -> list[dict[str, Any]]:
         return [c for c in self.cells if c["arm"] == arm and c["n_labelled"] == n]
@@ -81,24 +88,34 @@ def load_results(out: str | Path) -> Results:
                         f"run 'anatplane experiment run' first") from exc
     arms = json.loads((out / "arms.json").read_text()) if (out / "arms.json").is_file() else {}
     res = Results(out, spec, arms, split)
-    seeds, counts = set(spec["protocol"]["seeds"]), set(spec["protocol"]["labels"])
+    seeds, counts = set(spec["protocol"]["seeds"]), set(res.counts)
     for arm in res.arm_names:
-        if arm in res.failed_arms():
+        if res.base_arm(arm) in res.failed_arms():
             continue
         # a pretrained arm's cells must come from the weights it published last: after the arm
         # changed, cells of its old weights (a run killed before they were redone) are left out
-        published = (arms.get(arm) or {}).get("published")
+        published = (arms.get(res.base_arm(arm)) or {}).get("published")
         version = Path(published).name if published else None
         for path in sorted((out / "cells" / arm).glob("n*-seed*.json")):
             try:
                 rec = json.loads(path.read_text())
-            except ValueError:
+                if not isinstance(rec, dict) or not {"arm", "n_labelled", "seed", "rows"} <= set(rec):
+                    raise ValueError("not a cell record")
+            except (OSError, ValueError) as exc:
+                # listed as failed (never silently dropped): a row's seeds must not shrink unseen
+                m = _CELL_NAME.match(path.name)
+                res.unreadable.append({"arm": arm, "n_labelled": int(m.group(1)) if m else None,
+                                       "seed": int(m.group(2)) if m else None, "path": str(path.relative_to(out)),
+                                       "why": f"{type(exc).__name__}: {exc}"})
                 continue
             if version is not None and rec.get("weights") != version:
                 continue
             if rec.get("seed") in seeds and rec.get("n_labelled") in counts and rec.get("test") == split["test"]:
                 res.cells.append(rec)
     return res
+
+
+_CELL_NAME = re.compile(r"^n(\d+)-seed(-?\d+)\.json$")
 
 
 def _num(v: Any) -> float:
@@ -191,7 +208,15 @@ def _seg_obs(cells: list[dict[str, Any]], key: str, structures: tuple[str, ...] 
     return out
 
 
+def _by_seed(obs: dict[Any, float]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for (seed, _subject), v in sorted(obs.items(), key=lambda kv: repr(kv[0])):
+        out.setdefault(seed, []).append(v)
+    return out
+
+
 def cell_stats(res: Results) -> list[CellStats]:
+    """Per (arm, count): mean over seeds of the per-seed mean, hierarchical CI (seeds, subjects)."""
     out = []
     for arm in res.arm_names:
         for n in res.counts:
@@ -200,9 +225,9 @@ def cell_stats(res: Results) -> list[CellStats]:
                 continue
             if res.task == "seg":
                 obs = _seg_obs(cells, "dice")
-                parts = {s: bootstrap_ci(list(_seg_obs(cells, "dice", (s,)).values())) for s in STRUCTURES}
-                hd = bootstrap_ci(list(_seg_obs(cells, "hd95").values()))
-                out.append(CellStats(arm, n, len(cells), bootstrap_ci(list(obs.values())), parts, hd, obs=obs))
+                parts = {s: hierarchical_mean(_by_seed(_seg_obs(cells, "dice", (s,)))) for s in STRUCTURES}
+                hd = hierarchical_mean(_by_seed(_seg_obs(cells, "hd95")))
+                out.append(CellStats(arm, n, len(cells), hierarchical_mean(_by_seed(obs)), parts, hd, obs=obs))
             else:
                 names = _cls_names(cells[0])
                 by_seed = {c["seed"]: _cls_arrays(c, names) for c in cells}
@@ -212,32 +237,147 @@ def cell_stats(res: Results) -> list[CellStats]:
     return out
 
 
+def reference_of(arm: str) -> str:
+    """What a row is compared with: ``random``, or ``random@frozen`` for a readout row."""
+    return f"{RANDOM}@frozen" if arm.endswith("@frozen") else RANDOM
+
+
 def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], Paired]:
-    """Every pretrained arm against ``random`` at every count, paired on (seed, subject)."""
+    """Every pretrained arm against ``random`` at every count: per-seed paired differences."""
     by = {(s.arm, s.n_labelled): s for s in stats}
     out = {}
     for (arm, n), s in by.items():
-        ref = by.get((RANDOM, n))
-        if arm == RANDOM or ref is None:
+        ref_name = reference_of(arm)
+        ref = by.get((ref_name, n))
+        if arm == ref_name or ref is None:
             continue
-        out[(arm, n)] = (paired_difference(s.obs, ref.obs) if res.task == "seg"
+        out[(arm, n)] = (paired_seed_difference(s.obs, ref.obs) if res.task == "seg"
                          else paired_auc_difference(s.by_seed, ref.by_seed))
     return out
 
 
 # -- results.md --------------------------------------------------------------------------------
 
-def _verdict(p: Paired, alpha: float = 0.05) -> str:
-    """Better / worse only when the CI excludes zero *and* the Wilcoxon test agrees: the
-    bootstrap treats (seed, subject) pairs as independent, the rank test is the check on it."""
-    d = p.diff
-    if not (math.isfinite(d.lo) and math.isfinite(p.p)):
-        return "undetermined (too few pairs)"
-    if d.lo > 0 and p.p < alpha:
-        return "better than random"
-    if d.hi < 0 and p.p < alpha:
-        return "worse than random"
-    return "no clear difference from random"
+def _verdict(p: Paired) -> str:
+    return verdict(p)
+
+
+def _schedule_text(res: Results) -> str:
+    sch = next((c.get("schedule") for c in res.cells if c.get("schedule")), None)
+    if not sch:
+        ft = res.spec["finetune"]
+        return f"{ft.get('steps')} steps, batch {ft.get('batch_size')}, lr {ft.get('lr')}"
+    length = (f"{sch['epochs']:g} epochs of the labelled items" if sch.get("epochs") else f"{sch['steps']} steps")
+    decay = ("cosine to 0" if sch["decay"] == "cosine" else
+             f"LR x{sch['step_factor']:g} every {sch['step_epochs']:g} epochs")
+    lr = "LR chosen per arm and count on validation (lr.json)" if res.spec["finetune"].get("lr_grid") \
+        else f"lr {sch['lr']:g}"
+    return (f"schedule `{sch['name']}`: {sch['optimizer']}, {length}, batch {sch['batch_size']}, {decay}, "
+            f"warm-up {sch.get('warmup_steps', 0)} steps, {lr}")
+
+
+def training_lines(res: Results) -> list[str]:
+    """Per (arm, count): the LR used, steps, cells still rising at the end (not converged),
+    and how far the encoder / decoder weights moved (median relative L2 over seeds)."""
+    head = ["| arm | n | lr | steps | still rising (of seeds) | moved encoder | moved decoder |",
+            "|---|---|---|---|---|---|---|"]
+    lines = []
+    for arm in res.arm_names:
+        for n in res.counts:
+            cells = res.of(arm, n)
+            if not cells:
+                continue
+            lrs = sorted({float(c["lr"]) for c in cells if c.get("lr") is not None})
+            steps = sorted({int(c["steps"]) for c in cells if c.get("steps") is not None})
+            rising = [c.get("still_rising") for c in cells]
+            known = [r for r in rising if r is not None]
+            rise = f"{sum(bool(r) for r in known)}/{len(known)}" if known else "n/a (no validation curve)"
+            mv = {p: [c["moved"][p] for c in cells if (c.get("moved") or {}).get(p) is not None]
+                  for p in ("encoder", "decoder")}
+            mtxt = {p: f"{np.median(v):.3f}" if v else "n/a" for p, v in mv.items()}
+            lines.append(f"| {arm} | {n} | {', '.join(f'{x:.3g}' for x in lrs) or 'n/a'} | "
+                         f"{', '.join(map(str, steps)) or 'n/a'} | {rise} | {mtxt['encoder']} | {mtxt['decoder']} |")
+    if not lines:
+        return []
+    out = ["", "## Training: learning rate, convergence, weight movement", "",
+           "'still rising': the best validation score of the last quarter of the curve beats the "
+           "earlier best by > 0.005 (the schedule stopped a network still learning: read that row "
+           "with care). 'moved': ||w_final − w_start|| / ||w_start|| of the fine-tuned network's "
+           "encoder / decoder (median over seeds); for pretrained arms, how much of the pretrained "
+           "weights the fine-tune overwrote.", ""] + head + lines
+    lr_file = res.out / "lr.json"
+    if lr_file.is_file():
+        lr = json.loads(lr_file.read_text())
+        out += ["", f"Learning-rate search on the validation subjects (mean best validation {lr.get('metric')} "
+                f"of the first seeds; chosen per arm and count):", "",
+                "| arm | n | validation score by LR | chosen | Δ vs random's best |", "|---|---|---|---|---|"]
+        arms = lr.get("arms", {})
+        for arm, by_n in arms.items():
+            for n, info in by_n.items():
+                ref = arms.get(RANDOM, {}).get(n)
+                ref_best = max((v for v in (ref or {}).get("scores", {}).values()
+                                if v is not None and math.isfinite(v)), default=float("nan"))
+                best = info["scores"].get(f"{info['chosen']:.3g}")
+                scores = ", ".join(f"{k}: {v:.3f}" if v is not None and math.isfinite(v) else f"{k}: n/a"
+                                   for k, v in info["scores"].items())
+                d = (best - ref_best) if best is not None and math.isfinite(ref_best) else float("nan")
+                widened = int(info.get("widened") or 0)
+                edge = ""
+                if info.get("on_edge"):
+                    edge = f" (on the grid's edge, after widening {widened}x)" if widened else " (on the grid's edge)"
+                out.append(f"| {arm} | {n} | {scores} | {info['chosen']:.3g}{edge} | "
+                           f"{d:+.3f} |" if math.isfinite(d) else f"| {arm} | {n} | {scores} | "
+                           f"{info['chosen']:.3g}{edge} | n/a |")
+    return out
+
+
+#: pretext metrics shown per arm: (card key, column title, warn(value) -> reason or "")
+PRETEXT_METRICS = (
+    ("val/angle_err_deg", "angle error °", lambda v: "orientation not learnt (angle error >= 15°)" if v >= 15 else ""),
+    ("val/offset_err_px", "offset px", lambda v: ""),
+    ("val/loc_mae", "location MAE", lambda v: "location not learnt (MAE >= 0.2; predicting 0.5 gives 0.25)"
+     if v >= 0.2 else ""),
+    ("val/top1", "SimCLR positive-pair top-1", lambda v: "SimCLR positives not found (top-1 < 0.5)" if v < 0.5 else ""),
+    ("val/rot_acc", "rotation accuracy", lambda v: "rotation not learnt (accuracy < 0.5; chance 0.25)" if v < 0.5
+     else ""),
+    ("val/restore_mae", "Genesis restore MAE", lambda v: ""),
+    ("val/loss", "val loss", lambda v: ""),
+)
+
+
+def pretext_lines(res: Results) -> list[str]:
+    """Each pretrained arm's own pretext quality on the pretraining validation subjects (from
+    its model card: the last validation pass of the published step), with a warning when the
+    pretext was not learnt: a fine-tune comparison of an arm that learnt nothing says nothing
+    about the method."""
+    from anatplane_dist.finetune.backbone import PretrainedError, read_pretrained_info
+
+    rows, warnings = [], []
+    for arm, info in res.arms.items():
+        if info.get("status") != "ok" or not info.get("published"):
+            continue
+        try:
+            card = read_pretrained_info(info["published"]).extra
+        except PretrainedError as exc:
+            rows.append((arm, {}, f"card unreadable: {exc}"))
+            continue
+        m = card.get("pretext_metrics") or {}
+        rows.append((arm, m, ""))
+        for key, _title, warn in PRETEXT_METRICS:
+            if isinstance(m.get(key), (int, float)) and warn(float(m[key])):
+                warnings.append(f"- **{arm}**: {warn(float(m[key]))} ({key} = {float(m[key]):.3g})")
+    if not rows:
+        return []
+    cols = [(k, t) for k, t, _ in PRETEXT_METRICS if any(isinstance(m.get(k), (int, float)) for _, m, _ in rows)]
+    out = ["", "## Pretext quality per arm (pretraining validation subjects, published step)", "",
+           "| arm | step | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for arm, m, err in rows:
+        vals = [f"{float(m[k]):.3g}" if isinstance(m.get(k), (int, float)) else "—" for k, _ in cols]
+        out.append(f"| {arm} | {m.get('step', '?') if not err else err} | " + " | ".join(vals) + " |")
+    if warnings:
+        out += ["", "Warnings (read these arms' fine-tune rows as 'pretext not learnt', not as the method):", ""]
+        out += warnings
+    return out
 
 
 def _auc_warnings(res: Results) -> list[str]:
@@ -264,16 +404,17 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
              f"- test subjects (fixed): {len(split['test'])} ({', '.join(split['test'])})",
              f"- labelled pool: {len(split['pool'])} subjects; counts {res.counts}; seeds {proto['seeds']}; "
              f"subsets per seed nested across counts (split.json)",
-             f"- fine-tuning: {ft['steps']} steps, batch {ft['batch_size']}, lr {ft['lr']}, "
+             f"- fine-tuning: {_schedule_text(res)}, "
              f"transfer {ft['transfer'] if res.task == 'seg' else 'encoder'}; scored: {select}",
              f"- pretraining: `{spec['pretrain']['config']}` {' '.join(spec['pretrain']['overrides'])} "
              f"({spec['pretrain']['ranks']} rank(s)), one budget for every arm",
-             "- 95% CIs: percentile bootstrap over (seed, test subject) pairs" if res.task == "seg" else
-             "- 95% CIs: percentile bootstrap over test subjects (same draw for every seed)",
-             "- vs random: paired difference (same seed, subset, test subjects), bootstrap CI, "
-             "two-sided Wilcoxon signed-rank p" + (" over (seed, subject) pairs" if res.task == "seg"
-                                                   else " over seeds"),
-             "- reading: 'better'/'worse' than random only when the CI excludes 0 and p < 0.05"]
+             "- the replicate is the seed (one labelled-subset draw = one trained model): a cell is the mean "
+             "over seeds of the per-seed mean over test subjects; 95% CIs by a hierarchical percentile "
+             "bootstrap (seeds, then test subjects inside each seed)",
+             "- vs random: per-seed paired difference (same subset, batches, head init and test subjects); "
+             "mean over seeds, hierarchical bootstrap CI, wins = seeds with a positive difference",
+             "- reading: 'better'/'worse' than random only when that interval excludes 0, with at least 5 seeds "
+             "(fewer: undetermined)"]
     transferred = {}
     for c in res.cells:
         if c["arm"] != RANDOM:
@@ -287,22 +428,29 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
         lines += ["", "## Failed arms (their cells are missing from every table)", ""]
         lines += [f"- `{a}`: {why}" for a, why in failed.items()]
     run_file = res.out / "run.json"
-    cell_failures = json.loads(run_file.read_text()).get("cell_failures", []) if run_file.is_file() else []
-    if cell_failures:
+    run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    cell_failures = run_info.get("cell_failures", [])
+    lines += [f"- **warning**: {w}" for w in run_info.get("warnings", [])]
+    if cell_failures or res.unreadable:
         lines += ["", "## Failed cells (left out of the tables; rerun to retry them)", ""]
         lines += [f"- {f}" for f in cell_failures]
+        lines += [f"- {u['arm']} n={u['n_labelled']} seed={u['seed']}: unreadable cell file {u['path']} "
+                  f"({u['why']})" for u in res.unreadable]
     parts = list(STRUCTURES) if res.task == "seg" else (_cls_names(res.cells[0]) if res.cells else [])
     head = ["arm", "n", "seeds", metric.split(" ")[0]] + [f"{'Dice' if res.task == 'seg' else 'AUC'} {p}" for p in parts]
     if res.task == "seg":
         head.append("HD95 mm")
-    head.append("Δ vs random [95% CI], p")
+    head.append("Δ vs random [95% CI], wins/seeds")
     lines += ["", "## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in stats:
-        cells = [s.arm, str(s.n_labelled), str(s.seeds), s.metric.text()] + [s.parts[p].text() for p in parts]
+        bad = sum(1 for u in res.unreadable if u["arm"] == s.arm and u["n_labelled"] == s.n_labelled)
+        cells = [s.arm, str(s.n_labelled), str(s.seeds) + (f" ({bad} unreadable)" if bad else ""), s.metric.text()] + [s.parts[p].text() for p in parts]
         if res.task == "seg":
             cells.append(s.hd95.text(1) if s.hd95 else "n/a")
         cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += pretext_lines(res)
+    lines += training_lines(res)
     lines += ["", "## Reading", ""]
     by = {(s.arm, s.n_labelled): s for s in stats}
     for n in res.counts:

@@ -23,7 +23,7 @@ from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.model import ModelConfig, build_model
 
 __all__ = ["INITS", "TRANSFERS", "PretrainedError", "PretrainedInfo", "Backbone", "BackboneFactory", "read_pretrained_info", "make_backbone",
-           "grid_from_pretrained"]
+           "grid_from_pretrained", "verify_pretrained"]
 
 INITS = ("random", "pretrained")
 TRANSFERS = ("encoder", "encoder+decoder")
@@ -95,6 +95,24 @@ def read_pretrained_info(path: str | Path) -> PretrainedInfo:
             card = {}
     parts = list(card.get("parts", {})) or list(weights.find_parts(version))
     return PretrainedInfo(f, cfg, k, int(obj.get("step", -1)), parts, card)
+
+
+def verify_pretrained(path: str | Path) -> PretrainedInfo:
+    """Read the header *and* check every checksum of a published version, before any work uses
+    it (a corrupted file must not be found after the random-init runs trained).
+
+    Raises:
+        PretrainedError: missing, unreadable, partial or tampered weights.
+    """
+    from anatplane_dist.publish import VerificationError
+    from anatplane_dist.publish.versions import verify
+
+    info = read_pretrained_info(path)
+    try:
+        verify(info.path.parent)
+    except (VerificationError, OSError) as exc:
+        raise PretrainedError(f"pretrained weights {path} fail verification: {exc}") from exc
+    return info
 
 
 def _manifest_paths(card: dict[str, Any]) -> list[Path]:

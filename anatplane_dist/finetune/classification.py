@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from anatplane_dist.finetune.data import KneeStack
+
+if TYPE_CHECKING:
+    from anatplane_dist.finetune.schedules import Schedule
 
 __all__ = ["ClsTrainConfig", "StackClassifier", "roc_auc", "train_classifier", "predict_stacks",
            "evaluate_classifier", "summarise_classification", "fit_and_evaluate_classifier"]
@@ -92,54 +95,53 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 # -- training -------------------------------------------------------------------------------
 
-def _rotate(stack: Tensor, angle: float) -> Tensor:
-    cos, sin = math.cos(angle), math.sin(angle)
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=stack.dtype).expand(stack.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(stack.shape), align_corners=False)
-    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 def _targets(stacks: Sequence[KneeStack], names: Sequence[str]) -> Tensor:
     return torch.tensor([[float(s.labels[n]) for n in names] for s in stacks])
 
 
 def train_classifier(net: StackClassifier, stacks: Sequence[KneeStack], names: Sequence[str],
                      cfg: ClsTrainConfig, seed: int, desc: str = "cls", *, every: int = 0,
-                     on_step: Callable[[int], None] | None = None) -> list[float]:
+                     on_step: Callable[[int], None] | None = None, schedule: "Schedule | None" = None,
+                     device: str | None = None) -> list[float]:
     """Fine-tune encoder + head with BCE on ``names``; one rotation per stack per step.
 
+    ``schedule`` (default: the config's steps / lr / stacks per step, AdamW, cosine to 0);
     ``on_step(step)``: called after every ``every``-th step and the last (model selection).
 
     Positive labels are weighted by neg/pos of the training set (clamped to [0.2, 5]) so a
     rare label is not learnt as "always absent".  Returns the loss per step.
     """
+    from anatplane_dist.data.augment import rotate_scale
+    from anatplane_dist.finetune.segmentation import make_optimizer, schedule_of
+    from anatplane_dist.train.schedule import set_lr
+
     if not stacks:
         raise ValueError("no labelled training stacks")
-    device = torch.device(cfg.device)
+    sched = schedule or schedule_of(cfg)
+    dev = torch.device(device or cfg.device)
     gen = torch.Generator().manual_seed(seed)
     images = [torch.from_numpy(s.image).float()[:, None] for s in stacks]
     y_all = _targets(stacks, names)
     pos = y_all.sum(0)
-    pos_weight = ((len(stacks) - pos) / pos.clamp(min=1)).clamp(0.2, 5.0).to(device)
-    net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1))))
+    pos_weight = ((len(stacks) - pos) / pos.clamp(min=1)).clamp(0.2, 5.0).to(dev)
+    net.to(dev).train()
+    opt = make_optimizer(net, sched)
+    total = sched.total_steps(len(stacks))
     losses: list[float] = []
-    for _ in tqdm(range(cfg.steps), desc=desc, leave=False, disable=None):
-        idx = torch.randint(0, len(stacks), (cfg.stacks_per_step,), generator=gen).tolist()
-        angles = ((torch.rand(len(idx), generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)).tolist()
-        batch = [_rotate(images[i], a).to(device) for i, a in zip(idx, angles)]
+    for step in tqdm(range(total), desc=desc, leave=False, disable=None):
+        set_lr(opt, sched.lr_at(step, len(stacks)))
+        idx = torch.randint(0, len(stacks), (sched.batch_size,), generator=gen).tolist()
+        angles = (torch.rand(len(idx), generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
+        batch = [rotate_scale(images[i], a.expand(images[i].shape[0])).to(dev) for i, a in zip(idx, angles)]
         logits = net.forward_many(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, y_all[idx].to(device), pos_weight=pos_weight)
+        loss = F.binary_cross_entropy_with_logits(logits, y_all[idx].to(dev), pos_weight=pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
-        step = len(losses)
-        if on_step is not None and ((every and step % every == 0) or step == cfg.steps):
-            on_step(step)
+        done = step + 1
+        if on_step is not None and ((every and done % every == 0) or done == total):
+            on_step(done)
             net.train()
     return losses
 
@@ -155,7 +157,7 @@ def predict_stacks(net: StackClassifier, stacks: Sequence[KneeStack], device: st
 def evaluate_classifier(net: StackClassifier, stacks: Sequence[KneeStack], names: Sequence[str],
                         cfg: ClsTrainConfig) -> list[dict[str, Any]]:
     """One row per stack: subject, the true labels and the predicted probabilities."""
-    prob = predict_stacks(net, stacks, cfg.device)
+    prob = predict_stacks(net, stacks, str(next(net.parameters()).device))
     return [{"subject": s.subject, "labels": {n: int(s.labels[n]) for n in names},
              "prob": {n: float(prob[i, j]) for j, n in enumerate(names)}} for i, s in enumerate(stacks)]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from tqdm import tqdm
 
 from anatplane_dist.core.geometry import resample_to_grid
 from anatplane_dist.finetune.data import ACDC_CLASSES, SegSubject, SegVolume
+
+if TYPE_CHECKING:
+    from anatplane_dist.finetune.schedules import Schedule
 
 __all__ = ["SegTrainConfig", "SegNet", "dice_score", "hd95", "largest_component",
            "train_segmentation", "probs_to_native", "predict_volume", "evaluate_segmentation",
@@ -131,17 +134,15 @@ def _stack_training_slices(subjects: Sequence[SegSubject]) -> tuple[Tensor, Tens
 
 def _augment(x: Tensor, y: Tensor, gen: torch.Generator, rotate_deg: float, scale: float
              ) -> tuple[Tensor, Tensor]:
-    """One random rotation + isotropic scale per sample, the same for image and label."""
+    """One random rotation + isotropic scale per sample, the same for image and label
+    (:func:`anatplane_dist.data.augment.rotate_scale`)."""
+    from anatplane_dist.data.augment import rotate_scale
+
     b = x.shape[0]
     ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(rotate_deg)
     s = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * scale
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    xa = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    ya = F.grid_sample(y[:, None].to(x), grid, mode="nearest", padding_mode="zeros",
-                       align_corners=False)[:, 0].round().long()
+    xa = rotate_scale(x, ang, s, mode="bilinear", padding_mode="border")
+    ya = rotate_scale(y[:, None].to(x), ang, s, mode="nearest", padding_mode="zeros")[:, 0].round().long()
     return xa, ya
 
 
@@ -153,38 +154,60 @@ def _soft_dice_loss(logits: Tensor, y: Tensor) -> Tensor:
     return 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
 
 
+def schedule_of(cfg: Any) -> "Schedule":
+    """The ``steps`` schedule a task config's own steps / lr / batch / weight decay describe."""
+    from anatplane_dist.finetune.schedules import Schedule
+
+    batch = getattr(cfg, "batch_size", None) or getattr(cfg, "stacks_per_step")
+    return Schedule(name="steps", optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                    batch_size=batch, steps=cfg.steps)
+
+
+def make_optimizer(net: nn.Module, schedule: "Schedule") -> torch.optim.Optimizer:
+    """The schedule's optimiser over the trainable parameters (a frozen encoder is left out)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    return torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+
+
 def train_segmentation(net: SegNet, subjects: Sequence[SegSubject], cfg: SegTrainConfig,
                        seed: int, desc: str = "seg", *, every: int = 0,
-                       on_step: Callable[[int], None] | None = None) -> list[float]:
+                       on_step: Callable[[int], None] | None = None, schedule: "Schedule | None" = None,
+                       device: str | None = None) -> list[float]:
     """Fine-tune the whole network on all labelled slices of ``subjects``.
 
     Batches are drawn with replacement from a generator seeded by ``seed`` (the subject
-    subset is the caller's); Adam with a cosine decay to 0.  Returns the loss per step.
+    subset is the caller's).  ``schedule`` (default: the config's steps / lr / batch, AdamW,
+    cosine to 0) sets the optimiser, the steps (the ``paper`` schedule counts epochs of the
+    labelled slices) and the LR of every step.  Returns the loss per step.
     ``on_step(step)`` is called after every ``every``-th step and after the last one (model
     selection on validation subjects hooks in there; it must leave the net as it found it).
     """
-    device = torch.device(cfg.device)
+    from anatplane_dist.train.schedule import set_lr
+
+    sched = schedule or schedule_of(cfg)
+    dev = torch.device(device or cfg.device)
     x_all, y_all = _stack_training_slices(subjects)
+    total = sched.total_steps(int(x_all.shape[0]))
     gen = torch.Generator().manual_seed(seed)
-    net.to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1))))
+    net.to(dev).train()
+    opt = make_optimizer(net, sched)
     losses: list[float] = []
-    for _ in tqdm(range(cfg.steps), desc=desc, leave=False, disable=None):
-        idx = torch.randint(0, x_all.shape[0], (cfg.batch_size,), generator=gen)
+    for step in tqdm(range(total), desc=desc, leave=False, disable=None):
+        set_lr(opt, sched.lr_at(step, int(x_all.shape[0])))
+        idx = torch.randint(0, x_all.shape[0], (sched.batch_size,), generator=gen)
         x, y = _augment(x_all[idx], y_all[idx], gen, cfg.rotate_deg, cfg.scale)
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(dev), y.to(dev)
         logits = net(x)
         loss = F.cross_entropy(logits, y) + cfg.dice_weight * _soft_dice_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
-        step = len(losses)
-        if on_step is not None and ((every and step % every == 0) or step == cfg.steps):
-            on_step(step)
+        done = step + 1
+        if on_step is not None and ((every and done % every == 0) or done == total):
+            on_step(done)
             net.train()
     return losses
 
@@ -208,9 +231,9 @@ def probs_to_native(prob: np.ndarray, vol: SegVolume, largest: bool = True) -> n
 
 @torch.no_grad()
 def predict_volume(net: SegNet, vol: SegVolume, cfg: SegTrainConfig) -> np.ndarray:
-    """Labels (S, rows, cols) uint8 on the native slices of ``vol``."""
+    """Labels (S, rows, cols) uint8 on the native slices of ``vol`` (on the net's device)."""
     net.eval()
-    x = torch.from_numpy(vol.image).float()[:, None].to(cfg.device)
+    x = torch.from_numpy(vol.image).float()[:, None].to(next(net.parameters()).device)
     prob = net(x).softmax(1).cpu().numpy()
     return probs_to_native(prob, vol, cfg.largest_component)
 

@@ -14,6 +14,17 @@ import torch
 from anatplane_dist.train.options import OptimConfig
 
 
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """LR factor in [0, 1] at the 0-based ``step`` about to be taken: linear warm-up over
+    ``warmup_steps``, then a cosine from 1 to 0 at ``total_steps`` (held at 0 after it).
+    The one cosine of the package: pretraining (:class:`LRSchedule`) and fine-tuning use it."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """Warm-up + cosine, evaluated at the 0-based optimiser step about to be taken."""
@@ -24,13 +35,12 @@ class LRSchedule:
     cosine: bool = True
 
     def __call__(self, step: int) -> float:
+        factor = warmup_cosine(step, self.total_steps, self.warmup_steps)
         if self.warmup_steps > 0 and step < self.warmup_steps:
-            return self.peak * (step + 1) / self.warmup_steps
+            return self.peak * factor
         if not self.cosine:
             return self.peak
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
-        return self.min_lr + (self.peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.peak - self.min_lr) * factor
 
 
 def make_schedule(optim: OptimConfig, peak_lr: float, total_steps: int, steps_per_epoch: int) -> LRSchedule:

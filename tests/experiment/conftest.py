@@ -44,7 +44,3 @@ def write_spec(path: Path, data: tuple[Path, Path], **changes) -> Path:
             spec[k] = v
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-# the labelled-cohort fixtures of the fine-tune tests serve the low-label protocol's tests too
-from tests.finetune.conftest import acdc_root, knee_root  # noqa: E402,F401

@@ -75,3 +75,34 @@ def test_overlay_paints_exactly_the_outline_of_each_structure(tmp_path):
                         tmp_path / "o.png", subject="p1")
     assert [a.get_title() for a in fig.axes] == ["ground truth", "random", "multitask"]
     assert not np.all(np.asarray(fig.axes[2].images[0].get_array()) == (1.0, 0.2, 0.2), -1).any()
+
+
+def test_heatmap_figure_shows_the_network_output_on_the_training_normalised_image(tmp_path, tiny_data):
+    """The figure used to feed the stored ~[0, 1] image without the stream's z-score: its
+    predictions were not what the network gives on what it was trained on."""
+    import torch
+
+    from anatplane_dist.data.decode import zscore_
+    from anatplane_dist.experiment.figures import heatmap_panels
+    from anatplane_dist.model import ModelConfig
+    from anatplane_dist.publish import load_pretrained
+    from tests.experiment.conftest import GRID
+    from tests.finetune.conftest import publish_weights
+
+    name_dir = publish_weights(tmp_path, ModelConfig(name="unet", width=8, depth=3, loc_hidden=[16]),
+                               grid=GRID, spacing=SPACING)
+    shards, _ = tiny_data
+    panels = heatmap_panels(name_dir / "latest", shards, count=2)
+    net = load_pretrained((name_dir / "latest").resolve(), part="full").eval()
+    samples = read_validation_samples(shards)
+    for p in panels:
+        stored = np.asarray(samples[p["key"]]["image"], np.float32)
+        assert np.array_equal(p["image"], stored)                        # displayed as stored
+        seen = zscore_(torch.from_numpy(stored.copy())[None])[0]
+        assert abs(float(seen.mean())) < 1e-4 and abs(float(seen.std(unbiased=False)) - 1) < 1e-3
+        with torch.no_grad():
+            want = net(seen[None, None])["heatmaps"][0].numpy()
+            raw = net(torch.from_numpy(stored)[None, None])["heatmaps"][0].numpy()
+        assert np.allclose(p["pred"], want, atol=1e-6)
+        assert not np.allclose(p["pred"], raw, atol=1e-3)                 # the old, un-normalised input
+

@@ -51,7 +51,7 @@ def test_auc_rows_are_the_auc_of_the_stored_probabilities(knee_run):
             else:
                 assert got["auc"] == ""
     md = (out / "results.md").read_text()
-    assert "| random | 2 | 2 |" in md and "bootstrap over test subjects" in md
+    assert "| random | 2 | 2 |" in md and "hierarchical percentile bootstrap (seeds, then test subjects" in md
 
 
 def test_a_test_set_too_small_for_auc_says_so(knee_run):

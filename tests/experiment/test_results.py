@@ -74,14 +74,31 @@ def test_cell_means_and_paired_differences_match_the_table(tmp_path):
     stats = {(s.arm, s.n_labelled): s for s in cell_stats(res)}
     expect = np.mean([_dice("random", 1, s, i) for s in SEEDS for i in range(4)])
     assert stats[("random", 1)].metric.mean == pytest.approx(expect)
-    assert stats[("random", 1)].metric.n == len(SEEDS) * len(TEST)
+    assert stats[("random", 1)].metric.n == len(SEEDS)          # the replicate is the seed, not the pair
     assert stats[("random", 1)].hd95.mean == pytest.approx(4.0)        # mean of 5 and 3, the NaN skipped
     comps = comparisons(res, list(stats.values()))
     assert comps[("multitask", 1)].diff.mean == pytest.approx(0.1)
-    # every pair differs by exactly +0.1: the CI collapses onto it, Wilcoxon is significant
+    # every pair differs by exactly +0.1: the CI collapses onto it and every seed wins
     assert comps[("multitask", 1)].diff.lo == pytest.approx(0.1)
-    assert comps[("multitask", 1)].p < 0.001
+    assert (comps[("multitask", 1)].wins, comps[("multitask", 1)].seeds) == (3, 3)
+    assert comps[("multitask", 1)].diff.n == 3
     assert ("simclr", 1) not in comps
+
+
+def test_an_unreadable_cell_is_a_failed_cell_and_its_row_says_so(tmp_path, capsys):
+    """issue 19 (a): a cell JSON overwritten with junk was dropped silently (rc 0, a row's mean
+    moved from 3 seeds to 2 unseen)."""
+    from anatplane_dist.cli import main as anatplane
+
+    out = make_experiment(tmp_path / "exp")
+    (out / "cells" / "multitask" / "n001-seed1.json").write_text("{not json")
+    assert anatplane(["experiment", "report", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "unreadable" in printed and "n001-seed1.json" in printed
+    md = (out / "results.md").read_text()
+    assert "## Failed cells" in md and "multitask n=1 seed=1: unreadable cell file" in md
+    row = next(l for l in md.splitlines() if l.startswith("| multitask | 1 |"))
+    assert "| 2 (1 unreadable) |" in row
 
 
 def test_results_md_names_the_failed_arm_the_selection_and_reads_each_count(tmp_path):
@@ -90,7 +107,8 @@ def test_results_md_names_the_failed_arm_the_selection_and_reads_each_count(tmp_
     md = (out / "results.md").read_text()
     assert "`simclr`: pretraining exit 1: boom" in md
     assert "final model after the fixed schedule" in md
-    assert "- n=1: highest mean multitask" in md and "better than random" in md
+    assert "- n=1: highest mean multitask" in md
+    assert "+0.100 [+0.100, +0.100], wins 3/3 (undetermined (3 seeds: a seed-level interval needs 5))" in md
     assert "- n=4:" in md
 
 

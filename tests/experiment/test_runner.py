@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from anatplane_dist.cli import main as anatplane
 from anatplane_dist.experiment.runner import draw_split, draw_subsets, run_experiment
@@ -43,6 +44,34 @@ def test_label_count_larger_than_the_pool_is_refused_before_anything_runs(tmp_pa
     assert not (tmp_path / "out" / "arms").exists()
 
 
+def test_unknown_objective_or_override_typo_is_refused_before_any_data_is_written(tmp_path, capsys):
+    """issue 19 (f): both were found only after the phantom data had been written."""
+    for arm, want in (({"name": "x", "objective": "no-such-objective"}, "arms.x: objective.name"),
+                      ({"name": "x", "objective": "multitask", "overrides": ["trian.epochs=3"]},
+                       "arms.x: unknown config key trian.epochs")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"name": "bad", "task": "seg", "arms": [{"name": "random"}, arm],
+                                       "data": {"phantom": {"kind": "heart", "pretrain_subjects": 2,
+                                                            "labelled_subjects": 9, "size": 64}}}))
+        out = tmp_path / "out"
+        assert anatplane(["experiment", "run", str(cfg), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and want in err, err
+        assert not (out / "data").exists()
+
+
+def test_spec_type_errors_name_the_key_in_one_line(tmp_path, tiny_data, capsys):
+    """issue 19 (d): ``workers: abc`` was a 17-line traceback, ``finetune.steps: abc`` a
+    comparison error naming no key."""
+    for changes, want in (({"workers": "abc"}, "workers: expected an integer"),
+                          ({"finetune": {"steps": "abc"}}, "finetune.steps: expected an integer"),
+                          ({"finetune": {"lr": "fast"}}, "finetune.lr: expected a number")):
+        bad = write_spec(tmp_path / "typed.yaml", tiny_data, **changes)
+        assert anatplane(["experiment", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and want in err, err
+
+
 def test_spec_refusals_are_one_line_errors(tmp_path, tiny_data, capsys):
     bad = write_spec(tmp_path / "norandom.yaml", tiny_data, arms=[{"name": "multitask", "objective": "multitask"}])
     assert anatplane(["experiment", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
@@ -55,8 +84,9 @@ def test_spec_refusals_are_one_line_errors(tmp_path, tiny_data, capsys):
 
 
 def test_failed_arm_is_reported_and_the_grid_goes_on_then_cells_are_cached(tmp_path, tiny_data):
-    cfg = write_spec(tmp_path / "fail.yaml", tiny_data,
-                     arms=[{"name": "random"}, {"name": "broken", "objective": "no-such-objective"}])
+    # a configuration the trainer accepts but cannot run (9 poolings of a 40 px grid)
+    broken = [{"name": "random"}, {"name": "broken", "objective": "multitask", "overrides": ["model.depth=9"]}]
+    cfg = write_spec(tmp_path / "fail.yaml", tiny_data, arms=broken)
     out = tmp_path / "out"
     assert anatplane(["experiment", "run", str(cfg), "--out", str(out)]) == 1     # an arm failed
     arms = json.loads((out / "arms.json").read_text())
@@ -76,8 +106,7 @@ def test_failed_arm_is_reported_and_the_grid_goes_on_then_cells_are_cached(tmp_p
     assert summary["cells_run"] == 0 and summary["cells_cached"] == 4
     assert {p: (out / p).stat().st_mtime_ns for p in cells} == mtimes
     # a changed fine-tune schedule is a different question: every cell runs again
-    changed = write_spec(tmp_path / "fail.yaml", tiny_data, finetune={"steps": 9},
-                         arms=[{"name": "random"}, {"name": "broken", "objective": "no-such-objective"}])
+    changed = write_spec(tmp_path / "fail.yaml", tiny_data, finetune={"steps": 9}, arms=broken)
     assert run_experiment(load_spec(changed), out, log=lambda _m: None)["cells_run"] == 4
 
 
