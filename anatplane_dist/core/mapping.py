@@ -44,6 +44,8 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
                 return coerce_value(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:             # ``int | None``: say what the one real type wanted
+            raise ConfigError(errors[0])
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:

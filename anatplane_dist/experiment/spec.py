@@ -235,7 +235,8 @@ class ExperimentSpec:
             raise SpecError(f"devices: auto, cpu or a comma list such as cuda:0,cuda:1; got {self.devices!r}")
         if self.finetune.lr_grid and self.protocol.val_subjects < 1:
             raise SpecError("finetune.lr_grid: choosing the LR needs validation subjects (protocol.val_subjects >= 1)")
-        if any(a.objective for a in self.arms) and self.data.phantom is None and not self.data.pretrain_shards:
+        if any(a.objective for a in self.arms) and self.data.phantom is None and not self.data.volumes \
+                and not self.data.pretrain_shards:
             raise SpecError("data.pretrain_shards: arms pretrained here need a shard directory")
         if self.finetune.select == "best-val" and self.protocol.val_subjects < 1:
             raise SpecError("finetune.select: best-val needs protocol.val_subjects >= 1")
