@@ -23,7 +23,7 @@ __all__ = ["render_report", "overlay_panels"]
 def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]] | None:
     """One test subject (the first), its ED mid slice, and every arm's prediction of it from the
     cell with the most labels and the first seed (from the stored NIfTI predictions)."""
-    import nibabel as nib
+    from anatplane_dist.sources.nifti import open_nifti
 
     if res.task != "seg" or not res.cells:
         return None
@@ -44,14 +44,14 @@ def overlay_panels(res: Results) -> tuple[str, np.ndarray, list[tuple[str, np.nd
         if pred_rel is None:
             continue
         cell_dir = res.out / (cell.get("cell_dir") or f"cells/{arm}/n{n:03d}-seed{seed}")
-        pred = np.asarray(nib.load(str(cell_dir / pred_rel)).dataobj)
+        pred = np.asarray(open_nifti(cell_dir / pred_rel).dataobj)
         image_rel = Path(pred_rel).relative_to("predictions")
         image_path = Path(cell["data"]["root"]) / str(image_rel).replace("_pred.nii", ".nii")
-        image = np.asarray(nib.load(str(image_path)).dataobj, float)
+        image = np.asarray(open_nifti(image_path).dataobj, float)
         gt_path = Path(str(image_path).replace(".nii", "_gt.nii"))
         k = image.shape[2] // 2
         if gt is None:
-            gt = np.asarray(nib.load(str(gt_path)).dataobj)[:, :, k]
+            gt = np.asarray(open_nifti(gt_path).dataobj)[:, :, k]
         panels.append((arm, image[:, :, k], pred[:, :, k]))
     if gt is None or not panels:
         return None

@@ -24,6 +24,7 @@ from anatplane_dist.core.atomic import atomic_write_json, copy_durable, staged_d
 from anatplane_dist.core.errors import AnatplaneError
 from anatplane_dist.finetune.data import ACDC_CLASSES
 from anatplane_dist.sources.base import subject_folders
+from anatplane_dist.sources.nifti import open_nifti
 
 __all__ = ["DatasetExportError", "DatasetExport", "export_acdc_dataset"]
 
@@ -47,7 +48,7 @@ class DatasetExport:
 def _check_frame(image: Path, gt: Path, num_classes: int) -> str | None:
     """Why nnU-Net would refuse this image/label pair, or None."""
     try:
-        img, lab = nib.load(str(image)), nib.load(str(gt))
+        img, lab = open_nifti(image), open_nifti(gt)
         if img.shape != lab.shape:
             return f"ground truth shape {lab.shape} != image shape {img.shape}"
         if not np.allclose(img.affine, lab.affine, atol=1e-3):

@@ -28,6 +28,7 @@ from anatplane_dist.core.geometry import GeometryError, Plane, plane_from_nifti,
 from anatplane_dist.core.intensity import robust_rescale
 from anatplane_dist.data.decode import zscore_
 from anatplane_dist.sources.base import ReaderError, Skip, Slice, Study, subject_folders
+from anatplane_dist.sources.nifti import load_nifti_volume
 
 __all__ = [
     "FinetuneDataError", "GridSpec", "SegVolume", "SegSubject", "KneeStack", "ACDC_CLASSES",
@@ -144,15 +145,7 @@ def _phase_names(info: dict[str, str]) -> dict[int, str]:
 
 
 def _load_3d(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim != 3:
-        raise ReaderError(f"{path.name}: expected a 3D volume, got shape {data.shape}")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return load_nifti_volume(path)
 
 
 def _load_volume(root: Path, subject: str, phase: str, image_path: Path, gt_path: Path,

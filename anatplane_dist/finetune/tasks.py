@@ -117,12 +117,12 @@ class SegmentationTask(Task):
                        largest_component=cfg.largest_component)
         if not job.predictions:
             return {}
-        import nibabel as nib
+        from anatplane_dist.sources.nifti import open_nifti
 
         written = []
         for sid in job.test:
             for vol in data.subjects[sid].volumes:
-                affine = nib.load(str(Path(data.root) / vol.source)).affine
+                affine = open_nifti(Path(data.root) / vol.source).affine
                 p = prediction_path(cell_dir / "predictions", vol.source)
                 written.append(str(write_prediction(p, predict_volume(net, vol, cfg), affine).relative_to(cell_dir)))
         return {"predictions": written}

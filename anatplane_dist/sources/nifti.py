@@ -23,7 +23,31 @@ from anatplane_dist.core.geometry import GeometryError, plane_from_nifti
 from anatplane_dist.sources.base import Frame, ReaderError, Slice, Study
 from anatplane_dist.sources.dicom_read import relpath
 
-__all__ = ["read_nifti_stack", "read_study", "iter_studies", "nifti_stem", "view_of"]
+__all__ = ["open_nifti", "load_nifti_volume", "read_nifti_stack", "read_study", "iter_studies", "nifti_stem",
+           "view_of"]
+
+
+def open_nifti(path: str | os.PathLike, what: str = "NIfTI file") -> "nib.Nifti1Image":
+    """The one place a NIfTI file is opened: a damaged or missing file is one-line :class:`ReaderError`."""
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 -- nibabel raises many types for damaged files
+        raise ReaderError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def load_nifti_volume(path: str | os.PathLike, dtype: "np.typing.DTypeLike | None" = None,
+                      what: str = "NIfTI file") -> tuple[np.ndarray, np.ndarray]:
+    """(3D array, voxel->RAS affine) of a NIfTI file: trailing singleton axes dropped, a 2D image
+    taken as one slice. Raises :class:`ReaderError` for anything else."""
+    img = open_nifti(path, what)
+    data = np.asarray(img.dataobj, dtype=dtype)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise ReaderError(f"{Path(path).name}: expected a 3D volume, got shape {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
 
 
 def nifti_stem(path: str | os.PathLike) -> str:
@@ -50,9 +74,9 @@ def read_nifti_stack(path: str | os.PathLike, view: str, axis: int = 2, *, root:
     root = Path(root) if root is not None else path.parent
     rel = relpath(path, root)
     try:
-        img = nib.load(str(path))
-    except Exception as exc:  # noqa: BLE001 -- nibabel raises many types for damaged files
-        raise ReaderError(f"{rel}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        img = open_nifti(path)
+    except ReaderError as exc:
+        raise ReaderError(str(exc).replace(str(path), str(rel), 1)) from None
     shape = tuple(int(s) for s in img.shape)
     if len(shape) not in (3, 4):
         raise ReaderError(f"{rel}: expected a 3D volume or a 4D cine, got shape {shape}")

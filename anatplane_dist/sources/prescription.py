@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from anatplane_dist.core.errors import AnatplaneError
-from anatplane_dist.core.geometry import GeometryError, Plane
+from anatplane_dist.core.geometry import RAS_TO_LPS, GeometryError, Plane
 from anatplane_dist.sources.reslice import plane_through
 
 __all__ = ["PrescriptionError", "ViewPrescription", "prescribe", "landmarks_from_file",
@@ -37,7 +37,6 @@ __all__ = ["PrescriptionError", "ViewPrescription", "prescribe", "landmarks_from
 KINDS = ("heart", "brain", "generic")
 #: landmarks each kind needs (generic takes its geometry from the prescription itself)
 LANDMARKS = {"heart": ("apex", "mitral", "rv_ant", "rv_inf"), "brain": ("ac", "pc", "midsag"), "generic": ()}
-_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
 class PrescriptionError(AnatplaneError, GeometryError):
@@ -233,7 +232,7 @@ def landmarks_from_file(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for k, v in raw.items():
         p = _point(raw, k)
-        out[str(k)] = p * _RAS_TO_LPS if space == "RAS" else p
+        out[str(k)] = p * np.diag(RAS_TO_LPS)[:3] if space == "RAS" else p
     return out
 
 
@@ -251,6 +250,6 @@ def landmarks_from_labels(labels: np.ndarray, affine_ras: np.ndarray,
             raise PrescriptionError(f"landmark {name!r}: label value(s) {vals} absent from the label map")
         centroid = idx.mean(axis=0)
         ras = aff[:3, :3] @ centroid + aff[:3, 3]
-        out[str(name)] = ras * _RAS_TO_LPS
+        out[str(name)] = ras * np.diag(RAS_TO_LPS)[:3]
     return out
 

@@ -32,9 +32,10 @@ import numpy as np
 import yaml
 
 from anatplane_dist.core.atomic import atomic_path, atomic_write_text
-from anatplane_dist.core.geometry import Plane
+from anatplane_dist.core.geometry import RAS_TO_LPS, Plane
 from anatplane_dist.core.mapping import read_yaml_mapping
 from anatplane_dist.sources.dicom_write import SeriesInfo, deterministic_uid, write_mr_image
+from anatplane_dist.sources.nifti import open_nifti
 from anatplane_dist.sources.phantom.render import rotation
 from anatplane_dist.sources.prescription import (
     PrescriptionError,
@@ -50,7 +51,6 @@ __all__ = ["PoseSpec", "VolumeEntry", "VolumeCohort", "load_cohort", "Pose", "dr
            "label_volume", "load_volume", "nifti_affine"]
 
 ROLES = ("pretrain", "heldout", "labelled")
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _POSE_RE = re.compile(r"^(?P<brain>.+)-p(?P<pose>\d+)$")
 
 
@@ -176,7 +176,7 @@ def _entry(v: Any, base: Path, i: int) -> VolumeEntry:
     if "file" in lm_spec:
         landmarks.update(landmarks_from_file(_resolve(str(lm_spec["file"]), base)))
     if "labels" in lm_spec:
-        img = nib.load(str(_resolve(str(lm_spec["labels"]), base)))
+        img = open_nifti(_resolve(str(lm_spec["labels"]), base))
         landmarks.update(landmarks_from_labels(np.asarray(img.dataobj), img.affine, lm_spec.get("named") or {}))
     rx = ViewPrescription.from_dict(v["prescription"]) if v.get("prescription") else None
     mask_spec = v.get("mask") or {}
@@ -320,13 +320,13 @@ def _stable(text: str) -> int:
 def label_volume(entry: VolumeEntry, data: np.ndarray) -> np.ndarray | None:
     """The class map of a labelled volume on its image grid (uint8), or None."""
     if entry.labels is not None:
-        src = np.asarray(nib.load(str(entry.labels)).dataobj)
+        src = np.asarray(open_nifti(entry.labels).dataobj)
         out = np.zeros(src.shape, np.uint8)
         for a, b in entry.label_map.items():
             out[src == a] = b
         return out
     if entry.tissue:
-        probs = {c: np.asarray(nib.load(str(p)).dataobj, dtype=np.float32) for c, p in entry.tissue.items()}
+        probs = {c: np.asarray(open_nifti(p).dataobj, dtype=np.float32) for c, p in entry.tissue.items()}
         top = max(float(v.max()) for v in probs.values()) or 1.0
         classes = sorted(probs)
         stacked = np.stack([probs[c] / top for c in classes])
@@ -374,20 +374,20 @@ def nifti_affine(stack: Plane, thickness_mm: float = 1.0) -> np.ndarray:
     a[:3, 1] = s.row_dir[0] * s.spacing[0, 1]
     a[:3, 2] = s.origin[1] - s.origin[0] if len(s) > 1 else s.normal[0] * thickness_mm
     a[:3, 3] = s.origin[0]
-    return _RAS_TO_LPS @ a
+    return RAS_TO_LPS @ a
 
 
 def load_volume(entry: VolumeEntry) -> tuple[np.ndarray, np.ndarray]:
     """The image (float32, 3D) and its affine; with a ``mask``, voxels outside the kept label
     values are zero (e.g. brain extraction, so every brain of a cohort looks alike)."""
-    img = nib.load(str(entry.image))
+    img = open_nifti(entry.image)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise PrescriptionError(f"{entry.image}: expected a 3D volume, got shape {data.shape}")
     if entry.mask is not None:
-        m = nib.load(str(entry.mask))
+        m = open_nifti(entry.mask)
         if tuple(m.shape[:3]) != data.shape or not np.allclose(m.affine, img.affine, atol=1e-3):
             raise PrescriptionError(f"{entry.mask}: mask grid differs from the image {entry.image}")
         data = np.where(np.isin(np.asarray(m.dataobj), entry.mask_values), data, 0.0).astype(np.float32)
