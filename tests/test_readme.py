@@ -265,7 +265,8 @@ def test_readme_commands_run_top_to_bottom(tmp_path):
         assert [(r["backend"], r["world_size"]) for r in starts] == [("deepspeed", 2)], (launcher, starts)
     log = (work / "readme.log").read_text()
     assert log.count("# training: backend deepspeed, ZeRO stage 1, world size 32 (4 node(s) x 8 task(s))") == 2
-    assert (work / "ft/heart/results.json").is_file() and (work / "ft/knee/results.json").is_file()
+    for task in ("heart", "knee"):      # the two-arm experiment's files (random vs pretrained)
+        assert (work / f"ft/{task}/results.csv").is_file() and (work / f"ft/{task}/results.md").is_file()
     assert (work / "nnUNet_raw/Dataset501_ACDC/dataset.json").is_file()
     if RUN_NNUNET:
         assert (work / "pretrained.pth").stat().st_size > 0
