@@ -16,7 +16,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,10 @@ from anatplane_dist.finetune.backbone import Backbone, make_backbone
 from anatplane_dist.finetune.schedules import Schedule
 from anatplane_dist.finetune.tasks import TaskData, get_task
 
-__all__ = ["CellJob", "run_cell", "still_rising", "weight_moves"]
+if TYPE_CHECKING:
+    from anatplane_dist.experiment.spec import ExperimentSpec
+
+__all__ = ["CellJob", "run_cell", "load_task_data", "still_rising", "weight_moves"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +191,20 @@ def init_worker(data: TaskData, threads: int, devices: Any = None) -> None:
 
 def run_cell_in_worker(job: CellJob) -> dict[str, Any]:
     return run_cell(job, _WORKER["data"], _WORKER["device"])
+
+
+def load_task_data(spec: "ExperimentSpec", root: Path) -> TaskData:
+    """The fine-tuning data on the model grid (:class:`~anatplane_dist.finetune.tasks.TaskData`)."""
+    from anatplane_dist.experiment.spec import SpecError
+    from anatplane_dist.finetune.classification import ClsTrainConfig
+    from anatplane_dist.finetune.data import FinetuneDataError, GridSpec
+    from anatplane_dist.finetune.segmentation import SegTrainConfig
+
+    grid = GridSpec(spec.data.grid, spec.data.spacing)
+    cfg = (SegTrainConfig(largest_component=spec.finetune.largest_component) if spec.task == "seg"
+           else ClsTrainConfig())
+    try:
+        return get_task(spec.task).load(root, grid, view=spec.data.view, cfg=cfg,
+                                        labels_csv=Path(spec.data.labels_csv) if spec.data.labels_csv else None)
+    except FinetuneDataError as exc:
+        raise SpecError(str(exc)) from exc

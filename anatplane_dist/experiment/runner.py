@@ -35,7 +35,13 @@ from tqdm import tqdm
 from anatplane_dist.core.atomic import atomic_write_json, atomic_write_text, json_safe
 from anatplane_dist.core.hashing import json_fingerprint
 from anatplane_dist.experiment.arms import ArmResult, prepare_arm
-from anatplane_dist.experiment.cell import CellJob, init_worker, run_cell, run_cell_in_worker
+from anatplane_dist.experiment.cell import (
+    CellJob,
+    init_worker,
+    load_task_data,  # noqa: F401  (part of this module's API)
+    run_cell,
+    run_cell_in_worker,
+)
 from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
 
 __all__ = ["draw_split", "draw_subsets", "stratified_permutation", "prepare_data", "load_task_data",
@@ -167,23 +173,6 @@ def _prepare_volumes(spec: ExperimentSpec, out: Path, log: Callable[[str], None]
     if override not in spec.pretrain.overrides:
         spec.pretrain.overrides.append(override)
     return shards, paths["labelled"]
-
-
-def load_task_data(spec: ExperimentSpec, root: Path):
-    """The fine-tuning data on the model grid (:class:`~anatplane_dist.finetune.tasks.TaskData`)."""
-    from anatplane_dist.finetune.classification import ClsTrainConfig
-    from anatplane_dist.finetune.data import FinetuneDataError, GridSpec
-    from anatplane_dist.finetune.segmentation import SegTrainConfig
-    from anatplane_dist.finetune.tasks import get_task
-
-    grid = GridSpec(spec.data.grid, spec.data.spacing)
-    cfg = (SegTrainConfig(largest_component=spec.finetune.largest_component) if spec.task == "seg"
-           else ClsTrainConfig())
-    try:
-        return get_task(spec.task).load(root, grid, view=spec.data.view, cfg=cfg,
-                                        labels_csv=Path(spec.data.labels_csv) if spec.data.labels_csv else None)
-    except FinetuneDataError as exc:
-        raise SpecError(str(exc)) from exc
 
 
 # -- checks before anything is written ---------------------------------------------------------

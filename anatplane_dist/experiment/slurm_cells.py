@@ -64,8 +64,7 @@ class CellTask:
     def __call__(self) -> str:
         import torch
 
-        from anatplane_dist.experiment.cell import run_cell
-        from anatplane_dist.experiment.runner import load_task_data
+        from anatplane_dist.experiment.cell import load_task_data, run_cell
 
         if self._cached() is not None:             # requeued after the file was written
             return self.path
