@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anatplane_dist.experiment.runner import prepare_data
+from anatplane_dist.experiment.data import prepare_data
 from anatplane_dist.experiment.spec import load_spec
 
 GRID, SPACING = 40, 5.0

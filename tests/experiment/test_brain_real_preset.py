@@ -67,10 +67,10 @@ def test_brain_real_small(tmp_path: Path):
     import torch
 
     from anatplane_dist.data.decode import collate
-    from anatplane_dist.shards.format import decode_sample
     from anatplane_dist.experiment.figures import heatmap_panels
     from anatplane_dist.finetune.backbone import read_pretrained_info
     from anatplane_dist.publish import load_pretrained
+    from anatplane_dist.shards.format import decode_sample
     from anatplane_dist.shards.reader import iter_raw_samples
 
     published = arms["multitask"]["published"]

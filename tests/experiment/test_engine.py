@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from anatplane_dist.experiment.cell import still_rising
-from anatplane_dist.experiment.runner import (
-    draw_split,
-    draw_subsets,
-    resolve_devices,
-    run_experiment,
-    stratified_permutation,
-)
+from anatplane_dist.experiment.draws import draw_split, draw_subsets, stratified_permutation
+from anatplane_dist.experiment.runner import resolve_devices, run_experiment
 from anatplane_dist.experiment.spec import SpecError, load_spec
-from anatplane_dist.experiment.stats import hierarchical_mean, paired_difference, paired_seed_difference, verdict
+from anatplane_dist.experiment.stats import (
+    hierarchical_mean,
+    paired_difference,
+    paired_seed_difference,
+    verdict,
+)
 from anatplane_dist.finetune.schedules import named_schedule
 from tests.experiment.conftest import write_spec
 
@@ -90,8 +90,9 @@ def test_fine_tune_cosine_is_the_old_lambda_lr_and_pretraining_schedule_unchange
 
 
 def test_rotate_scale_is_the_old_fine_tune_augmentation():
-    from anatplane_dist.data.augment import rotate_scale
     import torch.nn.functional as F
+
+    from anatplane_dist.data.augment import rotate_scale
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 16, 16, generator=g)

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from anatplane_dist.cli import main as anatplane
-from anatplane_dist.experiment.runner import draw_split, draw_subsets, run_experiment
+from anatplane_dist.experiment.draws import draw_split, draw_subsets
+from anatplane_dist.experiment.runner import run_experiment
 from anatplane_dist.experiment.spec import SpecError, load_spec
 from tests.experiment.conftest import write_spec
 
