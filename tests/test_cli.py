@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 from anatplane_dist import cli
+from tests.sigint import python_sigint, sigint_default
 
 
 def test_no_arguments_prints_help(capsys):
@@ -43,7 +44,8 @@ def test_ctrl_c_in_a_sub_command_is_one_line_exit_130(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "anatplane_dist.cli", "phantom", "heart", "--subjects", "200",
                              "--size", "48", "--frames", "4", "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     deadline = time.monotonic() + 120
     while not (out / "1").is_dir() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -65,5 +67,6 @@ def test_launchers_map_ctrl_c_to_130(capsys):
         os.kill(os.getpid(), signal.SIGINT)      # a real SIGINT, delivered to this (main) thread
         raise AssertionError("not reached")
 
-    assert cli.launch("launch/pretrain.py", interrupted_main) == 130
+    with python_sigint():
+        assert cli.launch("launch/pretrain.py", interrupted_main) == 130
     assert "launch/pretrain.py: cancelled (Ctrl-C)" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from anatplane_dist.experiment.stats import (
 )
 from anatplane_dist.finetune.schedules import named_schedule
 from tests.experiment.conftest import write_spec
+from tests.sigint import sigint_default
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,7 +218,8 @@ def test_ctrl_c_keeps_finished_cells_and_workers_die_quietly(tmp_path, tiny_data
             "except KeyboardInterrupt:\n"
             "    print('interrupted', file=sys.stderr); sys.exit(130)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                            text=True, start_new_session=True, env={**os.environ, "TQDM_DISABLE": "1"},
+                            preexec_fn=sigint_default)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not list((out / "cells").rglob("n*.json")):
         time.sleep(0.05)
