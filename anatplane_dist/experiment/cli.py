@@ -21,10 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--slurm", action="store_true",
                    help="pretrain each arm on SLURM via 'anatplane submit --wait', and fine-tune the cells as a "
                         "SLURM job array (submitit; one GPU per cell; requeue-safe, cached by fingerprint)")
-    r.add_argument("--slurm-args", default="", help="extra 'anatplane submit' arguments, e.g. "
-                                                   "\"--partition gpu --gpus-per-node 4 --time 240\" (cells take "
-                                                   "--partition/--account/--qos/--time/--mem/--cpus-per-task, "
-                                                   "one GPU each, and --array-parallelism N)")
+    r.add_argument("--slurm-args", default="", help="'anatplane submit' resource/requeue options, e.g. "
+                                                   "\"--partition gpu --gpus-per-node 4 --time 240\"; "
+                                                   "cells use those that fit one single-GPU task, plus "
+                                                   "--array-parallelism N (checked before anything runs)")
     r.add_argument("--workers", type=int, default=None, help="CPU: fine-tune cells at once (default: the file's)")
     r.add_argument("--devices", default=None,
                    help="where cells train: auto | cpu | cuda:0,cuda:1,... (default: the file's 'devices')")

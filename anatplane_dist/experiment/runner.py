@@ -45,6 +45,7 @@ from anatplane_dist.experiment.cell import (
 from anatplane_dist.experiment.data import prepare_data
 from anatplane_dist.experiment.draws import draw_split, draw_subsets
 from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
+from anatplane_dist.experiment.slurm_cells import parse_slurm_args, pretrain_submit_args, run_on_slurm
 
 __all__ = ["resolve_devices", "validate_up_front", "run_experiment", "cell_path", "cell_arms"]
 
@@ -175,21 +176,6 @@ def cell_arms(spec: ExperimentSpec) -> list[tuple[str, str, str]]:
 
 # -- cells -----------------------------------------------------------------------------------
 
-def _submit_args(args: list[str] | None) -> list[str]:
-    """``--slurm-args`` without the cells-only option (``--array-parallelism N``)."""
-    out, skip = [], False
-    for a in args or []:
-        if skip:
-            skip = False
-            continue
-        if a == "--array-parallelism":
-            skip = True
-            continue
-        if not a.startswith("--array-parallelism="):
-            out.append(a)
-    return out
-
-
 def cell_path(out: Path, arm: str, n: int, seed: int) -> Path:
     return out / "cells" / arm / f"n{n:03d}-seed{seed}.json"
 
@@ -286,6 +272,8 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, slurm: bool = False
     run summary."""
     from anatplane_dist.train.runlock import RunLock
 
+    if slurm:       # a typo in --slurm-args fails now, not after the arms' pretraining
+        parse_slurm_args(slurm_args or [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -327,7 +315,7 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
         if arm.published:
             arms[arm.name] = ArmResult(arm.name, "ok", published=str(published[arm.name].path.parent))
         else:
-            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=_submit_args(slurm_args),
+            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=pretrain_submit_args(slurm_args or []),
                                          log=log)
     atomic_write_json(out / "arms.json", {k: v.to_dict() for k, v in arms.items()})
     arch_yaml, k = _architecture(spec, shards, published)
@@ -394,8 +382,6 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
             else:
                 todo.append((job, key, path))
         if slurm:
-            from anatplane_dist.experiment.slurm_cells import run_on_slurm
-
             run_on_slurm(todo, spec, root, out, slurm_args or [], finish)
         else:
             pool.run(todo, finish)

@@ -6,10 +6,10 @@ runs :func:`anatplane_dist.experiment.cell.run_cell` on the task's GPU (CPU when
 and writes the cell file atomically under the same fingerprint as a local run.  Requeue-safe: a
 task that finds its cell file already written with that fingerprint (a requeued or re-run task)
 returns it without training, and on preemption/timeout submitit requeues the same task
-(:meth:`CellTask.checkpoint`).  ``--slurm-args`` takes the usual sbatch options of
-``anatplane submit`` that apply to one cell (``--partition``, ``--time``, ``--gpus-per-node``,
-``--cpus-per-task``, ``--mem``, ``--account``, ``--qos``, ``--array-parallelism``), and ``--local``
-(submitit's LocalExecutor: the same tasks, on this machine).
+(:meth:`CellTask.checkpoint`).  ``--slurm-args`` takes exactly the resource and requeue options of
+``anatplane submit`` (checked before anything runs, :func:`parse_slurm_args`) plus
+``--array-parallelism N``; each cell uses those that apply to one single-GPU task, and ``--local``
+runs the same tasks on this machine (submitit's LocalExecutor).
 """
 from __future__ import annotations
 
@@ -17,31 +17,94 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from anatplane_dist.core.atomic import atomic_write_json, json_safe
 from anatplane_dist.experiment.spec import SpecError
 
-__all__ = ["CellTask", "parse_cell_slurm_args", "run_on_slurm"]
+__all__ = ["CellTask", "parse_slurm_args", "pretrain_submit_args", "cell_executor", "run_on_slurm"]
 
 
-def parse_cell_slurm_args(args: list[str]) -> argparse.Namespace:
-    """The options of ``--slurm-args`` that apply to one cell (others are for pretraining only)."""
-    ap = argparse.ArgumentParser(prog="--slurm-args", add_help=False)
-    ap.add_argument("--partition")
-    ap.add_argument("--account")
-    ap.add_argument("--qos")
-    ap.add_argument("--time", dest="time_min", type=int, default=60)
-    ap.add_argument("--gpus-per-node", type=int, default=1)
-    ap.add_argument("--cpus-per-task", type=int, default=4)
-    ap.add_argument("--mem")
+#: ``submit`` options the engine sets itself for each arm's pretraining (a second value would
+#: break that command), refused in ``--slurm-args``
+ENGINE_SET = ("--config", "--run-dir", "--wait", "--dry-run", "--entry")
+#: CPUs a cell asks for when ``--slurm-args`` says nothing (data loading + one torch process)
+CELL_CPUS = 4
+
+
+class _SlurmArgsParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:              # a one-line SpecError, not exit(2)
+        raise SpecError(f"--slurm-args: {message}")
+
+
+def parse_slurm_args(args: list[str]) -> argparse.Namespace:
+    """Check ``--slurm-args`` once, before anything is written or queued: exactly the resource and
+    requeue options of ``anatplane submit`` (:func:`~anatplane_dist.train.submit.add_resource_arguments`)
+    plus ``--array-parallelism N``; an unknown or malformed option is a one-line error.
+
+    Pretraining gets them all (see :func:`pretrain_submit_args`); a cell takes what applies to one
+    single-process job: partition, account, qos, time, cpus, mem, constraint, exclude, job name,
+    signal delay, max timeouts, ``--local``, and one GPU unless ``--gpus-per-node 0`` is given
+    (``--nodes`` / ``--tasks-per-node`` are pretraining's)."""
+    from anatplane_dist.core.scripttext import refuse_control_chars
+    from anatplane_dist.train.submit import add_resource_arguments
+
+    for a in args:
+        if a.split("=", 1)[0] in ENGINE_SET:
+            raise SpecError(f"--slurm-args: {a.split('=', 1)[0]} is set by the experiment itself")
+    ap = _SlurmArgsParser(prog="--slurm-args", add_help=False, allow_abbrev=False)
+    add_resource_arguments(ap)
     ap.add_argument("--array-parallelism", type=int, default=64)
-    ap.add_argument("--local", action="store_true")
-    ns, _rest = ap.parse_known_args(args)
-    if ns.time_min < 1 or ns.gpus_per_node < 0 or ns.cpus_per_task < 1 or ns.array_parallelism < 1:
-        raise SpecError("--slurm-args: --time >= 1, --gpus-per-node >= 0, --cpus-per-task >= 1, "
-                        "--array-parallelism >= 1")
+    ap.set_defaults(gpus_per_node=None)                     # not given: one GPU per cell
+    ns = ap.parse_args(args)
+    checks = [(ns.nodes >= 1, "--nodes >= 1"), (ns.time_min >= 1, "--time >= 1 minute"),
+              (ns.gpus_per_node is None or ns.gpus_per_node >= 0, "--gpus-per-node >= 0"),
+              (ns.cpus_per_task is None or ns.cpus_per_task >= 1, "--cpus-per-task >= 1"),
+              (ns.array_parallelism >= 1, "--array-parallelism >= 1"),
+              (ns.max_num_timeout >= 0, "--max-num-timeout >= 0"),
+              (0 < ns.signal_delay_s < ns.time_min * 60, "0 < --signal-delay-s < --time (in seconds)")]
+    for ok, rule in checks:
+        if not ok:
+            raise SpecError(f"--slurm-args: {rule}, got {' '.join(args)}")
+    try:
+        refuse_control_chars((f"--{k.replace('_', '-')}", getattr(ns, k)) for k in
+                             ("partition", "account", "qos", "mem", "constraint", "exclude", "job_name"))
+    except ValueError as exc:
+        raise SpecError(f"--slurm-args: {exc}") from exc
     return ns
+
+
+def pretrain_submit_args(args: list[str]) -> list[str]:
+    """``--slurm-args`` for ``anatplane submit`` (pretraining): without the cells-only
+    ``--array-parallelism N``."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--array-parallelism":
+            skip = True
+        elif not a.startswith("--array-parallelism="):
+            out.append(a)
+    return out
+
+
+def cell_executor(opts: argparse.Namespace, folder: Path) -> Any:
+    """The submitit executor of the cells' job array (one single-process task per cell)."""
+    import submitit
+
+    gpus = 1 if opts.gpus_per_node is None else min(1, opts.gpus_per_node)
+    if opts.local:
+        ex: Any = submitit.LocalExecutor(folder=folder, max_num_timeout=opts.max_num_timeout)
+        ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=0, signal_delay_s=opts.signal_delay_s)
+        return ex
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=opts.max_num_timeout)
+    params = {"partition": opts.partition, "account": opts.account, "qos": opts.qos, "time": opts.time_min,
+              "gpus_per_node": gpus or None, "cpus_per_task": opts.cpus_per_task or CELL_CPUS,
+              "mem": opts.mem, "constraint": opts.constraint, "exclude": opts.exclude,
+              "signal_delay_s": opts.signal_delay_s, "array_parallelism": opts.array_parallelism,
+              "job_name": f"{opts.job_name}-cells"}
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
 
 
 @dataclass
@@ -91,17 +154,7 @@ def run_on_slurm(jobs: list[tuple[Any, dict[str, Any], Path]], spec: Any, root: 
 
     if not jobs:
         return
-    opts = parse_cell_slurm_args(slurm_args)
-    folder = out / "slurm-cells"
-    if opts.local:
-        ex: Any = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=0)
-    else:
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-        params = {"partition": opts.partition, "account": opts.account, "qos": opts.qos, "time": opts.time_min,
-                  "gpus_per_node": opts.gpus_per_node or None, "cpus_per_task": opts.cpus_per_task,
-                  "mem": opts.mem, "array_parallelism": opts.array_parallelism, "job_name": "anatplane-cells"}
-        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex = cell_executor(parse_slurm_args(slurm_args), out / "slurm-cells")
     tasks = [CellTask(spec, str(root), job, key, str(path), str(out)) for job, key, path in jobs]
     with ex.batch():
         submitted = [ex.submit(t) for t in tasks]

@@ -324,8 +324,9 @@ def follow_text(job: submitit.Job, opts: SubmitOptions, local: bool = False) -> 
 
 
 # --------------------------------------------------------------------------- command line
-def add_arguments(parser: Any) -> None:
-    """``launch/submit.py`` flags (also usable as an ``anatplane`` sub-command)."""
+def add_resource_arguments(parser: Any) -> None:
+    """The SLURM resource and requeue flags: shared by ``submit`` and the experiment engine's
+    ``--slurm-args`` (so an experiment accepts exactly what ``submit`` accepts)."""
     g = parser.add_argument_group("resources")
     g.add_argument("--nodes", type=int, default=1)
     g.add_argument("--gpus-per-node", type=int, default=0,
@@ -341,20 +342,25 @@ def add_arguments(parser: Any) -> None:
     g.add_argument("--mem", default=None, help="memory per node, SLURM syntax (e.g. 64G)")
     g.add_argument("--constraint", default=None)
     g.add_argument("--exclude", default=None, help="nodes to avoid (SLURM node list)")
+    g.add_argument("--job-name", default="anatplane")
     r = parser.add_argument_group("requeue")
     r.add_argument("--signal-delay-s", type=int, default=DEFAULT_SIGNAL_DELAY_S,
                    help="warning before the kill; must exceed the slowest checkpoint save "
                         f"(default {DEFAULT_SIGNAL_DELAY_S})")
     r.add_argument("--max-num-timeout", type=int, default=DEFAULT_MAX_NUM_TIMEOUT,
                    help=f"requeues after timeouts before giving up (default {DEFAULT_MAX_NUM_TIMEOUT})")
+    parser.add_argument("--local", action="store_true",
+                        help="run the same tasks on this machine with submitit's LocalExecutor (no SLURM) and wait")
+
+
+def add_arguments(parser: Any) -> None:
+    """``launch/submit.py`` flags (also usable as an ``anatplane`` sub-command)."""
+    add_resource_arguments(parser)
     t = parser.add_argument_group("training")
     add_run_arguments(t, config_required=True)
-    t.add_argument("--job-name", default="anatplane")
     t.add_argument("--entry", default=DEFAULT_ENTRY, help="training entry point module:function "
                    "taking the pretrain argv (default: %(default)s)")
     m = parser.add_argument_group("mode")
-    m.add_argument("--local", action="store_true",
-                   help="run the same tasks on this machine with submitit's LocalExecutor (no SLURM) and wait")
     m.add_argument("--dry-run", action="store_true", help="print the job spec and sbatch script, submit nothing")
     m.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if every task succeeded")
 
