@@ -86,6 +86,44 @@ def _heatmap_figures(res: Results, notes: list[str]) -> list[str]:
     return out
 
 
+def _pretext_fit_lines(res: Results) -> list[str]:
+    """Each published arm's pretext on training vs held-out pretraining subjects
+    (:mod:`anatplane_dist.experiment.pretext_fit`): memorised, or not learnt."""
+    from anatplane_dist.experiment.pretext_fit import (
+        FIT_METRICS,
+        fit_verdict,
+        pretext_fit,
+    )
+
+    data = res.out / "data.json"
+    if not data.is_file():
+        return []
+    shards = json.loads(data.read_text())["pretrain_shards"]
+    rows, verdicts = [], []
+    for arm, info in res.arms.items():
+        if info.get("status") != "ok" or not info.get("published"):
+            continue
+        try:
+            fit = pretext_fit(info["published"], shards)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic never fails the report; say why
+            print(f"pretext fit of arm {arm}: not measured ({type(exc).__name__}: {exc})")
+            continue
+        cells = [f"{fit[part][k]:.3g}" if k in fit[part] else "—" for k, _t, _p in FIT_METRICS
+                 for part in ("train", "held_out")]
+        if any(c != "—" for c in cells):
+            rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+            verdicts += [f"- **{arm}** {v}" for v in fit_verdict(fit)]
+    if not rows:
+        return []
+    head = " | ".join(f"{t} ({part})" for _k, t, _p in FIT_METRICS for part in ("training", "held-out"))
+    out = ["", "## Pretext fit: training vs held-out pretraining subjects", "",
+           "The published network on up to 256 samples of a training shard and of the validation shard "
+           "(the same metrics as the model card's): good on training subjects but poor held out is "
+           "memorisation, poor on both is a pretext not learnt.", "",
+           f"| arm | {head} |", "|---|" + "---|" * (2 * len(FIT_METRICS)), *rows]
+    return out + (["", *verdicts] if verdicts else [])
+
+
 def render_report(out: str | Path) -> dict[str, Any]:
     """Re-render everything from the stored cells; returns the paths written."""
     from anatplane_dist.experiment import figures
@@ -111,7 +149,7 @@ def render_report(out: str | Path) -> dict[str, Any]:
         figs.append("figures/overlays.png")
     notes: list[str] = []
     figs += _heatmap_figures(res, notes)
-    md = results_markdown(res, stats, comps, figs)
+    md = results_markdown(res, stats, comps, figs) + "\n".join(_pretext_fit_lines(res))
     if notes:
         md += "\nHeatmap figures (the network's input z-scored as in training):\n\n" + "\n".join(notes) + "\n"
     atomic_write_text(out / "results.md", md)

@@ -44,8 +44,12 @@ from anatplane_dist.experiment.cell import (
 )
 from anatplane_dist.experiment.data import prepare_data
 from anatplane_dist.experiment.draws import draw_split, draw_subsets
+from anatplane_dist.experiment.slurm_cells import (
+    parse_slurm_args,
+    pretrain_submit_args,
+    run_on_slurm,
+)
 from anatplane_dist.experiment.spec import ExperimentSpec, SpecError
-from anatplane_dist.experiment.slurm_cells import parse_slurm_args, pretrain_submit_args, run_on_slurm
 
 __all__ = ["resolve_devices", "validate_up_front", "run_experiment", "cell_path", "cell_arms"]
 
@@ -315,8 +319,8 @@ def _run_locked(spec: ExperimentSpec, out: Path, *, slurm: bool, slurm_args: lis
         if arm.published:
             arms[arm.name] = ArmResult(arm.name, "ok", published=str(published[arm.name].path.parent))
         else:
-            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm, slurm_args=pretrain_submit_args(slurm_args or []),
-                                         log=log)
+            arms[arm.name] = prepare_arm(spec, arm, out, shards, slurm=slurm,
+                                         slurm_args=pretrain_submit_args(slurm_args or []), log=log)
     atomic_write_json(out / "arms.json", {k: v.to_dict() for k, v in arms.items()})
     arch_yaml, k = _architecture(spec, shards, published)
 

@@ -150,7 +150,6 @@ def run_on_slurm(jobs: list[tuple[Any, dict[str, Any], Path]], spec: Any, root: 
                  slurm_args: list[str],
                  finish: Callable[[Any, dict[str, Any], Path, dict[str, Any] | None, str | None], None]) -> None:
     """Submit ``jobs`` as one job array and wait; each finished cell is handed to ``finish``."""
-    import submitit
 
     if not jobs:
         return

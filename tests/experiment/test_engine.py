@@ -244,7 +244,7 @@ def test_frozen_encoder_readout_rows_leave_the_encoder_untouched(tmp_path, tiny_
     assert frozen["moved"]["decoder"] > 0 and free["moved"]["encoder"] > 0
 
 
-def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path):
+def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path, tiny_data):
     from anatplane_dist.experiment.report import render_report
     from anatplane_dist.model import ModelConfig
     from tests.experiment.test_results import make_experiment
@@ -259,11 +259,17 @@ def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path):
     arms = json.loads((out / "arms.json").read_text())
     arms["multitask"]["published"] = str((name_dir / "latest").resolve())
     (out / "arms.json").write_text(json.dumps(arms))
+    (out / "data.json").write_text(json.dumps({"pretrain_shards": str(tiny_data[0])}))
     render_report(out)
     md = (out / "results.md").read_text()
     assert "## Pretext quality per arm" in md and "| multitask | 10 | 21.6 | 3 | 0.1 |" in md
     assert "orientation not learnt (angle error >= 15°) (val/angle_err_deg = 21.6)" in md
     assert "location not learnt" not in md
+    # the untrained network, measured on training and held-out pretraining subjects: learnt nothing
+    assert "## Pretext fit: training vs held-out pretraining subjects" in md
+    row = next(line for line in md.splitlines() if line.startswith("| multitask | ") and line.count("|") == 6)
+    assert all(float(v) >= 0 for v in row.split("|")[2:6]), row
+    assert "- **multitask** angle error °: not learnt (training subjects" in md
 
 
 @pytest.mark.slow

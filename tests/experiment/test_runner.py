@@ -160,6 +160,13 @@ def test_changed_arm_reruns_only_its_cells(tmp_path, tiny_data):
     meta = read_validation_samples(tiny_data[0])[panels[0]["key"]]["meta"]
     c = int(np.argmax(panels[0]["valid"]))
     assert_ridge_on_plane(panels[0]["gt"][c], meta["grid"], meta["references"][c]["plane"], tol_mm=5.0)
+    # the pretext on training vs held-out subjects: both heads measured on both sides
+    from anatplane_dist.experiment.pretext_fit import pretext_fit
+
+    fit = pretext_fit(second["arms"]["multitask"]["published"], tiny_data[0], count=32)
+    for part in ("train", "held_out"):
+        assert set(fit[part]) == {"angle_err_deg", "loc_mae"}, fit
+        assert 0 <= fit[part]["angle_err_deg"] <= 90 and 0 <= fit[part]["loc_mae"] <= 1.5, fit
 
 
 def test_best_val_selection_is_recorded_and_named_in_the_report(tmp_path, tiny_data):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from anatplane_dist.experiment.slurm_cells import cell_executor, parse_slurm_args, pretrain_submit_args
+from anatplane_dist.experiment.slurm_cells import (
+    cell_executor,
+    parse_slurm_args,
+    pretrain_submit_args,
+)
 from anatplane_dist.experiment.spec import SpecError
 
 
