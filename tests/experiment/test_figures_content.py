@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from anatplane_dist.experiment.figures import overlay_rgb, plot_heatmaps, plot_overlays
 from anatplane_dist.experiment.heatmaps import pick_samples, read_validation_samples, target_heatmaps
-from tests.experiment.conftest import SPACING
+from anatplane_dist.shards.reader import read_samples
+from tests.experiment.conftest import GRID, SPACING
 
 
 def _pixel_to_mm(grid: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -106,3 +108,48 @@ def test_heatmap_figure_shows_the_network_output_on_the_training_normalised_imag
         assert np.allclose(p["pred"], want, atol=1e-6)
         assert not np.allclose(p["pred"], raw, atol=1e-3)                 # the old, un-normalised input
 
+
+
+@pytest.mark.slow
+def test_a_trained_orientation_model_draws_heatmaps_that_follow_the_targets(tmp_path, tiny_data, monkeypatch):
+    """The figure of a network that learnt its pretext shows ridges where the targets are.
+
+    The figure is drawn on a subject the network trained on: on the tiny cohort (one training
+    heart) nothing generalises, but a figure pipeline that fed the network the wrong image
+    (issue 17: the un-normalised image gave correlations of -0.09 / 0.06), rendered the target
+    with another ridge width or transposed either would not correlate on a memorised subject.
+    The same phantom is sharded a second time with another split seed, so the sealed shard set
+    the figure reads has the training heart as its validation subject."""
+    import subprocess
+    import sys
+
+    from anatplane_dist.experiment.figures import heatmap_panels
+    from anatplane_dist.publish import publish
+
+    shards, _ = tiny_data
+    trained_on = {str(s["meta"]["subject"]) for t in sorted(shards.glob("train-*.tar"))
+                  for s in read_samples(t).values()}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "pretrain", "--config", "tiny-cpu",
+                           "--run-dir", str(run), f"data.shards={shards}", "objective.name=orientation",
+                           "train.epochs=8", "data.samples_per_epoch=256", "data.num_workers=0",
+                           "train.progress=none"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = publish(run, tmp_path / "published", "orientation")
+    for seed in range(1, 20):                                        # a split whose val subject trained
+        resharded = tmp_path / f"reshard-{seed}"
+        subprocess.run([sys.executable, "-m", "anatplane_dist.cli", "shard", "--profile", "heart", "--input",
+                        str(shards.parent / "heart-pretrain"), "--out", str(resharded), "--grid", str(GRID),
+                        "--spacing", str(SPACING), "--val-fraction", "0.25", "--workers", "1", "--seed", str(seed)],
+                       check=True, capture_output=True, timeout=300)
+        val = {str(s["meta"]["subject"]) for s in read_validation_samples(resharded).values()}
+        if val <= trained_on:
+            break
+    else:
+        pytest.fail(f"no split seed put a training subject {sorted(trained_on)} in val")
+    corr = [c for p in heatmap_panels(version, resharded, count=2) for c, ok in zip(p["corr"], p["valid"]) if ok]
+    assert len(corr) >= 2 and min(corr) > 0.8, corr
+    # the check can fail: the same figure fed the stored, un-normalised image (the old bug)
+    monkeypatch.setattr("anatplane_dist.data.decode.zscore_", lambda images: images)
+    raw = [c for p in heatmap_panels(version, resharded, count=2) for c, ok in zip(p["corr"], p["valid"]) if ok]
+    assert max(raw) < min(corr) - 0.2, (raw, corr)
