@@ -2,8 +2,9 @@
 
 One experiment (``experiments/demo.yaml``): phantom DICOM + a labelled ACDC-layout cohort →
 shards → pretraining of each arm on 2 ranks (torchrun, gloo on CPU) → publish → few-label
-fine-tuning of random init, multitask and orientation-only pretraining, 3 seeds, a fixed test
-set → results.csv / results.md / figures.  Then ``inspect`` shows one plane pair's line.
+fine-tuning of random init, multitask and orientation-only pretraining, 5 subset draws (seeds)
+per count, a fixed test set, validation subjects → results.csv / results.md / figures.  Then
+``inspect`` shows one plane pair's line.
 
 Every stage runs the command a user would type (printed before it runs).  Re-running resumes:
 finished cells are kept.  ``README-lines.md`` in the demo directory holds the lines README.md
