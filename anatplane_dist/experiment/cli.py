@@ -32,13 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="GPU: cells trained at once on each device (default: the file's)")
     p = sub.add_parser("report", help="re-render results.csv/md and figures from stored cells")
     p.add_argument("dir", type=Path, help="experiment directory")
+    p.add_argument("--vs", default=None, metavar="ARM[,ARM]",
+                   help="also compare every arm with these arms, paired per seed (e.g. rotation,genesis: "
+                        "the generic SSL baselines); default: the file's protocol.compare_to")
 
 
 def run(args: argparse.Namespace) -> int:
     from anatplane_dist.experiment.report import render_report
 
     if args.action == "report":
-        info = render_report(args.dir)
+        against = [a.strip() for a in args.vs.split(",") if a.strip()] if args.vs is not None else None
+        info = render_report(args.dir, against=against)
         print((args.dir / "results.md").read_text())
         bad = info["unreadable"]
         print(f"{info['cells']} cells -> {info['csv']}, {info['md']}, {len(info['figures'])} figure(s)"

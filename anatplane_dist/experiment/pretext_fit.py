@@ -91,8 +91,8 @@ def fit_verdict(fit: dict[str, dict[str, float]]) -> list[str]:
         if tr is None or ho is None or ho < poor:
             continue
         if tr < poor:
-            out.append(f"{title}: memorised (training subjects {tr:.3g}, held-out {ho:.3g}): more "
+            out.append(f"{title} memorised (training subjects {tr:.3g}, held-out {ho:.3g}): more "
                        "pretraining subjects, or stronger augmentation, are what this pretext needs")
         else:
-            out.append(f"{title}: not learnt (training subjects {tr:.3g}, held-out {ho:.3g})")
+            out.append(f"{title} not learnt (training subjects {tr:.3g}, held-out {ho:.3g})")
     return out

@@ -112,7 +112,7 @@ def _pretext_fit_lines(res: Results) -> list[str]:
                  for part in ("train", "held_out")]
         if any(c != "—" for c in cells):
             rows.append(f"| {arm} | " + " | ".join(cells) + " |")
-            verdicts += [f"- **{arm}** {v}" for v in fit_verdict(fit)]
+            verdicts += [f"- **{arm}**: {v}" for v in fit_verdict(fit)]
     if not rows:
         return []
     head = " | ".join(f"{t} ({part})" for _k, t, _p in FIT_METRICS for part in ("training", "held-out"))
@@ -121,15 +121,21 @@ def _pretext_fit_lines(res: Results) -> list[str]:
            "(the same metrics as the model card's): good on training subjects but poor held out is "
            "memorisation, poor on both is a pretext not learnt.", "",
            f"| arm | {head} |", "|---|" + "---|" * (2 * len(FIT_METRICS)), *rows]
-    return out + (["", *verdicts] if verdicts else [])
+    return out + (["", *verdicts] if verdicts else []) + [""]
 
 
-def render_report(out: str | Path) -> dict[str, Any]:
-    """Re-render everything from the stored cells; returns the paths written."""
+def render_report(out: str | Path, against: list[str] | None = None) -> dict[str, Any]:
+    """Re-render everything from the stored cells; returns the paths written.  ``against``: the
+    arms every arm is also compared with (default: the spec's ``protocol.compare_to``)."""
     from anatplane_dist.experiment import figures
 
     out = Path(out)
     res = load_results(out)
+    unknown = [a for a in against or [] if a not in res.arm_names or a == "random"]
+    if unknown:
+        from anatplane_dist.experiment.spec import SpecError
+
+        raise SpecError(f"--vs: {unknown} are not pretrained arms of {out} ({res.arm_names})")
     stats = cell_stats(res)
     comps = comparisons(res, stats)
     write_csv(res, out / "results.csv")
@@ -149,7 +155,7 @@ def render_report(out: str | Path) -> dict[str, Any]:
         figs.append("figures/overlays.png")
     notes: list[str] = []
     figs += _heatmap_figures(res, notes)
-    md = results_markdown(res, stats, comps, figs) + "\n".join(_pretext_fit_lines(res))
+    md = results_markdown(res, stats, comps, figs, against=against) + "\n".join(_pretext_fit_lines(res))
     if notes:
         md += "\nHeatmap figures (the network's input z-scored as in training):\n\n" + "\n".join(notes) + "\n"
     atomic_write_text(out / "results.md", md)

@@ -242,17 +242,41 @@ def reference_of(arm: str) -> str:
     return f"{RANDOM}@frozen" if arm.endswith("@frozen") else RANDOM
 
 
-def comparisons(res: Results, stats: list[CellStats]) -> dict[tuple[str, int], Paired]:
-    """Every pretrained arm against ``random`` at every count: per-seed paired differences."""
+def comparisons(res: Results, stats: list[CellStats], against: str | None = None) -> dict[tuple[str, int], Paired]:
+    """Every other arm against ``random`` (or against the arm ``against``) at every count:
+    per-seed paired differences.  Every arm of a seed trains on the same subset with the same
+    batches, head init and test subjects, so any two arms pair, not only an arm and random."""
     by = {(s.arm, s.n_labelled): s for s in stats}
     out = {}
     for (arm, n), s in by.items():
-        ref_name = reference_of(arm)
+        ref_name = against or reference_of(arm)
         ref = by.get((ref_name, n))
-        if arm == ref_name or ref is None:
+        if arm == ref_name or ref is None or (against and (arm == RANDOM or arm.endswith("@frozen"))):
             continue
         out[(arm, n)] = (paired_seed_difference(s.obs, ref.obs) if res.task == "seg"
                          else paired_auc_difference(s.by_seed, ref.by_seed))
+    return out
+
+
+def compare_to_lines(res: Results, stats: list[CellStats], against: list[str]) -> list[str]:
+    """A section per extra reference arm (``protocol.compare_to`` / ``report --vs``), e.g. the
+    generic self-supervised baselines the paper's pretexts must beat: the same paired,
+    seed-level statistics and verdict rule as the comparison with random."""
+    out: list[str] = []
+    for ref in against:
+        if ref not in res.arm_names:
+            out += ["", f"## Against {ref}", "", f"- no arm named {ref!r} in this experiment ({res.arm_names})"]
+            continue
+        comps = comparisons(res, stats, against=ref)
+        if not comps:
+            continue
+        out += ["", f"## Against {ref} (per-seed paired difference, as against random)", "",
+                f"| arm | n | Δ vs {ref} [95% CI], wins/seeds | reading |", "|---|---|---|---|"]
+        for arm in res.arm_names:
+            for n in res.counts:
+                if (arm, n) in comps:
+                    p = comps[(arm, n)]
+                    out.append(f"| {arm} | {n} | {p.text()} | {verdict(p, than=ref)} |")
     return out
 
 
@@ -392,7 +416,10 @@ def _auc_warnings(res: Results) -> list[str]:
 
 
 def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str, int], Paired],
-                     figures: list[str] | None = None) -> str:
+                     figures: list[str] | None = None, against: list[str] | None = None) -> str:
+    """results.md: the set-up, the table against random, pretext quality, training, the
+    sections against each ``against`` arm (default: the spec's ``protocol.compare_to``), the
+    reading and the figures."""
     spec, split = res.spec, res.split
     proto, ft = spec["protocol"], spec["finetune"]
     metric = "Dice (mean of RV, MYO, LV)" if res.task == "seg" else "AUC (mean over labels)"
@@ -449,6 +476,8 @@ def results_markdown(res: Results, stats: list[CellStats], comps: dict[tuple[str
             cells.append(s.hd95.text(1) if s.hd95 else "n/a")
         cells.append(comps[(s.arm, s.n_labelled)].text() if (s.arm, s.n_labelled) in comps else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += compare_to_lines(res, stats, list(against if against is not None
+                                               else spec["protocol"].get("compare_to") or []))
     lines += pretext_lines(res)
     lines += training_lines(res)
     lines += ["", "## Reading", ""]

@@ -185,6 +185,8 @@ class ProtocolSpec:
     split_seed: int = 0
     test_ids: list[str] | None = None     # a fixed, named test set (e.g. ACDC patient065..084)
     test_fraction: float | None = None    # instead of test_subjects: ceil(fraction x labelled subjects)
+    compare_to: list[str] = field(default_factory=list)   # arms every arm is also compared with
+    #                                       (paired per seed, like random), e.g. generic SSL baselines
 
     def __post_init__(self) -> None:
         if self.test_ids is not None:
@@ -226,6 +228,9 @@ class ExperimentSpec:
             raise SpecError(f"arms: duplicate names in {names}")
         if RANDOM not in names:
             raise SpecError("arms: a 'random' arm (no pretraining) is required: every arm is compared with it")
+        unknown = [a for a in self.protocol.compare_to if a not in names or a == RANDOM]
+        if unknown:
+            raise SpecError(f"protocol.compare_to: {unknown} are not pretrained arms of this experiment ({names})")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise SpecError(f"workers: expected an integer >= 1, got {self.workers!r}")
         if isinstance(self.cells_per_device, bool) or not isinstance(self.cells_per_device, int) \

@@ -270,15 +270,15 @@ def paired_seed_difference(arm: Mapping[object, float], ref: Mapping[object, flo
 MIN_SEEDS = 5
 
 
-def verdict(p: Paired, min_seeds: int = MIN_SEEDS) -> str:
-    """'better'/'worse' than random only when the seed-level 95% interval excludes 0 (and there
-    are at least ``min_seeds`` seeds to make that interval mean something)."""
+def verdict(p: Paired, min_seeds: int = MIN_SEEDS, than: str = "random") -> str:
+    """'better'/'worse' than ``than`` (the reference arm) only when the seed-level 95% interval
+    excludes 0 (and there are at least ``min_seeds`` seeds to make that interval mean something)."""
     d = p.diff
     n_seeds = p.seeds if p.seeds >= 0 else d.n
     if not (math.isfinite(d.lo) and math.isfinite(d.hi)) or n_seeds < min_seeds:
         return f"undetermined ({n_seeds} seed{'s' if n_seeds != 1 else ''}: a seed-level interval needs {min_seeds})"
     if d.lo > 0:
-        return "better than random"
+        return f"better than {than}"
     if d.hi < 0:
-        return "worse than random"
-    return "no clear difference from random"
+        return f"worse than {than}"
+    return f"no clear difference from {than}"

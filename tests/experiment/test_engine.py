@@ -269,7 +269,7 @@ def test_pretext_quality_per_arm_with_a_warning_when_not_learnt(tmp_path, tiny_d
     assert "## Pretext fit: training vs held-out pretraining subjects" in md
     row = next(line for line in md.splitlines() if line.startswith("| multitask | ") and line.count("|") == 6)
     assert all(float(v) >= 0 for v in row.split("|")[2:6]), row
-    assert "- **multitask** angle error °: not learnt (training subjects" in md
+    assert "- **multitask**: angle error ° not learnt (training subjects" in md
 
 
 @pytest.mark.slow
@@ -307,3 +307,12 @@ def test_the_cpu_schedule_on_the_paper_network_is_called_out():
     assert "31.2 M-parameter" in w and "schedule: paper" in w
     assert schedule_warnings(named_schedule("paper"), paper_unet, 2) == []
     assert schedule_warnings(named_schedule("steps"), tiny, 2) == []
+
+
+def test_protocol_compare_to_must_name_a_pretrained_arm(tmp_path, tiny_data):
+    cfg = write_spec(tmp_path / "c.yaml", tiny_data, protocol={"compare_to": ["rotation"]})
+    with pytest.raises(SpecError, match=r"protocol.compare_to: \['rotation'\] are not pretrained arms"):
+        load_spec(cfg)
+    arms = [{"name": "random"}, {"name": "rotation", "objective": "rotation"}]
+    assert load_spec(write_spec(tmp_path / "d.yaml", tiny_data, arms=arms,
+                                protocol={"compare_to": ["rotation"]})).protocol.compare_to == ["rotation"]

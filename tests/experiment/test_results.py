@@ -136,3 +136,51 @@ def test_paired_figure_puts_each_difference_at_its_value(tmp_path):
     fig = plot_paired(comps, tmp_path / "p.png", metric="Dice")
     bars = next(c for c in fig.axes[0].containers if c.get_label() == "multitask")
     assert np.allclose(bars.lines[0].get_ydata(), [0.1, 0.02])
+
+
+def _add_arm(out: Path, name: str, shift: float, seeds: list[int]) -> None:
+    """A third arm whose every Dice is multitask's minus ``shift`` (so multitask - it = +shift)."""
+    spec = json.loads((out / "experiment.json").read_text())
+    spec["arms"].append({"name": name, "objective": "rotation", "overrides": []})
+    spec["protocol"]["seeds"] = seeds
+    (out / "experiment.json").write_text(json.dumps(spec))
+    arms = json.loads((out / "arms.json").read_text())
+    arms[name] = {"status": "ok"}
+    (out / "arms.json").write_text(json.dumps(arms))
+    for src in sorted((out / "cells" / "multitask").glob("*.json")):
+        rec = json.loads(src.read_text())
+        rec["arm"] = name
+        for row in rec["rows"]:
+            row["dice"] = {k: v - shift for k, v in row["dice"].items()}
+        dst = out / "cells" / name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(rec))
+
+
+def test_every_arm_is_also_compared_with_a_named_baseline_arm_paired_per_seed(tmp_path):
+    """protocol.compare_to / report --vs: e.g. the anatomy pretexts against a generic SSL baseline,
+    with the same seed-level statistics and verdict rule as against random."""
+    out = make_experiment(tmp_path / "exp")
+    _add_arm(out, "rotation", 0.03, SEEDS)
+    res = load_results(out)
+    stats = cell_stats(res)
+    vs = comparisons(res, stats, against="rotation")
+    assert set(vs) == {("multitask", 1), ("multitask", 4)}        # random and rotation itself: not rows
+    for p in vs.values():
+        assert p.diff.mean == pytest.approx(0.03) and p.wins == len(SEEDS)
+    assert comparisons(res, stats)[("rotation", 1)].diff.mean == pytest.approx(0.1 - 0.03)
+    render_report(out, against=["rotation"])
+    md = (out / "results.md").read_text()
+    assert "## Against rotation (per-seed paired difference, as against random)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| multitask | 1 | +0.030"))
+    assert "undetermined (3 seeds" in row                        # 3 seeds cannot carry a verdict
+
+
+def test_compare_to_names_pretrained_arms_of_the_experiment(tmp_path):
+    from anatplane_dist.experiment.spec import SpecError
+
+    out = make_experiment(tmp_path / "exp")
+    with pytest.raises(SpecError, match=r"--vs: \['rotaton'\] are not pretrained arms"):
+        render_report(out, against=["rotaton"])
+    with pytest.raises(SpecError, match=r"--vs: \['random'\]"):
+        render_report(out, against=["random"])
