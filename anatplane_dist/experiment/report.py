@@ -9,6 +9,7 @@ import numpy as np
 
 from anatplane_dist.core.atomic import atomic_write_text
 from anatplane_dist.experiment.results import (
+    RANDOM,
     Results,
     cell_stats,
     comparisons,
@@ -89,11 +90,7 @@ def _heatmap_figures(res: Results, notes: list[str]) -> list[str]:
 def _pretext_fit_lines(res: Results) -> list[str]:
     """Each published arm's pretext on training vs held-out pretraining subjects
     (:mod:`anatplane_dist.experiment.pretext_fit`): memorised, or not learnt."""
-    from anatplane_dist.experiment.pretext_fit import (
-        FIT_METRICS,
-        fit_verdict,
-        pretext_fit,
-    )
+    from anatplane_dist.experiment.pretext_fit import FIT_METRICS, fit_verdict, pretext_fit
 
     data = res.out / "data.json"
     if not data.is_file():
@@ -131,7 +128,7 @@ def render_report(out: str | Path, against: list[str] | None = None) -> dict[str
 
     out = Path(out)
     res = load_results(out)
-    unknown = [a for a in against or [] if a not in res.arm_names or a == "random"]
+    unknown = [a for a in against or [] if a not in res.arm_names or a == RANDOM]
     if unknown:
         from anatplane_dist.experiment.spec import SpecError
 
